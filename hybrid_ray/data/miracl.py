@@ -1,0 +1,254 @@
+"""Read and write MIRACL-format retrieval sets.
+
+Files (found anywhere under the root, so both the official nested layout
+``miracl-v1.0-{lang}/topics/...`` and the flat layout written by :func:`write_miracl` work):
+
+- topics  ``topics.miracl-v1.0-{lang}-{split}.tsv``   ``qid<TAB>query``
+- qrels   ``qrels.miracl-v1.0-{lang}-{split}.tsv``    TREC ``qid Q0 docid relevance``
+- corpus  ``miracl-corpus-v1.0-{lang}/docs-*.jsonl.gz``  ``{"docid", "title", "text"}``
+
+A candidate's text is ``title + " " + text`` (just ``text`` when the title is empty), the usual
+MIRACL convention (Pyserini / Tevatron encode both). MIRACL ids are only unique within one
+language (Wikipedia page ids of different wikis collide), so loaded ids are suffixed with the
+language, ``f"{id}/{lang}"``, like ``RetrievalSet.from_pairs``; qrels keep every judgement,
+including relevance-0 ones (nDCG needs them).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from hybrid_ray.data.pairs import open_text, read_jsonl
+from hybrid_ray.data.retrieval import RetrievalSet
+from hybrid_ray.data.schema import check_lang
+from hybrid_ray.errors import DataError
+from hybrid_ray.io import atomic_path
+
+CORPUS_JSONL_SCHEMA = pa.schema([("docid", pa.string()), ("title", pa.string()), ("text", pa.string())])
+
+
+def topics_name(lang: str, split: str) -> str:
+    return f"topics.miracl-v1.0-{lang}-{split}.tsv"
+
+
+def qrels_name(lang: str, split: str) -> str:
+    return f"qrels.miracl-v1.0-{lang}-{split}.tsv"
+
+
+def corpus_dir_name(lang: str) -> str:
+    return f"miracl-corpus-v1.0-{lang}"
+
+
+def _find_one(root: Path, name: str, *, is_dir: bool = False) -> Path:
+    hits = sorted(p for p in root.rglob(name) if (p.is_dir() if is_dir else p.is_file()))
+    if not hits:
+        raise DataError(f"no {name} under this directory", path=root)
+    if len(hits) > 1:
+        raise DataError(f"{len(hits)} copies of {name}: {[str(h) for h in hits[:3]]}", path=root)
+    return hits[0]
+
+
+def miracl_langs(root: str | Path, split: str = "dev") -> list[str]:
+    """Languages that have a topics file for ``split`` under ``root``."""
+    prefix, suffix = "topics.miracl-v1.0-", f"-{split}.tsv"
+    langs = []
+    for p in Path(root).rglob(f"{prefix}*{suffix}"):
+        langs.append(check_lang(p.name[len(prefix) : -len(suffix)], path=p, field="file name"))
+    return sorted(set(langs))
+
+
+def miracl_splits(root: str | Path) -> list[str]:
+    """Splits that have at least one topics file under ``root``."""
+    splits = {p.name.rsplit("-", 1)[-1][: -len(".tsv")] for p in Path(root).rglob("topics.miracl-v1.0-*.tsv")}
+    return sorted(splits)
+
+
+def read_topics(path: Path) -> dict[str, str]:
+    """``{qid: query}`` from a ``qid<TAB>query`` file; malformed lines name file and line."""
+    topics: dict[str, str] = {}
+    with open_text(path) as f:
+        for lineno, raw in enumerate(f, start=1):
+            line = raw.rstrip("\r\n")
+            if not line.strip():
+                continue
+            parts = line.split("\t")
+            if len(parts) != 2:
+                raise DataError(
+                    f"malformed topics line: expected 'qid<TAB>query', got {len(parts)} field(s)",
+                    path=path, line=lineno, value=line,
+                )
+            qid, query = parts[0].strip(), parts[1].strip()
+            if not qid or not query:
+                raise DataError("empty query id or text", path=path, line=lineno, value=line)
+            if qid in topics:
+                raise DataError("duplicate query id", path=path, line=lineno, field="qid", value=qid)
+            topics[qid] = query
+    return topics
+
+
+def read_qrels(path: Path) -> tuple[dict[str, dict[str, int]], dict[str, int]]:
+    """TREC qrels ``qid Q0 docid rel`` -> ``({qid: {docid: rel}}, {docid: first line})``."""
+    qrels: dict[str, dict[str, int]] = defaultdict(dict)
+    first_line: dict[str, int] = {}
+    with open_text(path) as f:
+        for lineno, raw in enumerate(f, start=1):
+            parts = raw.split()
+            if not parts:
+                continue
+            if len(parts) != 4:
+                raise DataError(
+                    f"malformed qrels line: expected 'qid Q0 docid relevance', got {len(parts)} field(s)",
+                    path=path, line=lineno, value=raw.strip(),
+                )
+            qid, _, docid, rel = parts
+            try:
+                qrels[qid][docid] = int(rel)
+            except ValueError:
+                raise DataError(
+                    "relevance is not an integer", path=path, line=lineno, field="relevance", value=rel
+                ) from None
+            first_line.setdefault(docid, lineno)
+    return dict(qrels), first_line
+
+
+def read_corpus(directory: Path) -> pa.Table:
+    """All ``docs-*.jsonl(.gz)`` of a corpus directory as a ``(docid, title, text)`` table."""
+    files = sorted(directory.glob("docs-*.jsonl.gz")) + sorted(directory.glob("docs-*.jsonl"))
+    if not files:
+        raise DataError("corpus directory holds no docs-*.jsonl.gz files", path=directory)
+    tables = []
+    for f in files:
+        t = read_jsonl(f, CORPUS_JSONL_SCHEMA, required=("docid", "text"))
+        tables.append(t.select(CORPUS_JSONL_SCHEMA.names).cast(CORPUS_JSONL_SCHEMA))
+    return pa.concat_tables(tables)
+
+
+def _candidate_text(title: pa.ChunkedArray, text: pa.ChunkedArray) -> pa.ChunkedArray:
+    """``title + " " + text``, or ``text`` alone where the title is empty or missing."""
+    title = pc.utf8_trim_whitespace(pc.fill_null(title, ""))
+    text = pc.utf8_trim_whitespace(text)
+    joined = pc.binary_join_element_wise(title, text, " ")
+    return pc.if_else(pc.equal(pc.utf8_length(title), 0), text, joined)
+
+
+def load_miracl(
+    root: str | Path,
+    langs: list[str] | str | None = None,
+    split: str = "dev",
+    *,
+    judged_only: bool = False,
+    name: str | None = None,
+) -> RetrievalSet:
+    """Load one or several MIRACL languages of ``split`` into one :class:`RetrievalSet`.
+
+    ``judged_only`` keeps only the judged documents of the corpus (a small re-ranking pool for
+    smoke tests; the full corpus is the real benchmark). Raises DataError for malformed TSV lines,
+    a topic without qrels, qrels naming a document absent from the corpus and bad corpus JSON.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError("not a MIRACL directory", path=root)
+    if isinstance(langs, str):
+        langs = [langs]
+    langs = list(langs) if langs is not None else miracl_langs(root, split)
+    if not langs:
+        raise DataError(f"no topics.miracl-v1.0-{{lang}}-{split}.tsv files", path=root)
+    q_ids, q_langs, q_texts, c_tables = [], [], [], []
+    qrels_all: dict[str, dict[str, int]] = {}
+    for lang in langs:
+        check_lang(lang, path=root)
+        topics_path = _find_one(root, topics_name(lang, split))
+        qrels_path = _find_one(root, qrels_name(lang, split))
+        topics = read_topics(topics_path)
+        qrels, first_line = read_qrels(qrels_path)
+        for qid in topics:
+            if not qrels.get(qid):
+                raise DataError(
+                    f"topic has no qrels in {qrels_path}", path=topics_path, field="qid", value=qid
+                )
+        corpus = read_corpus(_find_one(root, corpus_dir_name(lang), is_dir=True))
+        docids = corpus.column("docid")
+        if pc.count_distinct(docids).as_py() != corpus.num_rows:
+            counts = pc.value_counts(docids)
+            dup = next(v["values"].as_py() for v in counts if v["counts"].as_py() > 1)
+            raise DataError("duplicate docid in the corpus", path=root / corpus_dir_name(lang), value=dup)
+        judged = sorted({d for q in topics for d in qrels[q]})
+        present = pc.is_in(pa.array(judged, pa.string()), value_set=docids)
+        if not pc.all(present).as_py():
+            missing = judged[pc.index(present, False).as_py()]
+            raise DataError(
+                f"qrels name a document absent from the corpus {corpus_dir_name(lang)}",
+                path=qrels_path, line=first_line[missing], field="docid", value=missing,
+            )
+        if judged_only:
+            corpus = corpus.filter(pc.is_in(docids, value_set=pa.array(judged, pa.string())))
+        suffix = f"/{lang}"
+        c_tables.append(
+            pa.table(
+                {
+                    "docid": pc.binary_join_element_wise(corpus.column("docid"), pa.scalar(suffix), ""),
+                    "lang": pa.array([lang] * corpus.num_rows, pa.string()),
+                    "text": _candidate_text(corpus.column("title"), corpus.column("text")),
+                }
+            )
+        )
+        for qid, text in topics.items():
+            key = qid + suffix
+            q_ids.append(key)
+            q_langs.append(lang)
+            q_texts.append(text)
+            qrels_all[key] = {d + suffix: r for d, r in qrels[qid].items()}
+    queries = pa.table({"qid": q_ids, "lang": q_langs, "text": q_texts})
+    return RetrievalSet(
+        name=name or f"miracl-{split}", queries=queries, corpus=pa.concat_tables(c_tables), qrels=qrels_all
+    )
+
+
+def _tsv_field(value: str) -> str:
+    """Collapse whitespace: a tab or newline inside a field would break the TSV line format."""
+    return " ".join(str(value).split())
+
+
+def write_miracl(
+    root: str | Path,
+    lang: str,
+    split: str,
+    queries: Mapping[str, str],
+    qrels: Mapping[str, Mapping[str, int]],
+    corpus: Iterable[Mapping[str, str]],
+) -> dict[str, Path]:
+    """Write one language/split in MIRACL format (flat layout under ``root``), each file atomic.
+
+    ``queries`` maps qid -> text, ``qrels`` qid -> {docid: relevance}, ``corpus`` yields dicts
+    with ``docid``, ``text`` and optional ``title``. Whitespace inside TSV fields is collapsed.
+    The corpus goes to ``miracl-corpus-v1.0-{lang}/docs-0.jsonl.gz`` (gzip mtime 0, so
+    rebuilding the same data gives byte-identical files).
+    """
+    check_lang(lang)
+    root = Path(root)
+    paths = {
+        "topics": root / topics_name(lang, split),
+        "qrels": root / qrels_name(lang, split),
+        "corpus": root / corpus_dir_name(lang) / "docs-0.jsonl.gz",
+    }
+    with atomic_path(paths["topics"]) as tmp:
+        tmp.write_text(
+            "".join(f"{_tsv_field(q)}\t{_tsv_field(t)}\n" for q, t in queries.items()), encoding="utf-8"
+        )
+    with atomic_path(paths["qrels"]) as tmp:
+        tmp.write_text(
+            "".join(f"{q}\tQ0\t{d}\t{int(r)}\n" for q, rel in qrels.items() for d, r in rel.items()),
+            encoding="utf-8",
+        )
+    with atomic_path(paths["corpus"]) as tmp, gzip.GzipFile(tmp, "wb", mtime=0) as f:
+        for doc in corpus:
+            row = {"docid": doc["docid"], "title": doc.get("title", ""), "text": doc["text"]}
+            f.write((json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8"))
+    return paths

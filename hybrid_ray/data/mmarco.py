@@ -1,0 +1,196 @@
+"""Load mMARCO (multilingual MS MARCO) training triples into the long pairs layout.
+
+Layout under the root::
+
+    collections/{language}_collection.tsv                doc_id<TAB>passage
+    queries/{split}/{language}_queries.{split}.tsv        qid<TAB>query
+    triples.train.ids.small.tsv                           qid<TAB>pos_id<TAB>neg_id
+
+mMARCO names languages in full ("english", "german", ...); they are mapped to ISO 639-1 codes.
+Ids are shared across languages (the collections are translations of one another), which is
+exactly what makes the output parallel: ``pair_id = f"{qid}-{pos_id}"`` is the same pair in every
+language. Triples sharing a (qid, pos_id) become one pair whose negatives are the first
+``negatives_per_pair`` negatives of those triples.
+
+The files are large (8.8M passages, ~3 GB per language; 40M triples), so they are streamed with
+pyarrow's CSV reader and only the rows the selected triples need are kept.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pcsv
+
+from hybrid_ray.data.pairs import open_text
+from hybrid_ray.data.schema import PAIRS_SCHEMA, check_lang, validate_pairs_table
+from hybrid_ray.errors import DataError
+
+#: mMARCO language names (as used in its file names) -> ISO 639-1.
+MMARCO_LANGUAGES: dict[str, str] = {
+    "arabic": "ar", "chinese": "zh", "dutch": "nl", "english": "en", "french": "fr",
+    "german": "de", "hindi": "hi", "indonesian": "id", "italian": "it", "japanese": "ja",
+    "portuguese": "pt", "russian": "ru", "spanish": "es", "vietnamese": "vi",
+}
+ISO_TO_MMARCO = {code: name for name, code in MMARCO_LANGUAGES.items()}
+TRIPLES_FILE = "triples.train.ids.small.tsv"
+
+
+def mmarco_name(lang: str) -> str:
+    """The mMARCO file-name language for an ISO code (or an mMARCO name, passed through)."""
+    if lang in MMARCO_LANGUAGES:
+        return lang
+    if lang in ISO_TO_MMARCO:
+        return ISO_TO_MMARCO[lang]
+    raise DataError(
+        f"language not in mMARCO (codes: {sorted(ISO_TO_MMARCO)})", field="lang", value=lang
+    )
+
+
+def mmarco_langs(root: str | Path) -> list[str]:
+    """ISO codes of the languages that have a collection file under ``root``."""
+    codes = []
+    for p in sorted((Path(root) / "collections").glob("*_collection.tsv")):
+        name = p.name[: -len("_collection.tsv")]
+        if name not in MMARCO_LANGUAGES:
+            raise DataError(
+                f"unknown mMARCO language name (known: {sorted(MMARCO_LANGUAGES)})",
+                path=p, field="file name", value=name,
+            )
+        codes.append(MMARCO_LANGUAGES[name])
+    return sorted(codes)
+
+
+def _first_bad_line(path: Path, n_fields: int) -> tuple[int, str] | None:
+    with open_text(path) as f:
+        for lineno, raw in enumerate(f, start=1):
+            line = raw.rstrip("\r\n")
+            if line and len(line.split("\t")) != n_fields:
+                return lineno, line
+    return None
+
+
+def _stream_tsv(path: Path, columns: list[str]):
+    """Record batches of an all-string TSV without quoting (passages contain quote marks)."""
+    if not path.is_file():
+        raise DataError("missing mMARCO file", path=path)
+    read = pcsv.ReadOptions(column_names=columns, block_size=16 << 20)
+    parse = pcsv.ParseOptions(delimiter="\t", quote_char=False, escape_char=False)
+    convert = pcsv.ConvertOptions(
+        column_types={c: pa.string() for c in columns}, strings_can_be_null=False
+    )
+    try:
+        reader = pcsv.open_csv(path, read_options=read, parse_options=parse, convert_options=convert)
+        yield from reader
+    except pa.ArrowInvalid as exc:
+        if "Empty CSV file" in str(exc):
+            return
+        bad = _first_bad_line(path, len(columns))
+        if bad is not None:
+            raise DataError(
+                f"malformed line: expected {len(columns)} tab-separated fields ({', '.join(columns)})",
+                path=path, line=bad[0], value=bad[1],
+            ) from None
+        raise DataError(f"cannot parse TSV: {exc}", path=path) from None
+
+
+def read_triples(root: str | Path, max_triples: int | None = None) -> pa.Table:
+    """The first ``max_triples`` (all when None) rows of the id triples file."""
+    path = Path(root) / TRIPLES_FILE
+    batches, n = [], 0
+    for batch in _stream_tsv(path, ["qid", "pos_id", "neg_id"]):
+        if max_triples is not None and n + batch.num_rows >= max_triples:
+            batches.append(batch.slice(0, max_triples - n))
+            n = max_triples
+            break
+        batches.append(batch)
+        n += batch.num_rows
+    schema = pa.schema([(c, pa.string()) for c in ("qid", "pos_id", "neg_id")])
+    table = pa.Table.from_batches(batches, schema=schema)
+    if not table.num_rows:
+        raise DataError("no triples", path=path)
+    return table
+
+
+def _lookup(path: Path, ids: pa.Array, what: str) -> pa.Array:
+    """Texts for ``ids`` (in order) from an ``id<TAB>text`` file, streaming it once.
+
+    Raises DataError naming the file and the first id it lacks, or whose text is empty.
+    """
+    wanted = pc.unique(ids)
+    found_ids, found_texts = [], []
+    for batch in _stream_tsv(path, ["id", "text"]):
+        mask = pc.is_in(batch.column(0), value_set=wanted)
+        if pc.any(mask).as_py():
+            found_ids.append(pc.filter(batch.column(0), mask))
+            found_texts.append(pc.filter(batch.column(1), mask))
+    have = pa.concat_arrays(found_ids) if found_ids else pa.array([], pa.string())
+    texts = pa.concat_arrays(found_texts) if found_texts else pa.array([], pa.string())
+    idx = pc.index_in(ids, value_set=have)
+    if idx.null_count:
+        missing = ids[pc.index(pc.is_null(idx), True).as_py()].as_py()
+        raise DataError(f"{what} id used by a triple is missing from this file", path=path, value=missing)
+    out = pc.utf8_trim_whitespace(pc.take(texts, idx))
+    empty = pc.equal(pc.utf8_length(out), 0)
+    if pc.any(empty).as_py():
+        bad = ids[pc.index(empty, True).as_py()].as_py()
+        raise DataError(f"empty {what} text", path=path, field="text", value=bad)
+    return out
+
+
+def load_mmarco(
+    root: str | Path,
+    langs: list[str] | None = None,
+    *,
+    split: str = "train",
+    max_triples: int | None = None,
+    negatives_per_pair: int = 1,
+) -> pa.Table:
+    """mMARCO triples as a validated long-layout pairs table (one row per pair and language).
+
+    ``langs`` are ISO codes or mMARCO names (default: every language with a collection).
+    ``max_triples`` reads only the first N triples (the full file has ~40M).
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError("not an mMARCO directory", path=root)
+    if negatives_per_pair < 0:
+        raise DataError("must be >= 0", field="negatives_per_pair", value=negatives_per_pair)
+    codes = [MMARCO_LANGUAGES.get(lang, lang) for lang in langs] if langs else mmarco_langs(root)
+    if not codes:
+        raise DataError("no collections/{language}_collection.tsv files", path=root)
+    for code in codes:
+        check_lang(code, path=root)
+        mmarco_name(code)
+    triples = read_triples(root, max_triples)
+    grouped = triples.group_by(["qid", "pos_id"], use_threads=False).aggregate([("neg_id", "list")])
+    qids, pos_ids = grouped.column("qid").combine_chunks(), grouped.column("pos_id").combine_chunks()
+    negs = pc.list_slice(grouped.column("neg_id_list").combine_chunks(), 0, negatives_per_pair)
+    neg_offsets = negs.offsets
+    neg_flat = pc.list_flatten(negs)
+    pair_ids = pc.binary_join_element_wise(qids, pos_ids, "-")
+    tables = []
+    for code in codes:
+        name = mmarco_name(code)
+        qpath = root / "queries" / split / f"{name}_queries.{split}.tsv"
+        cpath = root / "collections" / f"{name}_collection.tsv"
+        query = _lookup(qpath, qids, "query")
+        doc_ids = pa.concat_arrays([pos_ids, neg_flat])
+        docs = _lookup(cpath, doc_ids, "passage")
+        positive = docs.slice(0, len(pos_ids))
+        negatives = pa.ListArray.from_arrays(neg_offsets, docs.slice(len(pos_ids)))
+        tables.append(
+            pa.table(
+                {
+                    "pair_id": pair_ids,
+                    "lang": pa.array([code] * len(pair_ids), pa.string()),
+                    "query": query,
+                    "positive": positive,
+                    "negatives": negatives,
+                },
+                schema=PAIRS_SCHEMA,
+            )
+        )
+    return validate_pairs_table(pa.concat_tables(tables), path=root)

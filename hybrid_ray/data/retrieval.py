@@ -1,0 +1,129 @@
+"""A retrieval evaluation set: queries, a candidate corpus and relevance judgements.
+
+One representation serves every evaluation format: LAReQA (XQuAD-R / MLQA-R), MIRACL and our own
+parallel pairs. Languages are kept per query and per candidate so that evaluation can form the
+mono-, cross- and multilingual settings by filtering, and the language-bias metric can find each
+query's parallel relevant candidates in the pooled multilingual corpus.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from hybrid_ray.data.schema import validate_pairs_table
+from hybrid_ray.errors import DataError
+
+QUERIES_SCHEMA = pa.schema([("qid", pa.string()), ("lang", pa.string()), ("text", pa.string())])
+CORPUS_SCHEMA = pa.schema([("docid", pa.string()), ("lang", pa.string()), ("text", pa.string())])
+QRELS_SCHEMA = pa.schema([("qid", pa.string()), ("docid", pa.string()), ("relevance", pa.int32())])
+RETRIEVAL_FILES = ("queries.parquet", "corpus.parquet", "qrels.parquet")
+
+
+@dataclass
+class RetrievalSet:
+    """Queries and candidates (Arrow tables) plus qrels ``{qid: {docid: relevance}}``."""
+
+    name: str
+    queries: pa.Table
+    corpus: pa.Table
+    qrels: dict[str, dict[str, int]]
+
+    def __post_init__(self) -> None:
+        self.queries = self.queries.select(QUERIES_SCHEMA.names).cast(QUERIES_SCHEMA)
+        self.corpus = self.corpus.select(CORPUS_SCHEMA.names).cast(CORPUS_SCHEMA)
+
+    @property
+    def langs(self) -> list[str]:
+        return sorted(set(pc.unique(self.queries.column("lang")).to_pylist()))
+
+    @property
+    def corpus_langs(self) -> list[str]:
+        return sorted(set(pc.unique(self.corpus.column("lang")).to_pylist()))
+
+    def validate(self) -> RetrievalSet:
+        """Every query has qrels and every judged docid exists in the corpus."""
+        docids = set(self.corpus.column("docid").to_pylist())
+        for qid in self.queries.column("qid").to_pylist():
+            rel = self.qrels.get(qid)
+            if not rel:
+                raise DataError("query has no relevance judgements (qrels)", field="qid", value=qid)
+        for qid, rel in self.qrels.items():
+            for docid in rel:
+                if docid not in docids:
+                    raise DataError(
+                        f"qrels of query {qid!r} name a document missing from the corpus",
+                        field="docid", value=docid,
+                    )
+        return self
+
+    @classmethod
+    def from_pairs(cls, table: pa.Table, name: str = "pairs") -> RetrievalSet:
+        """LAReQA-like set from a parallel pairs table.
+
+        Query ``(pair, lang)`` is relevant to the positive passage of the same pair in every
+        language, so the multilingual pool holds one relevant candidate per language.
+        """
+        table = validate_pairs_table(table)
+        pair_ids = table.column("pair_id").to_pylist()
+        langs = table.column("lang").to_pylist()
+        ids = [f"{p}/{lang}" for p, lang in zip(pair_ids, langs, strict=True)]
+        by_pair: dict[str, dict[str, int]] = defaultdict(dict)
+        for pid, i in zip(pair_ids, ids, strict=True):
+            by_pair[pid][i] = 1
+        qrels = {i: by_pair[pid] for pid, i in zip(pair_ids, ids, strict=True)}
+        queries = pa.table({"qid": ids, "lang": langs, "text": table.column("query")})
+        corpus = pa.table({"docid": ids, "lang": langs, "text": table.column("positive")})
+        return cls(name=name, queries=queries, corpus=corpus, qrels=qrels)
+
+    def qrels_table(self) -> pa.Table:
+        """The qrels as a flat ``(qid, docid, relevance)`` table (for Parquet / statistics)."""
+        rows = [(q, d, r) for q, rel in self.qrels.items() for d, r in rel.items()]
+        qids, docids, rels = zip(*rows, strict=True) if rows else ((), (), ())
+        return pa.table(
+            {"qid": list(qids), "docid": list(docids), "relevance": list(rels)}, schema=QRELS_SCHEMA
+        )
+
+    def save(self, path: str | Path) -> Path:
+        """Write ``queries/corpus/qrels.parquet`` into directory ``path`` (each file atomically)."""
+        from hybrid_ray.io import atomic_path, write_json_atomic
+
+        path = Path(path)
+        for fname, table in zip(
+            RETRIEVAL_FILES, (self.queries, self.corpus, self.qrels_table()), strict=True
+        ):
+            with atomic_path(path / fname) as tmp:
+                pq.write_table(table, tmp, compression="zstd")
+        write_json_atomic(path / "retrieval.json", {"format": "retrieval", "name": self.name})
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, name: str | None = None) -> RetrievalSet:
+        """Read a directory written by :meth:`save`."""
+        path = Path(path)
+        tables = []
+        for fname in RETRIEVAL_FILES:
+            f = path / fname
+            if not f.is_file():
+                raise DataError("missing file of a retrieval set directory", path=f)
+            tables.append(pq.read_table(f))
+        queries, corpus, qrels_t = tables
+        schemas = (QUERIES_SCHEMA, CORPUS_SCHEMA, QRELS_SCHEMA)
+        for f, t, schema in zip(RETRIEVAL_FILES, tables, schemas, strict=True):
+            missing = [c for c in schema.names if c not in t.column_names]
+            if missing:
+                raise DataError(f"missing column(s) {missing}", path=path / f, field=missing[0])
+        qrels: dict[str, dict[str, int]] = defaultdict(dict)
+        for q, d, r in zip(
+            qrels_t.column("qid").to_pylist(),
+            qrels_t.column("docid").to_pylist(),
+            qrels_t.column("relevance").to_pylist(),
+            strict=True,
+        ):
+            qrels[q][d] = int(r)
+        return cls(name=name or path.name, queries=queries, corpus=corpus, qrels=dict(qrels))

@@ -1,0 +1,104 @@
+"""The one canonical Arrow schema for parallel multilingual retrieval data.
+
+"Long" layout: one row per (pair_id, lang). A pair's parallel versions share ``pair_id``; that
+is what lets the sampler build monolingual batches (query and passage rows of the same language)
+and cross-lingual ones (query row in one language, passage row of the same pair in another).
+
+Columns
+  pair_id    string         shared across languages; unique per (pair_id, lang)
+  lang       string         ISO 639-1 code (see ``LANGUAGES``)
+  query      string         non-empty
+  positive   string         non-empty, the relevant passage, in ``lang``
+  negatives  list<string>   hard negatives in ``lang``; may be empty
+
+A data set on disk is a directory with ``{split}.parquet`` files (train/dev/test) plus an
+optional ``meta.json``; a single Parquet/JSONL file is a one-split data set.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from hybrid_ray.errors import DataError
+
+PAIRS_SCHEMA = pa.schema(
+    [
+        pa.field("pair_id", pa.string(), nullable=False),
+        pa.field("lang", pa.string(), nullable=False),
+        pa.field("query", pa.string(), nullable=False),
+        pa.field("positive", pa.string(), nullable=False),
+        pa.field("negatives", pa.list_(pa.string()), nullable=False),
+    ]
+)
+REQUIRED_COLUMNS = ("pair_id", "lang", "query", "positive")
+
+# Languages we know by ISO 639-1 code: the paper's (ar zh en de hi ru es th tr el vi), MIRACL's,
+# LAReQA's and the embedded Bible set's. An unknown code is almost always a typo or a locale tag.
+LANGUAGES: dict[str, str] = {
+    "ar": "Arabic", "bn": "Bengali", "de": "German", "el": "Greek", "en": "English",
+    "es": "Spanish", "fa": "Persian", "fi": "Finnish", "fr": "French", "hi": "Hindi",
+    "id": "Indonesian", "it": "Italian", "ja": "Japanese", "ko": "Korean", "nl": "Dutch",
+    "pl": "Polish", "pt": "Portuguese", "ro": "Romanian", "ru": "Russian", "sw": "Swahili",
+    "te": "Telugu", "th": "Thai", "tl": "Tagalog", "tr": "Turkish", "uk": "Ukrainian",
+    "ur": "Urdu", "vi": "Vietnamese", "yo": "Yoruba", "zh": "Chinese",
+}
+
+
+def check_lang(code: str, *, path: object = None, field: str = "lang", line: int | None = None) -> str:
+    """Return ``code`` if it is a known language, else raise a DataError naming it."""
+    if code not in LANGUAGES:
+        raise DataError(
+            f"unknown language code (expected one of {', '.join(sorted(LANGUAGES))})",
+            path=path, field=field, value=code, line=line,
+        )
+    return code
+
+
+def validate_pairs_table(table: pa.Table, *, path: object = None) -> pa.Table:
+    """Check a pairs table and return it cast to ``PAIRS_SCHEMA`` (adding empty negatives).
+
+    Raises DataError for: missing columns, unknown language codes, empty query/passage text,
+    duplicate (pair_id, lang) rows. All checks are vectorised (pyarrow.compute).
+    """
+    missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
+    if missing:
+        raise DataError(
+            f"missing required column(s) {missing}; found {table.column_names}",
+            path=path, field=missing[0],
+        )
+    if "negatives" not in table.column_names:
+        empty = pa.array([[]] * table.num_rows, type=pa.list_(pa.string()))
+        table = table.append_column("negatives", empty)
+    table = table.select(list(PAIRS_SCHEMA.names))
+    try:
+        table = table.cast(PAIRS_SCHEMA)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise DataError(f"columns do not match the pairs schema {PAIRS_SCHEMA}: {exc}", path=path) from exc
+    for name in REQUIRED_COLUMNS:
+        col = table.column(name)
+        if col.null_count:
+            row = pc.index(pc.is_null(col), True).as_py()
+            raise DataError("null value", path=path, field=name, line=row)
+    for name in ("query", "positive", "pair_id"):
+        empty = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(table.column(name))), 0)
+        if pc.any(empty).as_py():
+            row = pc.index(empty, True).as_py()
+            raise DataError(
+                f"empty text in row {row} (pair_id {table.column('pair_id')[row].as_py()!r})",
+                path=path, field=name, line=row,
+            )
+    langs = pc.unique(table.column("lang")).to_pylist()
+    for code in langs:
+        check_lang(code, path=path)
+    if table.num_rows:
+        keys = pc.binary_join_element_wise(table.column("pair_id"), table.column("lang"), "\x1f")
+        if len(pc.unique(keys)) != table.num_rows:
+            counts = pc.value_counts(keys)
+            dup = next(v["values"].as_py() for v in counts if v["counts"].as_py() > 1)
+            pid, lang = dup.split("\x1f")
+            raise DataError(
+                f"duplicate row for pair_id {pid!r} in language {lang!r}: each (pair_id, lang) must be unique",
+                path=path, field="pair_id", value=pid,
+            )
+    return table

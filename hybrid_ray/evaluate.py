@@ -1,0 +1,347 @@
+"""Evaluate a dual encoder on a :class:`RetrievalSet`: mono-, cross- and multilingual retrieval.
+
+Queries and candidates are encoded once; every setting is then a FAISS exact search
+(:mod:`hybrid_ray.search`) over a subset of the same candidate vectors, scored by trec_eval
+(:mod:`hybrid_ray.metrics`).
+
+LAReQA setting (XQuAD-R, MLQA-R, our parallel pairs), as in the paper:
+
+* pair (X, Y): queries in language X against the candidates in language Y only; mAP, R@1, R@10.
+  A query with no relevant candidate in Y (its pair is missing there) is left out of that pair.
+* mono = macro over X == Y; cross = macro over X != Y (every pair counts equally);
+* multilingual: queries against the pooled candidates of all languages (one relevant per
+  language); mAP, R@1, R@10 averaged per query language, then macro over query languages;
+* language bias (Huang et al. 2023) from the multilingual ranking: per query, for each language
+  the best rank of its relevant candidates there, then max - min over languages; mean per query
+  language, macro over languages. Ranks are computed exactly over the whole pool (a chunked
+  matrix product), not from the truncated top-k, because a badly ranked language is precisely
+  what the metric must see.
+
+MIRACL setting (monolingual per language): nDCG@10, Recall@100 and mAP per language and mean.
+
+Search depth: LAReQA mAP depends on the whole candidate list. Each search uses
+``k = pool size`` when the pool has at most ``max_k`` candidates (exact mAP), otherwise
+``k = max_k`` (default 1000): relevant candidates ranked below ``max_k`` then contribute 0 to AP,
+which lowers mAP by less than ``R / max_k`` per query. The results record the depth used and
+whether any search was truncated; pass ``max_k=None`` for the exact full ranking.
+Before trec_eval, each query's ranking is cut right after its last relevant candidate (but never
+above the largest metric cut-off): nothing after that point changes AP, R@k or nDCG@k, and it
+keeps trec_eval's input small (121 language pairs x 1,190 queries for XQuAD-R).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from hybrid_ray.data.retrieval import RetrievalSet
+from hybrid_ray.encode import Encoder, encode_texts, encode_to_memmap
+from hybrid_ray.errors import ConfigError, DataError
+from hybrid_ray.metrics import evaluate_run, language_bias, macro, run_from_ranking
+from hybrid_ray.search import build_index, maybe_to_gpu, search
+
+LAREQA_METRICS: tuple[str, ...] = ("map", "recall_1", "recall_10")
+MIRACL_METRICS: tuple[str, ...] = ("ndcg_cut_10", "recall_100", "map")
+METRIC_LABELS = {
+    "map": "mAP", "recall_1": "R@1", "recall_10": "R@10", "recall_100": "R@100", "ndcg_cut_10": "nDCG@10",
+}
+DEFAULT_MAX_K = 1000
+
+
+def _max_cut(metrics: Sequence[str]) -> int:
+    cuts = [int(m.rpartition("_")[2]) for m in metrics if m.rpartition("_")[2].isdigit()]
+    return max(cuts, default=1)
+
+
+def detect_setting(rs: RetrievalSet) -> str:
+    """``miracl`` when no query has a relevant candidate in another language, else ``lareqa``."""
+    if rs.name.lower().startswith("miracl"):
+        return "miracl"
+    q, c = rs.queries, rs.corpus
+    qlang = dict(zip(q.column("qid").to_pylist(), q.column("lang").to_pylist(), strict=True))
+    dlang = dict(zip(c.column("docid").to_pylist(), c.column("lang").to_pylist(), strict=True))
+    for qid, rel in rs.qrels.items():
+        if qid in qlang and any(dlang.get(d, qlang[qid]) != qlang[qid] for d, r in rel.items() if r >= 1):
+            return "lareqa"
+    return "miracl"
+
+
+def subsample_queries(rs: RetrievalSet, max_per_lang: int | None) -> RetrievalSet:
+    """Keep the first ``max_per_lang`` queries of each language (candidates stay complete).
+
+    The first N in file order keeps parallel sets parallel (the same pair/question ids in every
+    language), so the cross-lingual settings still compare like with like.
+    """
+    if not max_per_lang:
+        return rs
+    langs = rs.queries.column("lang").to_pylist()
+    seen: dict[str, int] = {}
+    keep = []
+    for i, lang in enumerate(langs):
+        if seen.get(lang, 0) < max_per_lang:
+            keep.append(i)
+            seen[lang] = seen.get(lang, 0) + 1
+    queries = rs.queries.take(pa.array(keep, pa.int64()))
+    qids = set(queries.column("qid").to_pylist())
+    return RetrievalSet(rs.name, queries, rs.corpus, {q: r for q, r in rs.qrels.items() if q in qids})
+
+
+class _Encoded:
+    """Query / candidate vectors plus the id and language lookups every setting needs."""
+
+    def __init__(self, rs: RetrievalSet, q_emb: np.ndarray, c_emb: np.ndarray) -> None:
+        self.qids = np.asarray(rs.queries.column("qid").to_pylist(), dtype=object)
+        self.q_lang = np.asarray(rs.queries.column("lang").to_pylist(), dtype=object)
+        self.docids = np.asarray(rs.corpus.column("docid").to_pylist(), dtype=object)
+        self.c_lang = np.asarray(rs.corpus.column("lang").to_pylist(), dtype=object)
+        self.q_emb = q_emb
+        self.c_emb = c_emb
+        self.row_of_doc = {d: i for i, d in enumerate(self.docids.tolist())}
+        if len(self.row_of_doc) != len(self.docids):
+            raise DataError("duplicate docid in the candidate corpus", field="docid")
+        # Relevant candidate rows per query row (relevance >= 1), for language bias and trimming.
+        self.rel_rows: list[np.ndarray] = []
+        for qid in self.qids.tolist():
+            rel = rs.qrels.get(qid, {})
+            rows = [self.row_of_doc[d] for d, r in rel.items() if r >= 1 and d in self.row_of_doc]
+            self.rel_rows.append(np.asarray(sorted(rows), dtype=np.int64))
+
+
+def _encode(
+    encoder: Encoder, rs: RetrievalSet, batch_size: int, cache_dir: str | Path | None, progress: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    q_text = rs.queries.column("text")
+    c_text = rs.corpus.column("text")
+    q_emb = encode_texts(encoder, q_text, "query", batch_size, progress=progress, desc="encode queries")
+    if cache_dir is not None:
+        c_emb = encode_to_memmap(encoder, c_text, "passage", Path(cache_dir) / "candidates.npy",
+                                 batch_size, progress=progress)
+    else:
+        c_emb = encode_texts(encoder, c_text, "passage", batch_size, progress=progress,
+                             desc="encode candidates")
+    return q_emb, c_emb
+
+
+def _depth(pool: int, max_k: int | None) -> int:
+    return pool if max_k is None or pool <= max_k else int(max_k)
+
+
+def _score_subset(
+    enc: _Encoded,
+    q_rows: np.ndarray,
+    c_rows: np.ndarray,
+    qrels: dict[str, dict[str, int]],
+    metrics: Sequence[str],
+    max_k: int | None,
+    use_gpu: bool,
+) -> tuple[dict[str, Any], int]:
+    """Search ``q_rows`` against the candidates ``c_rows`` and score with trec_eval."""
+    k = _depth(len(c_rows), max_k)
+    if len(q_rows) == 0 or len(c_rows) == 0:
+        return evaluate_run({}, {}, metrics), k
+    index = build_index(enc.c_emb[c_rows], "Flat")
+    if use_gpu:
+        index = maybe_to_gpu(index)
+    _, local = search(index, enc.q_emb[q_rows], k)
+    glob = c_rows[local]  # [nq, k] candidate rows in the full corpus
+    # Relevant mask, vectorised: key = query position * N + candidate row.
+    n = len(enc.docids)
+    rel_keys = np.concatenate(
+        [np.zeros(0, np.int64)] + [i * n + enc.rel_rows[q] for i, q in enumerate(q_rows.tolist())]
+    )
+    is_rel = np.isin(np.arange(len(q_rows), dtype=np.int64)[:, None] * n + glob, rel_keys)
+    last = np.where(is_rel.any(1), k - np.argmax(is_rel[:, ::-1], axis=1), 0)
+    depth = np.minimum(np.maximum(last, _max_cut(metrics)), k)
+    ranking = {
+        enc.qids[q]: enc.docids[glob[i, : depth[i]]].tolist() for i, q in enumerate(q_rows.tolist())
+    }
+    sub_qrels = {enc.qids[q]: qrels.get(enc.qids[q], {}) for q in q_rows.tolist()}
+    return evaluate_run(sub_qrels, run_from_ranking(ranking), metrics), k
+
+
+def exact_ranks(enc: _Encoded, q_rows: np.ndarray, chunk: int = 256) -> list[np.ndarray]:
+    """1-based rank of every relevant candidate of each query in the whole pool, exactly.
+
+    Same order as :func:`hybrid_ray.search.search`: score descending, then lower row first.
+    """
+    out: list[np.ndarray] = []
+    cand = np.ascontiguousarray(enc.c_emb, dtype=np.float32)
+    idx = np.arange(len(cand))
+    for start in range(0, len(q_rows), chunk):
+        rows = q_rows[start : start + chunk]
+        scores = np.ascontiguousarray(enc.q_emb[rows], dtype=np.float32) @ cand.T
+        for i, q in enumerate(rows.tolist()):
+            rel = enc.rel_rows[q]
+            s = scores[i]
+            rs = s[rel]
+            higher = (s[None, :] > rs[:, None]).sum(1)
+            tie_before = ((s[None, :] == rs[:, None]) & (idx[None, :] < rel[:, None])).sum(1)
+            out.append(1 + higher + tie_before)
+    return out
+
+
+def _lareqa(enc: _Encoded, rs: RetrievalSet, max_k: int | None, use_gpu: bool) -> dict[str, Any]:
+    q_langs = sorted(set(enc.q_lang.tolist()))
+    c_langs = sorted(set(enc.c_lang.tolist()))
+    q_by_lang = {x: np.flatnonzero(enc.q_lang == x) for x in q_langs}
+    c_by_lang = {y: np.flatnonzero(enc.c_lang == y) for y in c_langs}
+    pairs: dict[str, dict[str, dict[str, float]]] = {}
+    depths: list[int] = []
+    truncated = False
+    for x in q_langs:
+        pairs[x] = {}
+        for y in c_langs:
+            res, k = _score_subset(enc, q_by_lang[x], c_by_lang[y], rs.qrels, LAREQA_METRICS, max_k, use_gpu)
+            depths.append(k)
+            truncated |= k < len(c_by_lang[y])
+            pairs[x][y] = {**res["mean"], "n_queries": res["n_queries"]}
+
+    def setting(cells: list[dict[str, float]]) -> dict[str, float]:
+        cells = [c for c in cells if c["n_queries"] > 0]
+        return {m: macro(c[m] for c in cells) for m in LAREQA_METRICS} | {"n_settings": len(cells)}
+
+    mono = setting([pairs[x][x] for x in q_langs if x in pairs[x]])
+    cross = setting([pairs[x][y] for x in q_langs for y in c_langs if x != y])
+
+    all_rows = np.arange(len(enc.docids))
+    multi_lang: dict[str, dict[str, float]] = {}
+    ranks: dict[str, np.ndarray] = {}
+    for x in q_langs:
+        res, k = _score_subset(enc, q_by_lang[x], all_rows, rs.qrels, LAREQA_METRICS, max_k, use_gpu)
+        depths.append(k)
+        truncated |= k < len(all_rows)
+        multi_lang[x] = {**res["mean"], "n_queries": res["n_queries"]}
+        for q, r in zip(q_by_lang[x].tolist(), exact_ranks(enc, q_by_lang[x]), strict=True):
+            rel = enc.rel_rows[q]
+            if len(rel) == 0:
+                continue
+            # Best rank per candidate language: bias compares languages, not duplicate answers.
+            langs = enc.c_lang[rel]
+            ranks[enc.qids[q]] = np.asarray([r[langs == lang].min() for lang in sorted(set(langs.tolist()))])
+    multi = setting(list(multi_lang.values())) | {"per_lang": multi_lang}
+    bias = language_bias(ranks, dict(zip(enc.qids.tolist(), enc.q_lang.tolist(), strict=True)))
+    bias.pop("per_query")
+    return {
+        "pairs": pairs,
+        "settings": {"mono": mono, "cross": cross, "multilingual": multi},
+        "language_bias": bias,
+        "depths": sorted(set(depths)),
+        "truncated": truncated,
+    }
+
+
+def _miracl(enc: _Encoded, rs: RetrievalSet, max_k: int | None, use_gpu: bool) -> dict[str, Any]:
+    per_lang: dict[str, dict[str, float]] = {}
+    depths, truncated = [], False
+    cap = None if max_k is None else max(max_k, _max_cut(MIRACL_METRICS))
+    for x in sorted(set(enc.q_lang.tolist())):
+        c_rows = np.flatnonzero(enc.c_lang == x)
+        q_rows = np.flatnonzero(enc.q_lang == x)
+        res, k = _score_subset(enc, q_rows, c_rows, rs.qrels, MIRACL_METRICS, cap, use_gpu)
+        depths.append(k)
+        truncated |= k < len(c_rows)
+        per_lang[x] = {**res["mean"], "n_queries": res["n_queries"]}
+    cells = [c for c in per_lang.values() if c["n_queries"] > 0]
+    mean = {m: macro(c[m] for c in cells) for m in MIRACL_METRICS}
+    return {"per_lang": per_lang, "mean": mean, "depths": sorted(set(depths)), "truncated": truncated}
+
+
+def evaluate_retrieval(
+    encoder: Encoder,
+    rs: RetrievalSet,
+    *,
+    setting: str = "auto",
+    batch_size: int = 64,
+    max_k: int | None = DEFAULT_MAX_K,
+    cache_dir: str | Path | None = None,
+    use_gpu: bool = True,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Encode ``rs`` once with ``encoder`` and compute every metric of ``setting``.
+
+    ``setting``: ``lareqa`` (pairs matrix, mono / cross / multilingual, language bias),
+    ``miracl`` (per-language nDCG@10, R@100, mAP) or ``auto`` (:func:`detect_setting`).
+    ``cache_dir`` streams candidate embeddings to a memmap there (large pools).
+    Returns a JSON-able dict; :func:`format_table` renders it.
+    """
+    if setting == "auto":
+        setting = detect_setting(rs)
+    if setting not in ("lareqa", "miracl"):
+        raise ConfigError("must be auto, lareqa or miracl", key="setting", value=setting)
+    if max_k is not None and max_k < 1:
+        raise ConfigError("must be >= 1 (or None for the full ranking)", key="max_k", value=max_k)
+    if rs.queries.num_rows == 0 or rs.corpus.num_rows == 0:
+        raise DataError(f"retrieval set {rs.name!r} has no queries or no candidates")
+    t0 = time.perf_counter()
+    q_emb, c_emb = _encode(encoder, rs, batch_size, cache_dir, progress)
+    t_enc = time.perf_counter() - t0
+    enc = _Encoded(rs, q_emb, c_emb)
+    body = _lareqa(enc, rs, max_k, use_gpu) if setting == "lareqa" else _miracl(enc, rs, max_k, use_gpu)
+    return {
+        "name": rs.name,
+        "setting": setting,
+        "n_queries": rs.queries.num_rows,
+        "n_candidates": rs.corpus.num_rows,
+        "query_langs": sorted(set(enc.q_lang.tolist())),
+        "candidate_langs": sorted(set(enc.c_lang.tolist())),
+        "dim": int(q_emb.shape[1]),
+        "search": {"index": "Flat (exact inner product)", "max_k": max_k, "depths": body.pop("depths"),
+                   "truncated": body.pop("truncated")},
+        **body,
+        "timing_s": {"encode": round(t_enc, 3), "total": round(time.perf_counter() - t0, 3)},
+    }
+
+
+def map_matrix(results: dict[str, Any], metric: str = "map") -> tuple[np.ndarray, list[str], list[str]]:
+    """Query-language x candidate-language matrix of ``metric`` (NaN where a pair had no query)."""
+    qls, cls_ = results["query_langs"], results["candidate_langs"]
+    mat = np.full((len(qls), len(cls_)), np.nan)
+    for i, x in enumerate(qls):
+        for j, y in enumerate(cls_):
+            cell = results["pairs"].get(x, {}).get(y)
+            if cell and cell["n_queries"] > 0:
+                mat[i, j] = cell[metric]
+    return mat, qls, cls_
+
+
+def _fmt(v: float) -> str:
+    return "-" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.4f}"
+
+
+def format_table(results: dict[str, Any]) -> str:
+    """A Markdown report: settings summary, language bias and the pair matrix (or MIRACL table)."""
+    lines = [f"## {results['name']} ({results['setting']}): {results['n_queries']} queries, "
+             f"{results['n_candidates']} candidates", ""]
+    s = results["search"]
+    depth = "full ranking" if not s["truncated"] else f"top-{s['max_k']} (truncated)"
+    if results["setting"] == "miracl":
+        ms = MIRACL_METRICS
+        lines += ["| lang | " + " | ".join(METRIC_LABELS[m] for m in ms) + " | queries |",
+                  "|---|" + "---:|" * (len(ms) + 1)]
+        for lang, cell in results["per_lang"].items():
+            lines.append(f"| {lang} | " + " | ".join(_fmt(cell[m]) for m in ms) + f" | {cell['n_queries']} |")
+        lines.append("| **mean** | " + " | ".join(_fmt(results["mean"][m]) for m in ms) + " | |")
+        lines += ["", f"Search: exact inner product, {depth}."]
+        return "\n".join(lines) + "\n"
+    ms = LAREQA_METRICS
+    lines += ["| setting | " + " | ".join(METRIC_LABELS[m] for m in ms) + " | settings |",
+              "|---|" + "---:|" * (len(ms) + 1)]
+    for name, cell in results["settings"].items():
+        n = cell["n_settings"] if name != "multilingual" else f"{cell['n_settings']} query langs"
+        lines.append(f"| {name} | " + " | ".join(_fmt(cell[m]) for m in ms) + f" | {n} |")
+    bias = results["language_bias"]
+    lines += ["", f"Language bias (max rank - min rank of parallel answers, lower is better): "
+              f"**{_fmt(bias['macro']).rstrip('0').rstrip('.') if bias['n_queries'] else '-'}** "
+              f"macro over {len(bias['per_lang'])} query languages, {bias['n_queries']} queries", ""]
+    mat, qls, cls_ = map_matrix(results)
+    lines += ["mAP, query language (rows) x candidate language (columns):", "",
+              "| q \\ c | " + " | ".join(cls_) + " |", "|---|" + "---:|" * len(cls_)]
+    for i, x in enumerate(qls):
+        lines.append(f"| {x} | " + " | ".join(_fmt(v) for v in mat[i]) + " |")
+    lines += ["", f"Search: exact inner product, {depth}."]
+    return "\n".join(lines) + "\n"

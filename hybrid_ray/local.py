@@ -1,0 +1,68 @@
+"""Local-machine defaults: keep every Ray / gloo listener on loopback.
+
+Ray 2.60 binds to the machine's external address by default even for ``ray.init()``; setting
+``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` keeps it on 127.0.0.1 and ``GLOO_SOCKET_IFNAME=lo`` does
+the same for torch.distributed. These are applied by ``hybrid_ray`` entry points that start a
+*local* cluster, so users need not remember them. On a real cluster (``RAY_ADDRESS`` set, or
+``ray job submit``) nothing is changed.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+LOOPBACK_ENV = {
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "GLOO_SOCKET_IFNAME": "lo",
+    "RAY_AUTH_MODE": "disabled",
+    # DeepSpeed picks its accelerator at import; on a machine without CUDA say so explicitly.
+}
+# Variables that Ray workers must inherit (passed through runtime_env).
+WORKER_ENV_KEYS = ("GLOO_SOCKET_IFNAME", "DS_ACCELERATOR", "TORCH_EXTENSIONS_DIR", "TOKENIZERS_PARALLELISM")
+
+
+def on_cluster() -> bool:
+    """True when we are attached to an existing cluster (job submission or RAY_ADDRESS)."""
+    return bool(os.environ.get("RAY_ADDRESS")) or bool(os.environ.get("RAY_JOB_ID"))
+
+
+def apply_loopback_env() -> None:
+    """Set the loopback variables unless the user already chose values."""
+    for key, value in LOOPBACK_ENV.items():
+        os.environ.setdefault(key, value)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if not _cuda_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except Exception:  # pragma: no cover - torch always importable in our env
+        return False
+
+
+def worker_env() -> dict[str, str]:
+    """Environment for ``runtime_env={"env_vars": ...}`` so Ray workers see the same settings."""
+    return {k: os.environ[k] for k in WORKER_ENV_KEYS if k in os.environ}
+
+
+def init_ray(num_cpus: int | None = None, **kwargs: Any) -> None:
+    """Start or join Ray. Locally: a loopback-only cluster; on a cluster: join it unchanged."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if on_cluster():
+        ray.init(runtime_env={"env_vars": worker_env()}, **kwargs)
+        return
+    apply_loopback_env()
+    ray.init(
+        num_cpus=num_cpus,
+        include_dashboard=kwargs.pop("include_dashboard", False),
+        runtime_env={"env_vars": worker_env()},
+        **kwargs,
+    )

@@ -1,0 +1,354 @@
+"""Cluster-wide hybrid batch sampler: the heart of hybrid batch training.
+
+Each *global* batch of ``B`` parallel pairs is, with probability ``alpha``, monolingual
+(X-X-mono: query and passage of every pair in ONE language, drawn per batch from the language
+distribution ``p``) and otherwise cross-lingual (X-Y: every pair gets its own query language and a
+*different* passage language). ``alpha=1`` is the paper's X-X-mono baseline, ``alpha=0`` is X-Y.
+
+Why the design looks like this
+------------------------------
+* **No communication.** Every rank derives the same global batch from ``(seed, epoch, step)`` alone
+  and keeps its contiguous ``B / world_size`` slice, so the batch *kind* (mono vs cross) is the
+  same on every rank of a step: the contrastive loss gathers passages across ranks, and a mono
+  batch is only monolingual if all ranks agree on it.
+* **O(batch) per batch.** An epoch *plan* is three vectors of length ``steps`` (kind, stream,
+  offset into the stream), computed vectorised in milliseconds. A stream is the list of pairs a
+  batch may draw from: one per language (pairs that exist in it) plus one cross stream (pairs with
+  at least two usable languages). Batch ``k`` of a stream is slice ``k`` of a seeded permutation of
+  the stream ("round" ``k // batches_per_round``). A batch never straddles two rounds, so a batch
+  never holds the same pair twice. Permutations are generated lazily and cached per stream (one
+  round each, int32), so the memory is O(available cells) and each is paid once per round.
+* **Same number of batches for every world size**: ``steps_per_epoch`` does not depend on the
+  world size; each step yields exactly one slice per rank.
+* **Resume** is exact: the plan and every permutation are pure functions of the seed, so
+  ``iter_epoch(epoch, start_step)`` reproduces the rest of an epoch bit for bit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from hybrid_ray.errors import ConfigError
+
+BatchKind = Literal["mono", "cross"]
+LangSampling = Literal["uniform", "temperature", "weights"]
+
+# RNG domain tags: separate, independent random streams derived from one user seed.
+_TAG_PLAN, _TAG_MONO_PERM, _TAG_CROSS_PERM, _TAG_CROSS_LANGS = 0, 1, 2, 3
+
+
+@dataclass(frozen=True, eq=False)
+class GlobalBatch:
+    """One batch of parallel pairs: row ``i`` is (pair ``pair_idx[i]``, query language
+    ``q_lang[i]``, passage language ``p_lang[i]``); languages are indices into ``langs``.
+
+    ``epoch``/``step`` say where it came from (for logging and resume checks).
+    """
+
+    kind: BatchKind
+    pair_idx: np.ndarray  # int64 [b]
+    q_lang: np.ndarray  # int64 [b]
+    p_lang: np.ndarray  # int64 [b]
+    epoch: int = -1
+    step: int = -1
+
+    def __len__(self) -> int:
+        return int(self.pair_idx.shape[0])
+
+    def equals(self, other: GlobalBatch) -> bool:
+        """Value equality (dataclass ``==`` is ambiguous on numpy arrays)."""
+        return (
+            self.kind == other.kind
+            and np.array_equal(self.pair_idx, other.pair_idx)
+            and np.array_equal(self.q_lang, other.q_lang)
+            and np.array_equal(self.p_lang, other.p_lang)
+        )
+
+
+def rank_slice(batch: GlobalBatch, rank: int, world_size: int) -> GlobalBatch:
+    """The contiguous, disjoint ``len(batch) / world_size`` slice of ``batch`` owned by ``rank``.
+
+    Contiguous slices keep the layout the loss relies on: rank ``r``'s rows are global rows
+    ``[r*b, (r+1)*b)``. Raises ConfigError when the batch does not split evenly, because unequal
+    local batches would break the cross-rank all_gather of the loss.
+    """
+    n = len(batch)
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ConfigError(f"rank {rank} is not in [0, {world_size})", key="rank", value=rank)
+    if n % world_size:
+        raise ConfigError(
+            f"global batch size {n} is not divisible by the world size {world_size}",
+            key="global_batch_size", value=n,
+        )
+    b = n // world_size
+    s = slice(rank * b, (rank + 1) * b)
+    return GlobalBatch(
+        batch.kind, batch.pair_idx[s], batch.q_lang[s], batch.p_lang[s], batch.epoch, batch.step
+    )
+
+
+def language_distribution(
+    counts: np.ndarray,
+    langs: Sequence[str],
+    lang_sampling: LangSampling = "uniform",
+    lang_temperature: float = 1.0,
+    lang_weights: Mapping[str, float] | None = None,
+) -> np.ndarray:
+    """Probability of each language being picked (a mono batch's language, a cross query's).
+
+    ``uniform`` is the paper's choice; ``temperature`` is the XLM-R/mT5 rule ``p ∝ n^(1/T)``
+    (T=1: proportional to data, T→∞: uniform) that up-samples small languages; ``weights`` lets
+    the user say exactly. Languages without any pair always get probability 0.
+    """
+    counts = np.asarray(counts, dtype=np.float64)
+    if lang_sampling == "uniform":
+        w = (counts > 0).astype(np.float64)
+    elif lang_sampling == "temperature":
+        if not lang_temperature > 0:
+            raise ConfigError("must be > 0", key="lang_temperature", value=lang_temperature)
+        w = np.where(counts > 0, counts ** (1.0 / lang_temperature), 0.0)
+    elif lang_sampling == "weights":
+        if not lang_weights:
+            raise ConfigError("lang_sampling='weights' needs lang_weights", key="lang_weights")
+        unknown = sorted(set(lang_weights) - set(langs))
+        missing = [lang for lang in langs if lang not in lang_weights]
+        if unknown or missing:
+            raise ConfigError(
+                f"must give a weight for exactly the data's languages {list(langs)}; "
+                f"unknown {unknown}, missing {missing}",
+                key="lang_weights", value=dict(lang_weights),
+            )
+        w = np.array([float(lang_weights[lang]) for lang in langs])
+        if (w < 0).any() or not np.isfinite(w).all():
+            raise ConfigError("weights must be finite and >= 0", key="lang_weights", value=dict(lang_weights))
+        w = np.where(counts > 0, w, 0.0)
+    else:
+        raise ConfigError(
+            "expected 'uniform', 'temperature' or 'weights'", key="lang_sampling", value=lang_sampling
+        )
+    total = w.sum()
+    if total <= 0:
+        raise ConfigError("every language has probability 0", key="lang_sampling", value=lang_sampling)
+    return w / total
+
+
+class HybridBatchSampler:
+    """Deterministic, communication-free hybrid (mono / cross) global batch sampler.
+
+    Parameters
+    ----------
+    available: bool ``(n_pairs, n_langs)``; ``available[i, l]`` says pair ``i`` exists in ``langs[l]``.
+    global_batch_size: ``B``, pairs per optimizer step over the whole cluster.
+    alpha: probability that a batch is monolingual.
+    steps_per_epoch: default ``n_pairs // B``.
+    """
+
+    def __init__(
+        self,
+        available: np.ndarray,
+        langs: Sequence[str],
+        global_batch_size: int,
+        alpha: float = 0.5,
+        seed: int = 0,
+        lang_sampling: LangSampling = "uniform",
+        lang_temperature: float = 1.0,
+        lang_weights: Mapping[str, float] | None = None,
+        steps_per_epoch: int | None = None,
+    ) -> None:
+        available = np.asarray(available)
+        if available.ndim != 2 or available.dtype != np.bool_:
+            raise ConfigError(
+                f"available must be a 2-d bool matrix (n_pairs, n_langs), got {available.dtype} "
+                f"{available.shape}", key="available",
+            )
+        self.langs = list(langs)
+        if available.shape[1] != len(self.langs):
+            raise ConfigError(
+                f"available has {available.shape[1]} columns but {len(self.langs)} languages were given",
+                key="langs", value=self.langs,
+            )
+        if int(global_batch_size) < 1:
+            raise ConfigError("must be >= 1", key="global_batch_size", value=global_batch_size)
+        if not 0.0 <= float(alpha) <= 1.0:
+            raise ConfigError("must be in [0, 1]", key="alpha", value=alpha)
+        if int(seed) < 0:
+            raise ConfigError("must be >= 0", key="seed", value=seed)
+        self.available = available
+        self.n_pairs, self.n_langs = available.shape
+        self.global_batch_size = B = int(global_batch_size)
+        self.alpha = float(alpha)
+        self.seed = int(seed)
+        self.lang_sampling = lang_sampling
+        self.lang_temperature = float(lang_temperature)
+        self.lang_weights = dict(lang_weights) if lang_weights else None
+
+        self.lang_counts = available.sum(axis=0).astype(np.int64)
+        self.lang_probs = language_distribution(
+            self.lang_counts, self.langs, lang_sampling, lang_temperature, lang_weights
+        )
+        usable = self.lang_probs > 0
+        # Cross stream: pairs with >= 2 usable languages (a query AND a different passage language).
+        self._cross_ok = (available & usable).sum(axis=1) >= 2
+        self.n_cross = int(self._cross_ok.sum())
+        # Log-probabilities for the Gumbel-top-2 language choice of cross pairs.
+        with np.errstate(divide="ignore"):
+            self._log_p = np.log(self.lang_probs)
+
+        if self.alpha > 0:
+            small = [
+                f"{self.langs[i]} ({int(self.lang_counts[i])} pairs)"
+                for i in np.flatnonzero(usable) if self.lang_counts[i] < B
+            ]
+            if small:
+                raise ConfigError(
+                    f"a monolingual batch needs >= global_batch_size={B} pairs per language; too few in "
+                    f"{', '.join(small)}. Lower the batch size, or give those languages weight 0 "
+                    "(lang_sampling='weights').", key="global_batch_size", value=B,
+                )
+        if self.alpha < 1 and self.n_cross < B:
+            raise ConfigError(
+                f"a cross-lingual batch needs >= global_batch_size={B} pairs available in two or more "
+                f"(sampled) languages; found {self.n_cross}. Use alpha=1 (monolingual only) or a smaller "
+                "batch.", key="alpha", value=self.alpha,
+            )
+        # Stream sizes: streams 0..L-1 are the languages, stream L is cross.
+        self._stream_sizes = np.append(self.lang_counts, self.n_cross).astype(np.int64)
+        self._per_round = np.maximum(self._stream_sizes // B, 1)
+
+        if steps_per_epoch is None:
+            steps_per_epoch = self.n_pairs // B
+        if int(steps_per_epoch) < 1:
+            raise ConfigError(
+                f"an epoch has no step ({self.n_pairs} pairs, batch {B})", key="steps_per_epoch",
+                value=steps_per_epoch,
+            )
+        self.steps_per_epoch = int(steps_per_epoch)
+        self._index_dtype = np.int32 if self.n_pairs < 2**31 else np.int64
+        self._plan_cache: tuple[int, tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None
+        self._perm_cache: dict[int, tuple[int, int, np.ndarray]] = {}
+        self._fingerprint: str | None = None
+        self._epoch = 0
+        self._step = 0
+
+    # ------------------------------------------------------------------ plan
+    def _rng(self, *parts: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, *parts])
+
+    def epoch_plan(self, epoch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(is_mono[bool], stream[int], offset[int])`` per step of ``epoch`` (cached, O(steps))."""
+        if self._plan_cache is not None and self._plan_cache[0] == epoch:
+            return self._plan_cache[1]
+        steps = self.steps_per_epoch
+        rng = self._rng(epoch, _TAG_PLAN)
+        is_mono = rng.random(steps) < self.alpha
+        mono_lang = rng.choice(self.n_langs, size=steps, p=self.lang_probs)
+        stream = np.where(is_mono, mono_lang, self.n_langs).astype(np.int64)
+        # offset[t] = number of earlier steps that drew from the same stream (cumulative count).
+        order = np.argsort(stream, kind="stable")
+        sorted_stream = stream[order]
+        first = np.searchsorted(sorted_stream, np.arange(self.n_langs + 1))
+        offset = np.empty(steps, dtype=np.int64)
+        offset[order] = np.arange(steps) - first[sorted_stream]
+        plan = (is_mono, stream, offset)
+        self._plan_cache = (epoch, plan)
+        return plan
+
+    def _stream_perm(self, epoch: int, stream: int, rnd: int) -> np.ndarray:
+        """Seeded permutation of the pairs of ``stream`` for round ``rnd`` (one round cached per stream)."""
+        hit = self._perm_cache.get(stream)
+        if hit is not None and hit[0] == epoch and hit[1] == rnd:
+            return hit[2]
+        mask = self.available[:, stream] if stream < self.n_langs else self._cross_ok
+        pool = np.flatnonzero(mask).astype(self._index_dtype)
+        tag = (_TAG_MONO_PERM, stream) if stream < self.n_langs else (_TAG_CROSS_PERM, 0)
+        self._rng(epoch, *tag, rnd).shuffle(pool)
+        self._perm_cache[stream] = (epoch, rnd, pool)
+        return pool
+
+    # ----------------------------------------------------------------- batch
+    def batch(self, epoch: int, step: int) -> GlobalBatch:
+        """The global batch of ``(epoch, step)``: identical on every rank, no communication."""
+        if not 0 <= step < self.steps_per_epoch:
+            raise IndexError(f"step {step} outside [0, {self.steps_per_epoch})")
+        is_mono, stream, offset = self.epoch_plan(epoch)
+        s, k = int(stream[step]), int(offset[step])
+        B = self.global_batch_size
+        per_round = int(self._per_round[s])
+        rnd, j = divmod(k, per_round)
+        pair_idx = self._stream_perm(epoch, s, rnd)[j * B : (j + 1) * B].astype(np.int64)
+        if is_mono[step]:
+            lang = np.full(B, s, dtype=np.int64)
+            return GlobalBatch("mono", pair_idx, lang, lang.copy(), epoch, step)
+        q_lang, p_lang = self._cross_langs(epoch, step, pair_idx)
+        return GlobalBatch("cross", pair_idx, q_lang, p_lang, epoch, step)
+
+    def _cross_langs(self, epoch: int, step: int, pair_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Gumbel-top-2 over log p masked by availability: an ordered draw of two *distinct*
+        languages per pair without replacement, so ``q_lang ~ p`` (restricted to the pair's
+        languages) and ``p_lang != q_lang``. O(b * n_langs), vectorised."""
+        g = self._rng(epoch, _TAG_CROSS_LANGS, step).gumbel(size=(pair_idx.shape[0], self.n_langs))
+        keys = np.where(self.available[pair_idx], self._log_p + g, -np.inf)
+        top2 = np.argsort(-keys, axis=1, kind="stable")[:, :2]
+        return top2[:, 0].astype(np.int64), top2[:, 1].astype(np.int64)
+
+    # ------------------------------------------------------------- iteration
+    def __len__(self) -> int:
+        return self.steps_per_epoch
+
+    def iter_epoch(
+        self, epoch: int, start_step: int = 0, rank: int = 0, world_size: int = 1
+    ) -> Iterator[GlobalBatch]:
+        """This rank's slices of ``epoch`` from ``start_step`` on (deterministic mid-epoch resume).
+
+        After yielding step ``t`` the sampler state is ``(epoch, t + 1)``: a checkpoint taken after
+        training on the batch resumes at the next one.
+        """
+        if not 0 <= start_step <= self.steps_per_epoch:
+            raise ConfigError(f"outside [0, {self.steps_per_epoch}]", key="start_step", value=start_step)
+        for step in range(start_step, self.steps_per_epoch):
+            batch = rank_slice(self.batch(epoch, step), rank, world_size)
+            self._epoch, self._step = epoch, step + 1
+            yield batch
+
+    def iter_from_state(self, num_epochs: int, rank: int = 0, world_size: int = 1) -> Iterator[GlobalBatch]:
+        """Continue from the current state (see ``load_state_dict``) until ``num_epochs`` are done."""
+        epoch, step = self._epoch, self._step
+        if step >= self.steps_per_epoch:
+            epoch, step = epoch + 1, 0
+        while epoch < num_epochs:
+            yield from self.iter_epoch(epoch, step, rank, world_size)
+            epoch, step = epoch + 1, 0
+
+    # ----------------------------------------------------------------- state
+    def fingerprint(self) -> str:
+        """Hash of everything that determines the batch sequence; resuming with another config
+        would silently change the data order, so ``load_state_dict`` refuses it."""
+        if self._fingerprint is not None:
+            return self._fingerprint
+        h = hashlib.sha256()
+        h.update(json.dumps([
+            self.langs, self.global_batch_size, self.alpha, self.seed, self.lang_sampling,
+            self.lang_temperature, self.lang_weights, self.steps_per_epoch, self.n_pairs,
+        ], sort_keys=True, default=str).encode())
+        h.update(np.packbits(self.available).tobytes())
+        self._fingerprint = h.hexdigest()[:16]
+        return self._fingerprint
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self._epoch, "step": self._step, "fingerprint": self.fingerprint()}
+
+    def load_state_dict(self, state: Mapping[str, Any], strict: bool = True) -> None:
+        fp = state.get("fingerprint")
+        if strict and fp is not None and fp != self.fingerprint():
+            raise ConfigError(
+                "the checkpoint's sampler was built from other data or settings; resuming would not "
+                "reproduce the batch order (pass strict=False to accept)",
+                key="sampler.fingerprint", value=fp,
+            )
+        self._epoch, self._step = int(state["epoch"]), int(state["step"])

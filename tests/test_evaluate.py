@@ -1,0 +1,111 @@
+"""Evaluation on hand-built retrieval sets with deterministic fake encoders (known answers)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from hybrid_ray.data.retrieval import RetrievalSet
+from hybrid_ray.evaluate import detect_setting, evaluate_retrieval, format_table, map_matrix, subsample_queries
+from hybrid_ray.plots import heatmap
+
+LANGS = ("en", "de", "fr")
+
+
+def _pairs_set(n_groups: int = 2) -> RetrievalSet:
+    rows = [(f"p{g}", lang, f"question {g}", f"passage {g} {lang}") for g in range(n_groups) for lang in LANGS]
+    pid, lang, q, pos = zip(*rows, strict=True)
+    table = pa.table({"pair_id": list(pid), "lang": list(lang), "query": list(q), "positive": list(pos)})
+    return RetrievalSet.from_pairs(table, name="toy")
+
+
+class GroupEncoder:
+    """Maps a text to the one-hot of its group; ``swap_lang`` passages point to the other group."""
+
+    def __init__(self, swap_lang: str | None = None, dim: int = 4) -> None:
+        self.swap_lang = swap_lang
+        self.dim = dim
+
+    def encode(self, texts, kind, batch_size=64):
+        out = np.zeros((len(texts), self.dim), np.float32)
+        for i, t in enumerate(texts):
+            parts = t.split()
+            g = int(parts[1])
+            if kind == "passage" and parts[-1] == self.swap_lang:
+                g = 1 - g
+            out[i, g] = 1.0
+        return out
+
+
+def test_perfect_encoder_scores_one():
+    res = evaluate_retrieval(GroupEncoder(), _pairs_set())
+    assert res["setting"] == "lareqa"
+    for name in ("mono", "cross"):
+        s = res["settings"][name]
+        assert s["map"] == pytest.approx(1.0) and s["recall_1"] == pytest.approx(1.0)
+    assert res["settings"]["mono"]["n_settings"] == 3 and res["settings"]["cross"]["n_settings"] == 6
+    multi = res["settings"]["multilingual"]
+    assert multi["map"] == pytest.approx(1.0)
+    assert multi["recall_1"] == pytest.approx(1 / 3)  # three relevant, one retrieved at rank 1
+    # All three answers tie at score 1 and take ranks 1..3 (lower row first): bias 2.
+    assert res["language_bias"]["macro"] == pytest.approx(2.0)
+    assert res["search"]["truncated"] is False
+    json.dumps(res)  # JSON-able
+
+
+def test_shuffled_language_known_values():
+    # German passages point to the other group: X->de has the answer at rank 2 of 2.
+    res = evaluate_retrieval(GroupEncoder(swap_lang="de"), _pairs_set())
+    mat, qls, cls_ = map_matrix(res)
+    assert qls == cls_ == ["de", "en", "fr"]
+    np.testing.assert_allclose(mat, [[0.5, 1, 1], [0.5, 1, 1], [0.5, 1, 1]])
+    assert res["pairs"]["en"]["de"]["recall_1"] == 0.0 and res["pairs"]["en"]["de"]["recall_10"] == 1.0
+    assert res["settings"]["mono"]["map"] == pytest.approx(2.5 / 3)
+    assert res["settings"]["cross"]["map"] == pytest.approx(5 / 6)
+    # Pool rows: p0/en p0/de p0/fr p1/en p1/de p1/fr. Query g0 ranks 0,2,4,1,3,5: relevant at
+    # 1,2,4 -> AP (1 + 1 + 3/4)/3; query g1 ranks 1,3,5,0,2,4: relevant at 2,3,6 -> (1/2+2/3+1/2)/3.
+    ap0, ap1 = (1 + 1 + 3 / 4) / 3, (1 / 2 + 2 / 3 + 3 / 6) / 3
+    multi = res["settings"]["multilingual"]
+    assert multi["map"] == pytest.approx((ap0 + ap1) / 2)
+    for lang in LANGS:
+        assert multi["per_lang"][lang]["map"] == pytest.approx((ap0 + ap1) / 2)
+    # Bias: g0 best ranks en 1, fr 2, de 4 -> 3; g1 en 2, fr 3, de 6 -> 4.
+    assert res["language_bias"]["macro"] == pytest.approx(3.5)
+    table = format_table(res)
+    assert "| mono | 0.8333 |" in table and "Language bias" in table and "| en |" in table
+
+
+def test_truncated_search_is_recorded_and_lowers_map():
+    res = evaluate_retrieval(GroupEncoder(swap_lang="de"), _pairs_set(), max_k=1)
+    assert res["search"]["truncated"] is True and res["search"]["depths"] == [1]
+    assert res["pairs"]["en"]["de"]["map"] == 0.0  # the answer sat at rank 2, beyond the cut
+    assert "truncated" in format_table(res)
+
+
+def test_miracl_setting_and_subsample():
+    queries = pa.table({"qid": ["a/en", "b/en", "c/de"], "lang": ["en", "en", "de"],
+                        "text": ["question 0", "question 1", "question 0"]})
+    corpus = pa.table({"docid": ["d0/en", "d1/en", "d0/de", "d1/de"], "lang": ["en", "en", "de", "de"],
+                       "text": ["passage 0 en", "passage 1 en", "passage 0 de", "passage 1 de"]})
+    qrels = {"a/en": {"d0/en": 1, "d1/en": 0}, "b/en": {"d1/en": 1}, "c/de": {"d0/de": 1}}
+    rs = RetrievalSet("miracl-dev", queries, corpus, qrels)
+    assert detect_setting(rs) == "miracl"
+    assert detect_setting(RetrievalSet("mono", queries, corpus, qrels)) == "miracl"
+    assert detect_setting(_pairs_set()) == "lareqa"
+    res = evaluate_retrieval(GroupEncoder(), rs)
+    assert res["per_lang"]["en"]["n_queries"] == 2
+    assert res["mean"] == pytest.approx({"ndcg_cut_10": 1.0, "recall_100": 1.0, "map": 1.0})
+    res = evaluate_retrieval(GroupEncoder(swap_lang="de"), rs)
+    assert res["per_lang"]["de"]["map"] == pytest.approx(0.5)
+    assert "nDCG@10" in format_table(res)
+    small = subsample_queries(rs, 1)
+    assert small.queries.column("qid").to_pylist() == ["a/en", "c/de"] and set(small.qrels) == {"a/en", "c/de"}
+
+
+def test_heatmap_png(tmp_path):
+    out = heatmap(np.array([[1.0, np.nan], [0.25, 0.5]]), ["en", "de"], tmp_path / "h.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["h.png"]

@@ -1,0 +1,379 @@
+"""Offline validation of the Kubernetes manifests in k8s/.
+
+* KubeRay custom resources (RayJob, RayService) against the vendored subset of the KubeRay v1.7.0
+  CRD schema (k8s/schemas/, see its header for sources).
+* Every embedded pod template (head, worker groups, RayJob submitter) and every core object (PVC,
+  Pod) against the official Kubernetes JSON schemas shipped by ``kubernetes-validate``, in strict
+  mode (unknown fields are errors).
+* Project wiring: entrypoints / Serve import paths name modules that exist (checked with ``ast``,
+  nothing is imported), config files named in entrypoints exist in the image layout.
+* Policy: GPU limits + tolerations on GPU groups, probes on the service, non-root security
+  contexts, the shared PVC mounted (read-only for serving), token auth on.
+* Negative cases: mutated manifests must fail, which proves the validators actually validate.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import shlex
+from pathlib import Path
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+from kubernetes_validate.utils import ValidationError as K8sValidationError
+
+ROOT = Path(__file__).resolve().parents[1]
+K8S = ROOT / "k8s"
+SCHEMA_PATH = K8S / "schemas" / "kuberay-v1.7.0-subset.yaml"
+# Oldest Kubernetes version we claim to support; kubernetes-validate picks the closest schema.
+K8S_VERSION = "1.30"
+IMAGE_ROOT = "/app"  # WORKDIR of ./Dockerfile: the repository root is copied there
+SHARED_MOUNT = "/mnt/shared"
+
+RAYJOB = K8S / "rayjob-train-tune.yaml"
+RAYSERVICE = K8S / "rayservice-retrieval.yaml"
+
+
+def _load_all(path: Path) -> list[dict]:
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc is not None]
+
+
+def _load(path: Path) -> dict:
+    (doc,) = _load_all(path)
+    return doc
+
+
+def _manifests() -> list[Path]:
+    return sorted(p for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml")
+
+
+@pytest.fixture(scope="module")
+def kuberay_schema() -> dict:
+    return yaml.safe_load(SCHEMA_PATH.read_text())
+
+
+def _kuberay_validator(schema: dict, kind: str) -> jsonschema.Draft202012Validator:
+    root = dict(schema)
+    root["$ref"] = f"#/$defs/{kind}"
+    jsonschema.Draft202012Validator.check_schema(root)
+    return jsonschema.Draft202012Validator(root)
+
+
+def _kuberay_errors(schema: dict, doc: dict) -> list[str]:
+    validator = _kuberay_validator(schema, doc["kind"])
+    return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(doc)]
+
+
+def _validate_k8s(doc: dict) -> None:
+    kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+def _validate_pod_template(template: dict, name: str) -> None:
+    # A PodTemplate object wraps exactly a PodTemplateSpec: validating it validates the template
+    # with the official io.k8s.api.core.v1.PodTemplateSpec schema.
+    _validate_k8s({"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": name}, "template": template})
+
+
+def _cluster_spec(doc: dict) -> dict:
+    return doc["spec"]["rayClusterSpec" if doc["kind"] == "RayJob" else "rayClusterConfig"]
+
+
+def _pod_templates(doc: dict) -> dict[str, dict]:
+    """Every embedded PodTemplateSpec of a RayJob / RayService, keyed by a readable name."""
+    cluster = _cluster_spec(doc)
+    templates = {"head": cluster["headGroupSpec"]["template"]}
+    for group in cluster.get("workerGroupSpecs", []):
+        templates[f"worker:{group['groupName']}"] = group["template"]
+    if doc["kind"] == "RayJob" and "submitterPodTemplate" in doc["spec"]:
+        templates["submitter"] = doc["spec"]["submitterPodTemplate"]
+    return templates
+
+
+def _ray_docs() -> list[dict]:
+    return [_load(RAYJOB), _load(RAYSERVICE)]
+
+
+# --------------------------------------------------------------------------- schema validation
+
+
+def test_manifest_files_present():
+    names = {p.name for p in _manifests()}
+    assert {"rayjob-train-tune.yaml", "rayservice-retrieval.yaml", "pvc.yaml"} <= names
+
+
+def test_schema_subset_is_valid_json_schema(kuberay_schema):
+    for kind in ("RayJob", "RayService"):
+        _kuberay_validator(kuberay_schema, kind)
+    assert "v1.7.0" in SCHEMA_PATH.read_text().split("$schema")[0]  # header names its source
+
+
+@pytest.mark.parametrize("path", _manifests(), ids=lambda p: p.name)
+def test_manifest_validates(path, kuberay_schema):
+    for doc in _load_all(path):
+        if doc["apiVersion"].startswith("ray.io/"):
+            assert _kuberay_errors(kuberay_schema, doc) == []
+            for name, template in _pod_templates(doc).items():
+                _validate_pod_template(template, f"{doc['metadata']['name']}-{name}".replace(":", "-"))
+        else:
+            _validate_k8s(doc)
+
+
+# --------------------------------------------------------------------------- negative cases
+
+
+def _mutations() -> list[tuple[str, Path, object]]:
+    def set_(path: list, value):
+        def mutate(doc):
+            node = doc
+            for key in path[:-1]:
+                node = node[key]
+            node[path[-1]] = value
+
+        return mutate
+
+    def delete(path: list):
+        def mutate(doc):
+            node = doc
+            for key in path[:-1]:
+                node = node[key]
+            del node[path[-1]]
+
+        return mutate
+
+    workers = ["spec", "rayClusterSpec", "workerGroupSpecs", 0]
+    return [
+        ("replicas as a string", RAYJOB, set_([*workers, "replicas"], "two")),
+        ("backoffLimit as a float", RAYJOB, set_(["spec", "backoffLimit"], 1.5)),
+        ("shutdownAfterJobFinishes as a string", RAYJOB, set_(["spec", "shutdownAfterJobFinishes"], "yes")),
+        ("unknown spec field (typo)", RAYJOB, set_(["spec", "shutdownAfterJobFinish"], True)),
+        ("bad submissionMode enum", RAYJOB, set_(["spec", "submissionMode"], "SSHMode")),
+        ("worker group without template", RAYJOB, delete([*workers, "template"])),
+        ("headGroupSpec missing", RAYJOB, delete(["spec", "rayClusterSpec", "headGroupSpec"])),
+        ("wrong apiVersion", RAYJOB, set_(["apiVersion"], "ray.io/v1alpha2")),
+        ("bad auth mode", RAYSERVICE, set_(["spec", "rayClusterConfig", "authOptions", "mode"], "password")),
+        ("serveConfigV2 as a mapping", RAYSERVICE, set_(["spec", "serveConfigV2"], {"applications": []})),
+        ("bad upgradeStrategy", RAYSERVICE, set_(["spec", "upgradeStrategy", "type"], "Rolling")),
+    ]
+
+
+@pytest.mark.parametrize("name,path,mutate", _mutations(), ids=[m[0] for m in _mutations()])
+def test_mutated_kuberay_manifest_is_rejected(name, path, mutate, kuberay_schema):
+    doc = _load(path)
+    assert _kuberay_errors(kuberay_schema, doc) == []
+    bad = copy.deepcopy(doc)
+    mutate(bad)
+    assert _kuberay_errors(kuberay_schema, bad), f"mutation not caught: {name}"
+
+
+def _pod_mutations() -> list[tuple[str, object]]:
+    def container(t):
+        return t["spec"]["containers"][0]
+
+    return [
+        ("runAsUser as a string", lambda t: container(t)["securityContext"].__setitem__("runAsUser", "ray")),
+        ("unknown container field", lambda t: container(t).__setitem__("gpus", 1)),
+        ("containerPort as a string", lambda t: container(t).__setitem__("ports", [{"containerPort": "x"}])),
+        ("container without name", lambda t: container(t).pop("name")),
+        ("volumes not a list", lambda t: t["spec"].__setitem__("volumes", {"shared": {}})),
+    ]
+
+
+@pytest.mark.parametrize("name,mutate", _pod_mutations(), ids=[m[0] for m in _pod_mutations()])
+def test_mutated_pod_template_is_rejected(name, mutate):
+    template = copy.deepcopy(_cluster_spec(_load(RAYJOB))["workerGroupSpecs"][0]["template"])
+    _validate_pod_template(template, "ok")
+    mutate(template)
+    with pytest.raises(K8sValidationError):
+        _validate_pod_template(template, "bad")
+
+
+def test_mutated_pvc_is_rejected():
+    pvc = _load(K8S / "pvc.yaml")
+    _validate_k8s(pvc)
+    pvc["spec"]["accessModes"] = "ReadWriteMany"  # must be a list
+    with pytest.raises(K8sValidationError):
+        _validate_k8s(pvc)
+
+
+# --------------------------------------------------------------------------- project wiring
+
+
+def _module_source(module: str) -> Path:
+    base = ROOT.joinpath(*module.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    raise AssertionError(f"module {module!r} named in a manifest does not exist in the repository")
+
+
+def _top_level_functions(path: Path) -> dict[str, ast.FunctionDef]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    return {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)}
+
+
+def _repo_path(image_path: str) -> Path:
+    assert image_path.startswith(IMAGE_ROOT + "/"), image_path
+    return ROOT / image_path[len(IMAGE_ROOT) + 1 :]
+
+
+def _entrypoint_argv() -> list[str]:
+    return shlex.split(_load(RAYJOB)["spec"]["entrypoint"])
+
+
+def test_rayjob_entrypoint_module_exists():
+    argv = _entrypoint_argv()
+    assert argv[:2] == ["python", "-m"], argv
+    module = argv[2]
+    assert module in ("tune.driver", "hybrid_ray.train")
+    functions = _top_level_functions(_module_source(module))
+    assert "main" in functions, f"{module} has no main(argv) function"
+    assert "--config" in argv
+
+
+def test_rayjob_entrypoint_config_exists():
+    argv = _entrypoint_argv()
+    config = _repo_path(argv[argv.index("--config") + 1])
+    assert config.is_file(), f"config named in the RayJob entrypoint is missing: {config.relative_to(ROOT)}"
+
+
+def test_rayjob_storage_path_on_shared_volume():
+    argv = _entrypoint_argv()
+    overrides = [argv[i + 1] for i, a in enumerate(argv) if a == "--set"]
+    storage = [o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].endswith("storage_path")]
+    assert storage and storage[0].startswith(SHARED_MOUNT + "/"), overrides
+
+
+def _serve_config() -> dict:
+    return yaml.safe_load(_load(RAYSERVICE)["spec"]["serveConfigV2"])
+
+
+def test_serve_config_shape():
+    config = _serve_config()
+    (app,) = config["applications"]
+    assert app["import_path"] == "serve.app:build_app"
+    assert app["route_prefix"] == "/"
+    assert config["http_options"]["port"] == 8000
+    for key in ("model_dir", "index_dir"):
+        assert app["args"][key].startswith(SHARED_MOUNT + "/"), key
+
+
+def test_serve_import_path_exists():
+    module, attr = _serve_config()["applications"][0]["import_path"].split(":")
+    functions = _top_level_functions(_module_source(module))
+    assert attr in functions, f"{module} has no top-level function {attr}"
+    args = functions[attr].args
+    assert len(args.posonlyargs) + len(args.args) >= 1, f"{attr}(args) must take the Serve args dict"
+
+
+# --------------------------------------------------------------------------- policy
+
+
+def _containers(template: dict) -> list[dict]:
+    return template["spec"].get("initContainers", []) + template["spec"]["containers"]
+
+
+@pytest.mark.parametrize("doc", _ray_docs(), ids=lambda d: d["kind"])
+def test_non_root_security_contexts(doc):
+    for name, template in _pod_templates(doc).items():
+        pod_sc = template["spec"]["securityContext"]
+        assert pod_sc["runAsNonRoot"] is True and pod_sc["runAsUser"] == 1000, name
+        assert pod_sc["seccompProfile"]["type"] == "RuntimeDefault", name
+        assert template["spec"].get("automountServiceAccountToken") is False, name
+        writable = {m["mountPath"] for c in _containers(template) for m in c.get("volumeMounts", [])}
+        for container in _containers(template):
+            sc = container["securityContext"]
+            assert sc["runAsNonRoot"] is True and sc["runAsUser"] == 1000, (name, container["name"])
+            assert sc["allowPrivilegeEscalation"] is False, (name, container["name"])
+            assert sc["capabilities"]["drop"] == ["ALL"], (name, container["name"])
+            assert "add" not in sc["capabilities"], (name, container["name"])
+            assert sc.get("privileged") is not True, (name, container["name"])
+            if sc.get("readOnlyRootFilesystem"):
+                assert "/tmp" in writable, f"{name}: read-only root needs a writable /tmp"
+            assert container["resources"]["requests"] and container["resources"]["limits"], name
+
+
+@pytest.mark.parametrize("doc", _ray_docs(), ids=lambda d: d["kind"])
+def test_gpu_workers(doc):
+    groups = _cluster_spec(doc)["workerGroupSpecs"]
+    gpu_groups = [g for g in groups if "nvidia.com/gpu" in g["template"]["spec"]["containers"][0]["resources"]["limits"]]
+    assert gpu_groups, "no GPU worker group"
+    for group in gpu_groups:
+        spec = group["template"]["spec"]
+        resources = spec["containers"][0]["resources"]
+        assert int(resources["limits"]["nvidia.com/gpu"]) >= 1
+        # extended resources: request must equal limit when both are given
+        assert resources["requests"].get("nvidia.com/gpu", resources["limits"]["nvidia.com/gpu"]) == resources[
+            "limits"
+        ]["nvidia.com/gpu"]
+        assert any(
+            t.get("key") == "nvidia.com/gpu" and t.get("effect") == "NoSchedule" for t in spec["tolerations"]
+        ), group["groupName"]
+        assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
+    head = _cluster_spec(doc)["headGroupSpec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+    assert "nvidia.com/gpu" not in head, "the head should not hold a GPU"
+
+
+def _volume_claims(template: dict) -> dict[str, dict]:
+    return {v["name"]: v["persistentVolumeClaim"] for v in template["spec"].get("volumes", []) if "persistentVolumeClaim" in v}
+
+
+def test_shared_pvc_wiring():
+    pvc = _load(K8S / "pvc.yaml")
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+    claim = pvc["metadata"]["name"]
+    for doc, read_only in ((_load(RAYJOB), False), (_load(RAYSERVICE), True)):
+        cluster = _cluster_spec(doc)
+        templates = [cluster["headGroupSpec"]["template"]] + [g["template"] for g in cluster["workerGroupSpecs"]]
+        for template in templates:
+            claims = _volume_claims(template)
+            (vol_name,) = [n for n, c in claims.items() if c["claimName"] == claim]
+            assert bool(claims[vol_name].get("readOnly")) is read_only, doc["kind"]
+            mounts = [m for m in template["spec"]["containers"][0]["volumeMounts"] if m["name"] == vol_name]
+            assert mounts and mounts[0]["mountPath"] == SHARED_MOUNT
+            assert bool(mounts[0].get("readOnly")) is read_only, doc["kind"]
+
+
+def test_rayjob_lifecycle_fields():
+    spec = _load(RAYJOB)["spec"]
+    assert spec["shutdownAfterJobFinishes"] is True
+    assert spec["ttlSecondsAfterFinished"] > 0
+    assert spec["backoffLimit"] >= 0
+    assert spec["activeDeadlineSeconds"] > 0
+
+
+def test_rayservice_probes():
+    cluster = _cluster_spec(_load(RAYSERVICE))
+    head = cluster["headGroupSpec"]["template"]["spec"]["containers"][0]
+    assert head["readinessProbe"] and head["livenessProbe"]
+    for group in cluster["workerGroupSpecs"]:
+        worker = group["template"]["spec"]["containers"][0]
+        readiness = yaml.safe_dump(worker["readinessProbe"])
+        assert "/-/healthz" in readiness and "/health" in readiness.replace("/-/healthz", "")
+        assert worker["livenessProbe"]
+
+
+@pytest.mark.parametrize("doc", _ray_docs(), ids=lambda d: d["kind"])
+def test_token_auth_on(doc):
+    cluster = _cluster_spec(doc)
+    assert cluster["authOptions"]["mode"] == "token"
+    assert cluster["authOptions"].get("secretName")
+    version = tuple(int(x) for x in cluster["rayVersion"].split("."))
+    assert version >= (2, 52, 0), "Ray token auth needs Ray >= 2.52"
+    for name, template in _pod_templates(doc).items():
+        for container in _containers(template):
+            env = {e["name"]: e for e in container.get("env", [])}
+            assert env.get("RAY_AUTH_MODE", {}).get("value", "token") == "token", name
+            assert "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER" not in env, "loopback-only setting must not reach k8s"
+
+
+def test_images_consistent():
+    images = {
+        c["image"]
+        for doc in _ray_docs()
+        for template in _pod_templates(doc).values()
+        for c in _containers(template)
+    }
+    assert len(images) == 1, images
