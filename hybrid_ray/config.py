@@ -23,7 +23,7 @@ CONFIG_DIR = Path(__file__).parent / "configs"
 @dataclass
 class DataConfig:
     path: str = MISSING  # pairs data set dir / parquet / jsonl
-    split: str = "train"
+    split: str | None = None  # None: "train" of a data-set directory, or the single file given
     num_negatives: int = 0  # hard negatives per pair used in the loss (from the 'negatives' column)
     langs: list[str] | None = None  # train on this subset of languages (default: all)
 
@@ -94,6 +94,19 @@ class RunConfigSchema:
 
 
 @dataclass
+class EvalConfig:
+    """Validation at every checkpoint (rank 0, on the exported encoder): what Tune optimises."""
+
+    miracl_path: str | None = None  # MIRACL-format dev set (topics/qrels/corpus)
+    miracl_split: str = "dev"
+    pairs_path: str | None = None  # parallel pairs (LAReQA-like mono/cross/multi mAP + language bias)
+    pairs_split: str | None = "dev"
+    langs: list[str] | None = None
+    max_queries_per_lang: int | None = 100
+    batch_size: int = 64
+
+
+@dataclass
 class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -102,6 +115,7 @@ class TrainConfig:
     scaling: ScalingConfigSchema = field(default_factory=ScalingConfigSchema)
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
     run: RunConfigSchema = field(default_factory=RunConfigSchema)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
 
 def _wrap(exc: OmegaConfBaseException, source: str) -> ConfigError:

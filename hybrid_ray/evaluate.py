@@ -160,7 +160,16 @@ def _score_subset(
     ranking = {
         enc.qids[q]: enc.docids[glob[i, : depth[i]]].tolist() for i, q in enumerate(q_rows.tolist())
     }
-    sub_qrels = {enc.qids[q]: qrels.get(enc.qids[q], {}) for q in q_rows.tolist()}
+    # Judgements restricted to this candidate subset: in pair (X, Y) only the answer in Y counts.
+    in_subset = np.zeros(n, dtype=bool)
+    in_subset[c_rows] = True
+    row_of = enc.row_of_doc
+    sub_qrels = {
+        enc.qids[q]: {
+            d: r for d, r in qrels.get(enc.qids[q], {}).items() if d in row_of and in_subset[row_of[d]]
+        }
+        for q in q_rows.tolist()
+    }
     return evaluate_run(sub_qrels, run_from_ranking(ranking), metrics), k
 
 

@@ -292,10 +292,14 @@ class HybridBatchSampler:
         """Gumbel-top-2 over log p masked by availability: an ordered draw of two *distinct*
         languages per pair without replacement, so ``q_lang ~ p`` (restricted to the pair's
         languages) and ``p_lang != q_lang``. O(b * n_langs), vectorised."""
-        g = self._rng(epoch, _TAG_CROSS_LANGS, step).gumbel(size=(pair_idx.shape[0], self.n_langs))
-        keys = np.where(self.available[pair_idx], self._log_p + g, -np.inf)
-        top2 = np.argsort(-keys, axis=1, kind="stable")[:, :2]
-        return top2[:, 0].astype(np.int64), top2[:, 1].astype(np.int64)
+        keys = self._rng(epoch, _TAG_CROSS_LANGS, step).gumbel(size=(pair_idx.shape[0], self.n_langs))
+        keys += self._log_p
+        keys[~self.available[pair_idx]] = -np.inf
+        rows = np.arange(keys.shape[0])
+        first = keys.argmax(axis=1)
+        keys[rows, first] = -np.inf
+        second = keys.argmax(axis=1)
+        return first.astype(np.int64), second.astype(np.int64)
 
     # ------------------------------------------------------------- iteration
     def __len__(self) -> int:
@@ -311,6 +315,17 @@ class HybridBatchSampler:
         """
         if not 0 <= start_step <= self.steps_per_epoch:
             raise ConfigError(f"outside [0, {self.steps_per_epoch}]", key="start_step", value=start_step)
+        if world_size < 1 or self.global_batch_size % world_size:
+            raise ConfigError(
+                f"global batch size {self.global_batch_size} is not divisible by the world size "
+                f"{world_size}", key="global_batch_size", value=self.global_batch_size,
+            )
+        # Set eagerly (not on the first next()): a checkpoint taken before any batch was consumed
+        # must still say which epoch we are in.
+        self._epoch, self._step = epoch, start_step
+        return self._iter(epoch, start_step, rank, world_size)
+
+    def _iter(self, epoch: int, start_step: int, rank: int, world_size: int) -> Iterator[GlobalBatch]:
         for step in range(start_step, self.steps_per_epoch):
             batch = rank_slice(self.batch(epoch, step), rank, world_size)
             self._epoch, self._step = epoch, step + 1

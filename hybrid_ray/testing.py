@@ -69,7 +69,7 @@ def tiny_encoder(
         pad_token_id=tokenizer.pad_token_id,
     )
     torch.manual_seed(seed)
-    model = AutoModel.from_config(hf_config)
+    model = AutoModel.from_config(hf_config, add_pooling_layer=False)
     encoder = DualEncoder(model, tokenizer, config or EncoderConfig(max_length=64))
     if path is not None:
         encoder.save_pretrained(path)

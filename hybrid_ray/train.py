@@ -63,14 +63,32 @@ def export_dir(cfg: dict[str, Any]) -> Path:
     return Path(cfg["run"]["storage_path"]).expanduser() / cfg["run"]["name"] / "encoder"
 
 
-def run_training(cfg: dict[str, Any], *, resume_from: str | None = None):
-    """Fit, then copy the final checkpoint's HF encoder to the export directory. Returns the Result."""
+def preflight(cfg: dict[str, Any]) -> None:
+    """Fail on the driver, before any worker starts: read the data and plan the first epoch.
+
+    Catches a bad data set (missing split, bad rows, unknown language) and sampler settings the
+    data cannot satisfy (a language with fewer pairs than the global batch) with a clear error,
+    instead of a traceback from inside a Ray worker.
+    """
+    from hybrid_ray.train_loop import build_sampler, load_training_pairs
+
+    pairs = load_training_pairs(cfg["data"])
+    sampler = build_sampler(cfg, pairs)
+    sampler.batch(0, 0)
+
+
+def run_training(cfg: dict[str, Any], *, resume_from: str | None = None, callbacks=None):
+    """Fit, then copy the final checkpoint's HF encoder to the export directory.
+
+    Returns ``(result, export_dir)``.
+    """
     import shutil
 
     from hybrid_ray.io import atomic_dir
     from hybrid_ray.train_loop import ENCODER_DIR
 
-    result = build_trainer(cfg, resume_from=resume_from).fit()
+    preflight(cfg)
+    result = build_trainer(cfg, resume_from=resume_from, callbacks=callbacks).fit()
     if result.error is not None:
         raise result.error
     if result.checkpoint is None:

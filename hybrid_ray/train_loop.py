@@ -203,9 +203,9 @@ def train_loop(config: dict[str, Any]) -> None:
             break
         if fail_at is not None and global_step == fail_at and rank == min(1, world - 1):
             _maybe_crash(cfg)
-        q_inputs, p_inputs = collator(local, pairs)
-        q_inputs = {k: v.to(device) for k, v in q_inputs.items()}
-        p_inputs = {k: v.to(device) for k, v in p_inputs.items()}
+        features = collator(local, pairs)
+        q_inputs = {k: v.to(device) for k, v in features["query"].items()}
+        p_inputs = {k: v.to(device) for k, v in features["passage"].items()}
         q_emb, scale = engine(**q_inputs, return_scale=True)
         p_emb = engine(**p_inputs)
         loss = loss_fn(q_emb, p_emb, logit_scale=scale)
@@ -270,6 +270,13 @@ def _report_with_checkpoint(engine, encoder, sampler, cfg, metrics, global_step,
         if rank == 0:
             state = {"global_step": global_step, "sampler": sampler.state_dict()}
             (tmp_path / CHECKPOINT_STATE).write_text(json.dumps(state, indent=2))
+            if cfg["eval"]["miracl_path"] or cfg["eval"]["pairs_path"]:
+                from hybrid_ray.validation import validate
+
+                metrics = {**metrics, **validate(tmp_path / ENCODER_DIR, cfg["eval"])}
+                print(f"[hybrid-ray] step {global_step} validation: "
+                      + " ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k.startswith("val_")),
+                      flush=True)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
@@ -294,12 +301,18 @@ def _trace_file(cfg: dict[str, Any], rank: int):
 
 
 def _maybe_crash(cfg: dict[str, Any]) -> None:
-    """Fault-tolerance drill: kill this worker process once (a marker file prevents a loop)."""
+    """Fault-tolerance drill: kill this worker process once (a marker file prevents a loop).
+
+    Waits a few seconds first: Ray Train's controller commits a reported checkpoint when it next
+    polls the workers (every ``RAY_TRAIN_HEALTH_CHECK_INTERVAL_S``, 2 s by default), so a crash
+    within that window would resume from the checkpoint before; the drill checks the common case.
+    """
     marker = Path(cfg["run"]["storage_path"]).expanduser() / cfg["run"]["name"] / ".crashed-once"
     if marker.exists():
         return
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.write_text("crashed\n")
+    time.sleep(2.5 * float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "2")))
     print("[hybrid-ray] fail_at_step: killing this worker to exercise FailureConfig", flush=True)
     os._exit(1)
 

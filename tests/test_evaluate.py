@@ -9,14 +9,20 @@ import pyarrow as pa
 import pytest
 
 from hybrid_ray.data.retrieval import RetrievalSet
-from hybrid_ray.evaluate import detect_setting, evaluate_retrieval, format_table, map_matrix, subsample_queries
+from hybrid_ray.evaluate import (
+    detect_setting,
+    evaluate_retrieval,
+    format_table,
+    map_matrix,
+    subsample_queries,
+)
 from hybrid_ray.plots import heatmap
 
 LANGS = ("en", "de", "fr")
 
 
 def _pairs_set(n_groups: int = 2) -> RetrievalSet:
-    rows = [(f"p{g}", lang, f"question {g}", f"passage {g} {lang}") for g in range(n_groups) for lang in LANGS]
+    rows = [(f"p{g}", x, f"question {g}", f"passage {g} {x}") for g in range(n_groups) for x in LANGS]
     pid, lang, q, pos = zip(*rows, strict=True)
     table = pa.table({"pair_id": list(pid), "lang": list(lang), "query": list(q), "positive": list(pos)})
     return RetrievalSet.from_pairs(table, name="toy")
@@ -102,10 +108,33 @@ def test_miracl_setting_and_subsample():
     assert res["per_lang"]["de"]["map"] == pytest.approx(0.5)
     assert "nDCG@10" in format_table(res)
     small = subsample_queries(rs, 1)
-    assert small.queries.column("qid").to_pylist() == ["a/en", "c/de"] and set(small.qrels) == {"a/en", "c/de"}
+    assert small.queries.column("qid").to_pylist() == ["a/en", "c/de"]
+    assert set(small.qrels) == {"a/en", "c/de"}
 
 
 def test_heatmap_png(tmp_path):
     out = heatmap(np.array([[1.0, np.nan], [0.25, 0.5]]), ["en", "de"], tmp_path / "h.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["h.png"]
+
+
+def test_eval_driver_end_to_end_with_tiny_encoder(tmp_path, capsys):
+    from hybrid_ray.data.pairs import write_pairs
+    from hybrid_ray.driver.evaluate import main
+    from hybrid_ray.testing import tiny_encoder
+
+    model = tmp_path / "model"
+    tiny_encoder(model)
+    rows = [{"pair_id": f"p{i}", "lang": lang, "query": f"question {i} day night",
+             "positive": f"passage {i} light water"} for i in range(6) for lang in ("en", "de")]
+    data = tmp_path / "data"
+    write_pairs(pa.Table.from_pylist(rows), data / "test.parquet")
+    out = tmp_path / "eval"
+    assert main(["--model", str(model), "--data", str(data), "--out", str(out), "--max-queries", "4"]) == 0
+    printed = capsys.readouterr().out
+    assert "| mono |" in printed and "| cross |" in printed and "| multilingual |" in printed
+    res = json.loads((out / "results.json").read_text())
+    assert res["setting"] == "lareqa" and res["n_queries"] == 8 and res["n_candidates"] == 12
+    assert set(res["pairs"]) == {"de", "en"} and 0.0 <= res["settings"]["mono"]["map"] <= 1.0
+    assert (out / "table.md").read_text().startswith("## data/test")
+    assert (out / "heatmap.png").read_bytes()[:4] == b"\x89PNG"

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ast
 import copy
+import re
 import shlex
 from pathlib import Path
 
@@ -74,7 +75,9 @@ def _validate_k8s(doc: dict) -> None:
 def _validate_pod_template(template: dict, name: str) -> None:
     # A PodTemplate object wraps exactly a PodTemplateSpec: validating it validates the template
     # with the official io.k8s.api.core.v1.PodTemplateSpec schema.
-    _validate_k8s({"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": name}, "template": template})
+    _validate_k8s(
+        {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": name}, "template": template}
+    )
 
 
 def _cluster_spec(doc: dict) -> dict:
@@ -246,6 +249,34 @@ def test_rayjob_storage_path_on_shared_volume():
     assert storage and storage[0].startswith(SHARED_MOUNT + "/"), overrides
 
 
+def _config_fields() -> dict[str, dict[str, str]]:
+    """{class name: {field: annotation source}} of the structured config in hybrid_ray/config.py."""
+    tree = ast.parse((ROOT / "hybrid_ray" / "config.py").read_text())
+    return {
+        node.name: {
+            item.target.id: ast.unparse(item.annotation)
+            for item in node.body
+            if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name)
+        }
+        for node in tree.body
+        if isinstance(node, ast.ClassDef)
+    }
+
+
+def test_rayjob_overrides_name_config_fields():
+    """Every `--set a.b=v` key in the entrypoint is a field of the structured config."""
+    argv = _entrypoint_argv()
+    classes = _config_fields()
+    root = classes["TrainConfig"]
+    for override in (argv[i + 1] for i, a in enumerate(argv) if a == "--set"):
+        *sections, leaf = override.split("=", 1)[0].split(".")
+        fields = root
+        for section in sections:
+            assert section in fields, f"--set {override}: no config section {section!r}"
+            fields = classes[fields[section].split("|")[0].strip()]
+        assert leaf in fields, f"--set {override}: no config field {leaf!r}"
+
+
 def _serve_config() -> dict:
     return yaml.safe_load(_load(RAYSERVICE)["spec"]["serveConfigV2"])
 
@@ -298,16 +329,19 @@ def test_non_root_security_contexts(doc):
 @pytest.mark.parametrize("doc", _ray_docs(), ids=lambda d: d["kind"])
 def test_gpu_workers(doc):
     groups = _cluster_spec(doc)["workerGroupSpecs"]
-    gpu_groups = [g for g in groups if "nvidia.com/gpu" in g["template"]["spec"]["containers"][0]["resources"]["limits"]]
+    gpu_groups = [
+        g for g in groups if "nvidia.com/gpu" in g["template"]["spec"]["containers"][0]["resources"]["limits"]
+    ]
     assert gpu_groups, "no GPU worker group"
     for group in gpu_groups:
         spec = group["template"]["spec"]
         resources = spec["containers"][0]["resources"]
         assert int(resources["limits"]["nvidia.com/gpu"]) >= 1
         # extended resources: request must equal limit when both are given
-        assert resources["requests"].get("nvidia.com/gpu", resources["limits"]["nvidia.com/gpu"]) == resources[
-            "limits"
-        ]["nvidia.com/gpu"]
+        assert (
+            resources["requests"].get("nvidia.com/gpu", resources["limits"]["nvidia.com/gpu"])
+            == resources["limits"]["nvidia.com/gpu"]
+        )
         assert any(
             t.get("key") == "nvidia.com/gpu" and t.get("effect") == "NoSchedule" for t in spec["tolerations"]
         ), group["groupName"]
@@ -317,7 +351,11 @@ def test_gpu_workers(doc):
 
 
 def _volume_claims(template: dict) -> dict[str, dict]:
-    return {v["name"]: v["persistentVolumeClaim"] for v in template["spec"].get("volumes", []) if "persistentVolumeClaim" in v}
+    return {
+        v["name"]: v["persistentVolumeClaim"]
+        for v in template["spec"].get("volumes", [])
+        if "persistentVolumeClaim" in v
+    }
 
 
 def test_shared_pvc_wiring():
@@ -326,7 +364,9 @@ def test_shared_pvc_wiring():
     claim = pvc["metadata"]["name"]
     for doc, read_only in ((_load(RAYJOB), False), (_load(RAYSERVICE), True)):
         cluster = _cluster_spec(doc)
-        templates = [cluster["headGroupSpec"]["template"]] + [g["template"] for g in cluster["workerGroupSpecs"]]
+        templates = [cluster["headGroupSpec"]["template"]] + [
+            g["template"] for g in cluster["workerGroupSpecs"]
+        ]
         for template in templates:
             claims = _volume_claims(template)
             (vol_name,) = [n for n, c in claims.items() if c["claimName"] == claim]
@@ -352,7 +392,26 @@ def test_rayservice_probes():
         worker = group["template"]["spec"]["containers"][0]
         readiness = yaml.safe_dump(worker["readinessProbe"])
         assert "/-/healthz" in readiness and "/health" in readiness.replace("/-/healthz", "")
+        assert "/ready" in readiness
         assert worker["livenessProbe"]
+
+
+def test_probed_routes_exist_in_serve_app():
+    """The app routes the readiness probe calls are defined in serve/app.py."""
+    source = _module_source("serve.app").read_text()
+    for route in ("/health", "/ready"):
+        assert re.search(rf"\.get\(\s*[\"']{re.escape(route)}[\"']", source), route
+
+
+def test_serve_args_are_app_args_fields():
+    """build_app validates args with AppArgs(extra='forbid'): every key must be a field."""
+    tree = ast.parse(_module_source("serve.app").read_text())
+    (cls,) = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "AppArgs"]
+    fields = {
+        i.target.id for i in cls.body if isinstance(i, ast.AnnAssign) and isinstance(i.target, ast.Name)
+    }
+    args = _serve_config()["applications"][0]["args"]
+    assert set(args) <= fields, set(args) - fields
 
 
 @pytest.mark.parametrize("doc", _ray_docs(), ids=lambda d: d["kind"])
@@ -377,3 +436,81 @@ def test_images_consistent():
         for c in _containers(template)
     }
     assert len(images) == 1, images
+
+
+# --------------------------------------------------------------------------- Dockerfile
+
+
+def _dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, with line continuations joined and comments dropped."""
+    logical, pending = [], ""
+    for raw in (ROOT / "Dockerfile").read_text().splitlines():
+        line = raw.strip()
+        if not pending and (not line or line.startswith("#")):
+            continue
+        if line.startswith("#"):
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        logical.append(pending + line)
+        pending = ""
+    assert not pending, "dangling line continuation"
+    out = []
+    for line in logical:
+        instruction, _, args = line.partition(" ")
+        out.append((instruction.upper(), args.strip()))
+    return out
+
+
+def _dockerignore_allows(rel: str) -> bool:
+    """Evaluate .dockerignore for a path (last matching pattern wins, '!' re-includes)."""
+    import fnmatch
+
+    allowed = True
+    for raw in (ROOT / ".dockerignore").read_text().splitlines():
+        pattern = raw.strip()
+        if not pattern or pattern.startswith("#"):
+            continue
+        negate = pattern.startswith("!")
+        pattern = pattern.lstrip("!").rstrip("/")
+        parts = rel.split("/")
+        prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+        if pattern == "**" or any(fnmatch.fnmatch(p, pattern) for p in prefixes):
+            allowed = negate
+    return allowed
+
+
+def test_dockerfile_base_user_workdir():
+    instructions = _dockerfile_instructions()
+    args = {a.split("=", 1)[0]: a.split("=", 1)[1] for i, a in instructions if i == "ARG" and "=" in a}
+    (base,) = [a for i, a in instructions if i == "FROM"]
+    base = args.get(base.strip("${}"), base)
+    assert base.startswith("rayproject/ray:2.60.0-") and "gpu" in base, base
+    users = [a for i, a in instructions if i == "USER"]
+    assert users and users[-1].split(":")[0] == "1000", "the image must end as the non-root uid 1000"
+    assert [a for i, a in instructions if i == "WORKDIR"][-1] == "/app"
+
+
+def test_dockerfile_copies_existing_files_only():
+    copies = [a for i, a in _dockerfile_instructions() if i in ("COPY", "ADD")]
+    assert copies
+    for args in copies:
+        parts = [p for p in args.split() if not p.startswith("--")]
+        sources = parts[:-1]
+        assert sources, args
+        for src in sources:
+            assert "://" not in src, f"only the project's own files: {src}"
+            assert (ROOT / src).exists(), f"COPY source missing: {src}"
+            assert _dockerignore_allows(src), f".dockerignore excludes a COPY source: {src}"
+    assert not _dockerignore_allows(".venv") and not _dockerignore_allows(".git")
+
+
+def test_dockerfile_installs_with_constraints_and_one_faiss():
+    runs = " ".join(a for i, a in _dockerfile_instructions() if i == "RUN")
+    installs = re.findall(r"pip install ([^&]*)", runs)
+    assert installs and all("-c constraints.txt" in cmd for cmd in installs), installs
+    # faiss-gpu-cu12 and faiss-cpu ship the same `faiss` module: cpu out before gpu in.
+    assert runs.index("pip uninstall -y faiss-cpu") < runs.index("faiss-gpu-cu12")
+    assert "faiss-cpu" not in runs.replace("pip uninstall -y faiss-cpu", "")
+    assert "sudo" not in runs

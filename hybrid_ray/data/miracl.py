@@ -21,6 +21,7 @@ import json
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import BinaryIO
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -211,6 +212,11 @@ def load_miracl(
     )
 
 
+def _gzip_writer(raw: BinaryIO) -> gzip.GzipFile:
+    """gzip without a file name or timestamp in the header: same data, same bytes."""
+    return gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0)
+
+
 def _tsv_field(value: str) -> str:
     """Collapse whitespace: a tab or newline inside a field would break the TSV line format."""
     return " ".join(str(value).split())
@@ -247,7 +253,7 @@ def write_miracl(
             "".join(f"{q}\tQ0\t{d}\t{int(r)}\n" for q, rel in qrels.items() for d, r in rel.items()),
             encoding="utf-8",
         )
-    with atomic_path(paths["corpus"]) as tmp, gzip.GzipFile(tmp, "wb", mtime=0) as f:
+    with atomic_path(paths["corpus"]) as tmp, open(tmp, "wb") as raw, _gzip_writer(raw) as f:
         for doc in corpus:
             row = {"docid": doc["docid"], "title": doc.get("title", ""), "text": doc["text"]}
             f.write((json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8"))

@@ -245,11 +245,11 @@ def write_pairs(table: pa.Table, path: str | Path) -> Path:
         with atomic_path(path) as tmp:
             pq.write_table(table, tmp, compression="zstd")
     elif is_jsonl(path):
-        with atomic_path(path) as tmp:
-            opener = (
-                gzip.GzipFile(tmp, "wb", mtime=0) if path.name.endswith(".gz") else open(tmp, "wb")
-            )
-            with opener as f:
+        with atomic_path(path) as tmp, open(tmp, "wb") as raw:
+            # No file name or timestamp in the gzip header: same table, same bytes.
+            gz = path.name.endswith(".gz")
+            f = gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) if gz else raw
+            with f:
                 for batch in table.to_batches(max_chunksize=10_000):
                     for row in batch.to_pylist():
                         f.write((json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8"))

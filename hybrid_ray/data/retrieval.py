@@ -8,6 +8,7 @@ query's parallel relevant candidates in the pooled multilingual corpus.
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,4 +127,7 @@ class RetrievalSet:
             strict=True,
         ):
             qrels[q][d] = int(r)
+        if name is None:
+            info = path / "retrieval.json"
+            name = json.loads(info.read_text(encoding="utf-8")).get("name") if info.is_file() else None
         return cls(name=name or path.name, queries=queries, corpus=corpus, qrels=dict(qrels))

@@ -113,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     write_text_atomic(out / "table.md", table)
     if results["setting"] == "lareqa":
         mat, qls, cls_ = map_matrix(results)
-        heatmap(mat, qls, out / "heatmap.png", col_langs=cls_, title=f"mAP {rs.name}: query x passage language")
+        title = f"mAP {rs.name}: query x passage language"
+        heatmap(mat, qls, out / "heatmap.png", col_langs=cls_, title=title)
     print(table)
     print(f"wrote {out / 'results.json'}")
     return 0

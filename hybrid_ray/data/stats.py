@@ -1,0 +1,189 @@
+"""Describe a data set on disk: sizes per split and language, parallelism, text lengths.
+
+Works on every format the data layer reads: a pairs data-set directory or file, a MIRACL
+directory, a LAReQA directory and a saved :class:`RetrievalSet` directory. Lengths are in
+characters, not whitespace tokens, because Chinese and other scripts do not separate words with
+spaces. ``format_stats`` renders with ``rich`` when it is installed, plain text otherwise.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from hybrid_ray.data.pairs import is_jsonl, list_splits, read_meta, read_pairs
+from hybrid_ray.data.parallel import ParallelPairs
+from hybrid_ray.data.retrieval import RETRIEVAL_FILES, RetrievalSet
+from hybrid_ray.errors import DataError
+
+
+def detect_format(path: str | Path) -> str:
+    """One of ``pairs``, ``retrieval``, ``miracl``, ``lareqa`` (DataError if none fits)."""
+    path = Path(path)
+    if path.is_file():
+        if path.name.endswith(".parquet") or is_jsonl(path):
+            return "pairs"
+        if path.suffix == ".json":
+            return "lareqa"
+    elif path.is_dir():
+        if all((path / f).is_file() for f in RETRIEVAL_FILES):
+            return "retrieval"
+        if list_splits(path):
+            return "pairs"
+        if next(path.rglob("topics.miracl-v1.0-*.tsv"), None) is not None:
+            return "miracl"
+        if any(p.suffix == ".json" for p in path.glob("*.json")):
+            return "lareqa"
+        if (path / "collections").is_dir():
+            raise DataError(
+                "looks like mMARCO: convert it first (hybrid-ray data convert --format mmarco)", path=path
+            )
+    else:
+        raise DataError("no such file or directory", path=path)
+    raise DataError("not a recognised data set (pairs, MIRACL, LAReQA or retrieval set)", path=path)
+
+
+def _mean(values: pa.ChunkedArray | pa.Array) -> float:
+    m = pc.mean(values).as_py()
+    return round(float(m), 1) if m is not None else 0.0
+
+
+def pairs_stats(table: pa.Table) -> dict[str, Any]:
+    """Statistics of one validated pairs table."""
+    pp = ParallelPairs.from_table(table)
+    return {
+        "rows": table.num_rows,
+        "pairs": pp.n_pairs,
+        "langs": pp.lang_counts,
+        "fully_parallel": round(pp.fully_parallel_fraction, 4),
+        "mean_query_chars": _mean(pc.utf8_length(table.column("query"))),
+        "mean_passage_chars": _mean(pc.utf8_length(table.column("positive"))),
+        "mean_negatives": round(float(_mean(pc.list_value_length(table.column("negatives"))) or 0.0), 2),
+    }
+
+
+def retrieval_stats(rs: RetrievalSet) -> dict[str, Any]:
+    """Statistics of one retrieval set (queries, candidates, judgements)."""
+    q_counts = {v["values"].as_py(): v["counts"].as_py() for v in pc.value_counts(rs.queries.column("lang"))}
+    d_counts = {v["values"].as_py(): v["counts"].as_py() for v in pc.value_counts(rs.corpus.column("lang"))}
+    langs = sorted(set(q_counts) | set(d_counts))
+    n_rel = [sum(1 for r in rel.values() if r > 0) for rel in rs.qrels.values()]
+    return {
+        "queries": rs.queries.num_rows,
+        "docs": rs.corpus.num_rows,
+        "langs": {lang: {"queries": q_counts.get(lang, 0), "docs": d_counts.get(lang, 0)} for lang in langs},
+        "judgements": sum(len(rel) for rel in rs.qrels.values()),
+        "mean_relevant": round(sum(n_rel) / len(n_rel), 2) if n_rel else 0.0,
+        "mean_query_chars": _mean(pc.utf8_length(rs.queries.column("text"))),
+        "mean_passage_chars": _mean(pc.utf8_length(rs.corpus.column("text"))),
+    }
+
+
+def describe(path: str | Path) -> dict[str, Any]:
+    """Statistics of any data set path, as a JSON-serialisable dict.
+
+    ``{"path", "format", "kind": "pairs"|"retrieval", "splits": {split: stats}, "meta"}``.
+    """
+    from hybrid_ray.data.lareqa import load_lareqa
+    from hybrid_ray.data.miracl import load_miracl, miracl_splits
+
+    path = Path(path)
+    fmt = detect_format(path)
+    splits: dict[str, dict[str, Any]] = {}
+    if fmt == "pairs":
+        names = list_splits(path) if path.is_dir() else [None]
+        for split in names:
+            splits[split or path.name] = pairs_stats(read_pairs(path, split))
+    elif fmt == "retrieval":
+        splits[path.name] = retrieval_stats(RetrievalSet.load(path))
+    elif fmt == "miracl":
+        for split in miracl_splits(path):
+            splits[split] = retrieval_stats(load_miracl(path, split=split))
+    else:
+        splits[path.stem] = retrieval_stats(load_lareqa(path))
+    out: dict[str, Any] = {
+        "path": str(path),
+        "format": fmt,
+        "kind": "pairs" if fmt == "pairs" else "retrieval",
+        "splits": splits,
+    }
+    if path.is_dir():
+        meta = read_meta(path)
+        if meta:
+            out["meta"] = meta
+    return out
+
+
+def _render(title: str, headers: list[str], rows: list[list[str]]) -> str:
+    try:
+        from rich.console import Console
+        from rich.table import Table
+    except ImportError:
+        return _render_plain(title, headers, rows)
+    table = Table(title=title, title_justify="left")
+    for i, h in enumerate(headers):
+        table.add_column(h, justify="left" if i == 0 else "right")
+    for row in rows:
+        table.add_row(*row)
+    buf = io.StringIO()
+    Console(file=buf, width=160, color_system=None, force_terminal=False).print(table)
+    return buf.getvalue().rstrip("\n")
+
+
+def _render_plain(title: str, headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows, strict=True)]
+    def line(cells: list[str]) -> str:
+        return "  ".join(
+            c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        )
+    sep = "  ".join("-" * w for w in widths)
+    return "\n".join([title, line(headers), sep, *(line(r) for r in rows)])
+
+
+PAIRS_HEADERS = ["split", "rows", "pairs", "langs", "parallel", "query chars", "passage chars", "negatives"]
+RETRIEVAL_HEADERS = ["split", "queries", "docs", "langs", "judgements", "rel/q", "query chars", "doc chars"]
+
+
+def _pairs_row(name: str, s: dict[str, Any]) -> list[str]:
+    return [
+        name, f"{s['rows']:,}", f"{s['pairs']:,}", str(len(s["langs"])), f"{s['fully_parallel']:.1%}",
+        f"{s['mean_query_chars']:.1f}", f"{s['mean_passage_chars']:.1f}", f"{s['mean_negatives']:.2f}",
+    ]
+
+
+def _retrieval_row(name: str, s: dict[str, Any]) -> list[str]:
+    return [
+        name, f"{s['queries']:,}", f"{s['docs']:,}", str(len(s["langs"])), f"{s['judgements']:,}",
+        f"{s['mean_relevant']:.2f}", f"{s['mean_query_chars']:.1f}", f"{s['mean_passage_chars']:.1f}",
+    ]
+
+
+def _lang_cell(kind: str, split: dict[str, Any], lang: str) -> str:
+    value = split["langs"].get(lang)
+    if kind == "pairs":
+        return f"{value or 0:,}"
+    value = value or {"queries": 0, "docs": 0}
+    return f"{value['queries']:,} / {value['docs']:,}"
+
+
+def format_stats(stats: dict[str, Any]) -> str:
+    """A readable summary table plus a per-language table (splits as columns)."""
+    splits = stats["splits"]
+    names = list(splits)
+    langs = sorted({lang for s in splits.values() for lang in s["langs"]})
+    pairs = stats["kind"] == "pairs"
+    summary = _render(
+        f"{stats['path']}  ({stats['format']})",
+        PAIRS_HEADERS if pairs else RETRIEVAL_HEADERS,
+        [(_pairs_row if pairs else _retrieval_row)(n, s) for n, s in splits.items()],
+    )
+    per_lang = _render(
+        "rows by language" if pairs else "queries / docs",
+        ["lang", *names],
+        [[lang, *(_lang_cell(stats["kind"], splits[n], lang) for n in names)] for lang in langs],
+    )
+    return summary + "\n\n" + per_lang

@@ -1,0 +1,495 @@
+"""Sharded index build: encode a corpus with Ray Data, write one FAISS index per shard + manifest.
+
+Layout of an index directory::
+
+    shard-0000.npy       float32 [n_0, d] L2-normalised passage embeddings
+    shard-0000.parquet   docid, lang, text of those rows (row i <-> vector i)
+    shard-0000.faiss     FAISS index over the vectors (Flat = exact inner product by default)
+    shard-0000.json      completion record: counts, input/model fingerprints, file checksums
+    ...
+    manifest.json        written last: model, dims, metric, factory, shards, checksums
+
+Why this shape: a shard is the unit a Ray Serve replica loads, the unit of resumption and the
+unit of verification. Each file is written atomically; a shard's ``.json`` record is written
+only after its three files, and ``manifest.json`` only after every shard, so a crash at any
+point leaves either complete shards or nothing that looks complete. Rerunning the same command
+skips shards whose record matches the input rows, the model and the files' sha256, and rebuilds
+the rest (including a shard whose file was corrupted or deleted).
+
+Rows are split into contiguous shards in corpus order, so global id = shard offset + local row,
+which is what :class:`hybrid_ray.search.ShardedSearcher` needs for an exact merged top-k.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from hybrid_ray.data.retrieval import CORPUS_SCHEMA
+from hybrid_ray.errors import ConfigError, DataError
+from hybrid_ray.io import atomic_path, sha256_file, write_json_atomic
+from hybrid_ray.search import ShardedSearcher, build_index, maybe_to_gpu
+
+log = logging.getLogger(__name__)
+
+INDEX_FORMAT = "hybrid-ray-index/1"
+MANIFEST = "manifest.json"
+
+
+# --------------------------------------------------------------------------- corpus input
+def read_corpus(path: str | Path, split: str | None = None) -> pa.Table:
+    """A ``docid, lang, text`` table from a pairs data set or a corpus Parquet / JSONL file.
+
+    Pairs (``pair_id`` column): the positives become the passages, ``docid = f"{pair_id}/{lang}"``
+    (the same ids :meth:`RetrievalSet.from_pairs` uses, so serving results line up with
+    evaluation qrels).
+    """
+    from hybrid_ray.data.pairs import is_jsonl, list_splits, read_jsonl, read_pairs
+
+    path = Path(path)
+    if not path.exists():
+        raise DataError("no such file or directory", path=path)
+    if path.is_dir():
+        if not list_splits(path):
+            raise DataError("directory holds no {split}.parquet files", path=path)
+        return _pairs_to_corpus(read_pairs(path, split))
+    if split is not None:
+        raise DataError("a single file has no splits; pass a data-set directory", path=path, value=split)
+    if path.name.endswith(".parquet"):
+        try:
+            names = pq.read_schema(path).names
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise DataError(f"cannot read Parquet: {exc}", path=path) from exc
+        if "pair_id" in names:
+            return _pairs_to_corpus(read_pairs(path))
+        table = pq.read_table(path)
+    elif is_jsonl(path):
+        from hybrid_ray.data.pairs import open_text
+
+        with open_text(path) as f:
+            first = f.readline()
+        try:
+            is_pairs = "pair_id" in json.loads(first) if first.strip() else False
+        except json.JSONDecodeError as exc:
+            raise DataError(f"invalid JSON: {exc.msg}", path=path, line=1) from exc
+        if is_pairs:
+            return _pairs_to_corpus(read_pairs(path))
+        table = read_jsonl(path, CORPUS_SCHEMA, required=tuple(CORPUS_SCHEMA.names))
+    else:
+        raise DataError("unsupported corpus file (expected .parquet, .jsonl or .jsonl.gz)", path=path)
+    return _check_corpus(table, path)
+
+
+def _pairs_to_corpus(pairs: pa.Table) -> pa.Table:
+    ids = [f"{p}/{lang}" for p, lang in zip(pairs.column("pair_id").to_pylist(),
+                                             pairs.column("lang").to_pylist(), strict=True)]
+    return pa.table({"docid": ids, "lang": pairs.column("lang"), "text": pairs.column("positive")})
+
+
+def _check_corpus(table: pa.Table, path: Path) -> pa.Table:
+    missing = [c for c in CORPUS_SCHEMA.names if c not in table.column_names]
+    if missing:
+        raise DataError(f"corpus lacks column(s) {missing}; found {table.column_names}", path=path,
+                        field=missing[0])
+    table = table.select(CORPUS_SCHEMA.names).cast(CORPUS_SCHEMA)
+    for name in CORPUS_SCHEMA.names:
+        if table.column(name).null_count:
+            raise DataError("null value", path=path, field=name)
+    docids = table.column("docid").to_pylist()
+    if len(set(docids)) != len(docids):
+        seen: set[str] = set()
+        dup = next(d for d in docids if d in seen or seen.add(d))  # type: ignore[func-returns-value]
+        raise DataError("duplicate docid", path=path, field="docid", value=dup)
+    return table
+
+
+# --------------------------------------------------------------------------- fingerprints
+def table_fingerprint(table: pa.Table) -> str:
+    """sha256 of the rows (docid, lang, text): a changed corpus must not reuse old shards."""
+    h = hashlib.sha256()
+    for name in CORPUS_SCHEMA.names:
+        for chunk in table.column(name).chunks:
+            for start in range(0, len(chunk), 65536):
+                h.update("\x1e".join(chunk.slice(start, 65536).to_pylist()).encode("utf-8"))
+                h.update(b"\x1d")
+        h.update(b"\x1c")
+    return h.hexdigest()
+
+
+def model_fingerprint(model_dir: str | Path) -> str:
+    """sha256 over every file of the model directory (names + contents): new weights, new index."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise ConfigError("model directory does not exist", key="--model", value=str(model_dir))
+    h = hashlib.sha256()
+    for f in sorted(p for p in model_dir.rglob("*") if p.is_file()):
+        h.update(str(f.relative_to(model_dir)).encode() + b"\0" + sha256_file(f).encode())
+    return h.hexdigest()
+
+
+def model_config(model_dir: str | Path) -> dict[str, Any]:
+    """Encoder config (pooling, prefixes...) and HF architecture facts, without loading weights."""
+    model_dir = Path(model_dir)
+    out: dict[str, Any] = {}
+    enc = model_dir / "hybrid_ray_encoder.json"
+    if enc.is_file():
+        out["encoder"] = json.loads(enc.read_text())
+    hf = model_dir / "config.json"
+    if hf.is_file():
+        cfg = json.loads(hf.read_text())
+        out["hf"] = {k: cfg.get(k) for k in ("model_type", "hidden_size", "num_hidden_layers", "vocab_size")}
+    return out
+
+
+def shard_bounds(n: int, shards: int) -> list[tuple[int, int]]:
+    """Contiguous, near-equal row ranges (the first ``n % shards`` shards get one more row)."""
+    if shards < 1:
+        raise ConfigError("must be >= 1", key="--shards", value=shards)
+    base, extra = divmod(n, shards)
+    out, start = [], 0
+    for i in range(shards):
+        end = start + base + (1 if i < extra else 0)
+        out.append((start, end))
+        start = end
+    return out
+
+
+# --------------------------------------------------------------------------- Ray Data encoding
+class EncodeBatch:
+    """Ray Data callable class: loads the encoder once per actor, embeds passage batches.
+
+    A class (not a function) so the model is loaded once per worker rather than once per batch;
+    on GPU nodes each actor gets one GPU (``num_gpus=1``) and moves the model there.
+    """
+
+    def __init__(self, model_dir: str, batch_size: int = 64, kind: str = "passage") -> None:
+        import torch
+
+        from hybrid_ray.modeling.encoder import DualEncoder
+
+        self.encoder = DualEncoder.from_pretrained(model_dir)
+        if torch.cuda.is_available():
+            self.encoder = self.encoder.to("cuda")
+        self.batch_size = batch_size
+        self.kind = kind
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        texts = [str(t) for t in batch["text"]]
+        emb = self.encoder.encode(texts, self.kind, batch_size=self.batch_size)
+        return {"row": np.asarray(batch["row"], dtype=np.int64), "emb": np.asarray(emb, dtype=np.float32)}
+
+
+def _ray_resources(concurrency: int | None, num_gpus: float | None) -> tuple[int, float]:
+    """Actor count and GPUs per actor: one actor per GPU on GPU nodes, else one per CPU."""
+    import ray
+
+    res = ray.cluster_resources()
+    gpus = float(res.get("GPU", 0)) if num_gpus is None else float(num_gpus)
+    if concurrency is None:
+        concurrency = max(1, int(res.get("GPU", 0))) if gpus > 0 else max(1, int(res.get("CPU", 1)))
+    return int(concurrency), (1.0 if gpus > 0 and num_gpus is None else gpus)
+
+
+def encode_rows_ray(
+    model_dir: str | Path,
+    texts: pa.Array | pa.ChunkedArray,
+    ranges: list[tuple[int, int]],
+    *,
+    batch_size: int = 64,
+    concurrency: int | None = None,
+    num_gpus: float | None = None,
+    progress: bool = False,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Encode the rows of ``texts`` inside ``ranges`` with a pool of Ray Data actors.
+
+    Yields ``(rows, embeddings)`` batches in completion order (not row order). One pipeline,
+    and so one actor pool and one model load per actor, serves every range: starting actors
+    (importing torch, loading weights) costs far more than encoding a small shard.
+    """
+    import ray
+
+    concurrency, gpus_per_actor = _ray_resources(concurrency, num_gpus)
+    ray.data.DataContext.get_current().enable_progress_bars = progress
+    total = sum(e - s for s, e in ranges)
+    # Enough blocks for every actor to have work, few enough that scheduling does not dominate.
+    block = max(batch_size, -(-total // (4 * concurrency)))
+    tables = []
+    for s, e in ranges:
+        for b in range(s, e, block):
+            n = min(block, e - b)
+            tables.append(pa.table({"row": pa.array(np.arange(b, b + n, dtype=np.int64)),
+                                    "text": texts.slice(b, n)}))
+    ds = ray.data.from_arrow(tables)
+    kwargs: dict[str, Any] = {"num_gpus": gpus_per_actor} if gpus_per_actor > 0 else {"num_cpus": 1}
+    ds = ds.map_batches(
+        EncodeBatch,
+        fn_constructor_kwargs={"model_dir": str(model_dir), "batch_size": batch_size},
+        batch_size=batch_size,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=concurrency),
+        **kwargs,
+    )
+    for out in ds.iter_batches(batch_format="numpy", batch_size=None):
+        yield np.asarray(out["row"], dtype=np.int64), np.asarray(out["emb"], dtype=np.float32)
+
+
+class _ShardWriter:
+    """Collects one shard's embeddings in a temporary memmap; renamed into place when full."""
+
+    def __init__(self, out_dir: Path, name: str, start: int, end: int) -> None:
+        self.path = out_dir / f"{name}.npy"
+        self.tmp = out_dir / f".{name}.npy.{os.getpid()}.tmp"
+        self.start, self.end = start, end
+        self.done = 0
+        self.mm: np.memmap | None = None
+
+    def add(self, rows: np.ndarray, emb: np.ndarray) -> bool:
+        """Write the rows of this shard; True once every row has arrived (file then in place)."""
+        if self.mm is None:
+            self.mm = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=np.float32,
+                                                shape=(self.end - self.start, emb.shape[1]))
+        self.mm[rows - self.start] = emb
+        self.done += len(rows)
+        if self.done < self.end - self.start:
+            return False
+        self.mm.flush()
+        self.mm = None
+        os.replace(self.tmp, self.path)
+        return True
+
+    def discard(self) -> None:
+        self.mm = None
+        if self.tmp.exists():
+            self.tmp.unlink()
+
+
+# --------------------------------------------------------------------------- build
+def _shard_name(i: int) -> str:
+    return f"shard-{i:04d}"
+
+
+def _shard_complete(out_dir: Path, name: str, expect: dict[str, Any]) -> dict[str, Any] | None:
+    """The shard's record when it is complete and built from the same input, else None."""
+    rec_path = out_dir / f"{name}.json"
+    if not rec_path.is_file():
+        return None
+    try:
+        rec = json.loads(rec_path.read_text())
+    except json.JSONDecodeError:
+        return None
+    if any(rec.get(k) != v for k, v in expect.items()):
+        return None
+    for info in rec.get("files", {}).values():
+        f = out_dir / info["path"]
+        if not f.is_file() or f.stat().st_size != info["bytes"] or sha256_file(f) != info["sha256"]:
+            return None
+    return rec
+
+
+def _file_info(path: Path) -> dict[str, Any]:
+    return {"path": path.name, "bytes": path.stat().st_size, "sha256": sha256_file(path)}
+
+
+def _finish_shard(out_dir: Path, corpus: pa.Table, expect: dict[str, Any], dim: int) -> dict[str, Any]:
+    """Write a shard's passages and FAISS index next to its vectors, then its completion record."""
+    name = expect["name"]
+    npy, pqt, fai = (out_dir / f"{name}{ext}" for ext in (".npy", ".parquet", ".faiss"))
+    with atomic_path(pqt) as tmp:
+        pq.write_table(corpus.slice(expect["offset"], expect["count"]), tmp)
+    index = build_index(np.asarray(np.load(npy, mmap_mode="r")), expect["factory"])
+    with atomic_path(fai) as tmp:
+        faiss.write_index(index, str(tmp))
+    rec = expect | {"dim": dim, "files": {"npy": _file_info(npy), "parquet": _file_info(pqt),
+                                          "faiss": _file_info(fai)}}
+    write_json_atomic(out_dir / f"{name}.json", rec)  # the shard's completion mark: written last
+    return rec
+
+
+def build_sharded_index(
+    model_dir: str | Path,
+    corpus: pa.Table,
+    out_dir: str | Path,
+    *,
+    shards: int = 1,
+    factory: str = "Flat",
+    batch_size: int = 64,
+    concurrency: int | None = None,
+    num_gpus: float | None = None,
+    corpus_path: str | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Encode ``corpus`` (docid, lang, text) and write a resumable sharded index to ``out_dir``.
+
+    Starts (or joins) Ray through :func:`hybrid_ray.local.init_ray`. Returns the manifest, plus
+    ``built`` / ``skipped`` shard names for this run (not stored in the manifest).
+    """
+    from hybrid_ray.local import init_ray
+
+    corpus = _check_corpus(corpus, Path(corpus_path or "<corpus>"))
+    if corpus.num_rows == 0:
+        raise DataError("the corpus is empty", path=corpus_path)
+    if shards > corpus.num_rows:
+        raise ConfigError(f"more shards than passages ({corpus.num_rows})", key="--shards", value=shards)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model_sha = model_fingerprint(model_dir)
+    t0 = time.perf_counter()
+    records: dict[str, dict[str, Any]] = {}
+    pending: dict[str, dict[str, Any]] = {}
+    for i, (start, end) in enumerate(shard_bounds(corpus.num_rows, shards)):
+        name = _shard_name(i)
+        expect = {"name": name, "offset": start, "count": end - start, "factory": factory,
+                  "input_sha256": table_fingerprint(corpus.slice(start, end - start)),
+                  "model_sha256": model_sha}
+        rec = _shard_complete(out_dir, name, expect)
+        if rec is not None:
+            records[name] = rec
+        else:
+            pending[name] = expect
+    skipped = sorted(records)
+    if pending:
+        # The old manifest would describe files about to be replaced: drop it until we finish.
+        (out_dir / MANIFEST).unlink(missing_ok=True)
+        init_ray()
+        writers = {n: _ShardWriter(out_dir, n, e["offset"], e["offset"] + e["count"])
+                   for n, e in pending.items()}
+        starts = np.asarray([w.start for w in writers.values()])
+        names = list(writers)
+        try:
+            stream = encode_rows_ray(model_dir, corpus.column("text"),
+                                     [(w.start, w.end) for w in writers.values()], batch_size=batch_size,
+                                     concurrency=concurrency, num_gpus=num_gpus, progress=progress)
+            for rows, emb in stream:
+                # A batch never spans shards (blocks are cut at shard bounds) but be safe anyway.
+                owner = np.searchsorted(starts, rows, side="right") - 1
+                for j in np.unique(owner).tolist():
+                    name = names[j]
+                    sel = owner == j
+                    if writers[name].add(rows[sel], emb[sel]):
+                        records[name] = _finish_shard(out_dir, corpus, pending[name], int(emb.shape[1]))
+                        log.info("built %s: %d passages", name, pending[name]["count"])
+        finally:
+            for w in writers.values():
+                w.discard()
+        incomplete = sorted(set(pending) - set(records))
+        if incomplete:
+            raise DataError(f"encoding finished without every row of {incomplete}", path=out_dir)
+    built = sorted(pending)
+    records_list = [records[n] for n in sorted(records)]
+    dims = {r["dim"] for r in records_list}
+    if len(dims) != 1:
+        raise DataError(f"shards disagree on the embedding dimension {sorted(dims)}", path=out_dir)
+    config = model_config(model_dir)
+    manifest = {
+        "format": INDEX_FORMAT,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "model_dir": str(Path(model_dir).resolve()),
+        "model_sha256": model_sha,
+        "model_config": config,
+        "corpus": corpus_path,
+        "dim": dims.pop(),
+        # Inner product == cosine only for normalised vectors; recorded so serving can check it.
+        "normalized": bool(config.get("encoder", {}).get("normalize", True)),
+        "metric": "inner_product",
+        "factory": factory,
+        "count": corpus.num_rows,
+        "shards": [
+            {k: r[k] for k in ("name", "offset", "count", "input_sha256", "files")} for r in records_list
+        ],
+        "build_seconds": round(time.perf_counter() - t0, 3),
+    }
+    write_json_atomic(out_dir / MANIFEST, manifest)
+    return manifest | {"built": built, "skipped": skipped}
+
+
+# --------------------------------------------------------------------------- load
+@dataclass
+class ShardedIndex:
+    """A loaded index directory: the merged exact searcher plus per-shard passage tables."""
+
+    path: Path
+    manifest: dict[str, Any]
+    searcher: ShardedSearcher
+    tables: list[pa.Table] = field(repr=False)
+
+    @property
+    def dim(self) -> int:
+        return int(self.manifest["dim"])
+
+    @property
+    def count(self) -> int:
+        return int(self.manifest["count"])
+
+    def passages(self, ids: np.ndarray) -> list[dict[str, str]]:
+        """``docid, lang, text`` for global ids (from :meth:`search`)."""
+        offsets = np.asarray(self.searcher.offsets)
+        out = []
+        for gid in np.asarray(ids).ravel().tolist():
+            s = int(np.searchsorted(offsets, gid, side="right") - 1)
+            row = self.tables[s].slice(gid - offsets[s], 1).to_pylist()[0]
+            out.append(row)
+        return out
+
+    def search(self, queries: np.ndarray, k: int) -> list[list[dict[str, Any]]]:
+        """Top-k hits per query vector: ``[{docid, lang, text, score}, ...]`` best first."""
+        scores, ids = self.searcher.search(queries, k)
+        hits = []
+        for srow, irow in zip(scores, ids, strict=True):
+            rows = self.passages(irow[irow >= 0])
+            hits.append([r | {"score": float(s)} for r, s in zip(rows, srow, strict=False)])
+        return hits
+
+
+def load_sharded_index(path: str | Path, verify: bool = True, gpu: bool = True) -> ShardedIndex:
+    """Open an index directory; with ``verify`` check every file against the manifest sha256.
+
+    Raises DataError naming the first missing or corrupt shard file, so an operator knows which
+    file to rebuild (rerunning ``hybrid-ray index`` with the same arguments repairs it).
+    """
+    path = Path(path)
+    mpath = path / MANIFEST
+    if not mpath.is_file():
+        raise DataError(f"no {MANIFEST}: not an index directory, or its build did not finish "
+                        "(rerun 'hybrid-ray index' to resume)", path=path)
+    try:
+        manifest = json.loads(mpath.read_text())
+    except json.JSONDecodeError as exc:
+        raise DataError(f"invalid JSON: {exc.msg}", path=mpath, line=exc.lineno) from exc
+    if manifest.get("format") != INDEX_FORMAT:
+        raise DataError(f"unsupported index format (expected {INDEX_FORMAT})", path=mpath,
+                        field="format", value=manifest.get("format"))
+    indexes, tables, offsets = [], [], []
+    for shard in manifest["shards"]:
+        for info in shard["files"].values():
+            f = path / info["path"]
+            if not f.is_file():
+                raise DataError(f"shard file missing (shard {shard['name']})", path=f)
+            if verify and (f.stat().st_size != info["bytes"] or sha256_file(f) != info["sha256"]):
+                raise DataError(f"shard file corrupt: sha256 does not match {MANIFEST} "
+                                f"(shard {shard['name']}; rerun 'hybrid-ray index' to rebuild it)", path=f)
+        fai = path / shard["files"]["faiss"]["path"]
+        try:
+            index = faiss.read_index(str(fai))
+        except RuntimeError as exc:
+            raise DataError(f"cannot read FAISS index: {str(exc).splitlines()[0]}", path=fai) from exc
+        table = pq.read_table(path / shard["files"]["parquet"]["path"])
+        if index.ntotal != shard["count"] or table.num_rows != shard["count"]:
+            raise DataError(f"shard has {index.ntotal} vectors / {table.num_rows} rows, manifest says "
+                            f"{shard['count']}", path=fai)
+        indexes.append(maybe_to_gpu(index) if gpu else index)
+        tables.append(table)
+        offsets.append(int(shard["offset"]))
+    return ShardedIndex(path, manifest, ShardedSearcher(indexes, offsets), tables)

@@ -1,0 +1,125 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from hybrid_ray.data import pairs as pairs_mod
+from hybrid_ray.data.pairs import list_splits, read_pairs, write_pairs
+from hybrid_ray.data.schema import PAIRS_SCHEMA
+from hybrid_ray.errors import DataError
+
+from .conftest import pair_rows, write_jsonl
+
+
+def _table() -> pa.Table:
+    return pa.Table.from_pylist(pair_rows(), schema=PAIRS_SCHEMA)
+
+
+def test_dataset_dir_roundtrip(tmp_path: Path) -> None:
+    for split in ("test", "train", "dev", "extra"):
+        write_pairs(_table(), tmp_path / f"{split}.parquet")
+    assert list_splits(tmp_path) == ["train", "dev", "test", "extra"]
+    assert read_pairs(tmp_path).equals(_table())  # split=None -> train
+    assert read_pairs(tmp_path, "dev").num_rows == 5
+    with pytest.raises(DataError, match="no such split") as e:
+        read_pairs(tmp_path, "validation")
+    assert str(tmp_path) in str(e.value)
+
+
+def test_dir_without_train_needs_a_split(tmp_path: Path) -> None:
+    write_pairs(_table(), tmp_path / "dev.parquet")
+    assert read_pairs(tmp_path).num_rows == 5  # the only split
+    write_pairs(_table(), tmp_path / "test.parquet")
+    with pytest.raises(DataError, match="several splits"):
+        read_pairs(tmp_path)
+
+
+def test_single_file_rejects_split(tmp_path: Path) -> None:
+    path = write_pairs(_table(), tmp_path / "x.parquet")
+    with pytest.raises(DataError, match="one-split"):
+        read_pairs(path, "dev")
+
+
+@pytest.mark.parametrize("name", ["p.jsonl", "p.jsonl.gz"])
+def test_jsonl_reading(tmp_path: Path, name: str) -> None:
+    rows = pair_rows()
+    del rows[0]["negatives"]  # absent negatives -> empty list
+    rows[1]["extra"] = 3  # unknown fields ignored
+    path = write_jsonl(tmp_path / name, rows)
+    table = read_pairs(path)
+    assert table.schema.equals(PAIRS_SCHEMA)
+    assert table.column("negatives").to_pylist()[:2] == [[], ["wrong 0 de"]]
+    assert table.column("pair_id").to_pylist() == [r["pair_id"] for r in rows]
+
+
+def test_jsonl_and_parquet_writers_roundtrip(tmp_path: Path) -> None:
+    for name in ("a.jsonl", "a.jsonl.gz", "a.parquet"):
+        assert read_pairs(write_pairs(_table(), tmp_path / name)).equals(_table())
+
+
+@pytest.mark.parametrize(
+    ("raw", "lineno", "needle"),
+    [
+        ('{"pair_id": "p9", "lang": "en", ', 3, "invalid JSON"),
+        ('{"pair_id": "p9", "lang": "en", "positive": "x"}', 2, "field 'query'"),
+        ('{"pair_id": "p9", "lang": "xx", "query": "q", "positive": "x"}', 4, "'xx'"),
+        ('{"pair_id": "p9", "lang": "en", "query": "  ", "positive": "x"}', 2, "empty text"),
+        ('{"pair_id": 7, "lang": "en", "query": "q", "positive": "x"}', 5, "expected a string"),
+        ('["not", "an", "object"]', 1, "expected a JSON object"),
+        ('{"pair_id": "p0", "lang": "en", "query": "q", "positive": "x"}', 4, "duplicate row"),
+    ],
+)
+def test_jsonl_errors_name_file_and_line(tmp_path: Path, raw: str, lineno: int, needle: str) -> None:
+    path = write_jsonl(tmp_path / "bad.jsonl", pair_rows(), raw_lines={lineno: raw})
+    with pytest.raises(DataError) as e:
+        read_pairs(path)
+    assert f"{path}:{lineno}" in str(e.value)
+    assert needle in str(e.value)
+    assert e.value.line == lineno
+
+
+def test_parquet_missing_column_names_file_and_column(tmp_path: Path) -> None:
+    path = tmp_path / "bad.parquet"
+    pq.write_table(_table().drop(["positive"]), path)
+    with pytest.raises(DataError, match="positive") as e:
+        read_pairs(path)
+    assert str(path) in str(e.value)
+    assert e.value.field == "positive"
+
+
+def test_unsupported_and_missing(tmp_path: Path) -> None:
+    (tmp_path / "x.csv").write_text("a,b\n")
+    with pytest.raises(DataError, match="unsupported"):
+        read_pairs(tmp_path / "x.csv")
+    with pytest.raises(DataError, match="no such file"):
+        read_pairs(tmp_path / "nope.parquet")
+    with pytest.raises(DataError, match="unsupported output"):
+        write_pairs(_table(), tmp_path / "x.csv")
+
+
+def test_write_is_atomic_on_writer_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "train.parquet"
+    write_pairs(_table(), target)
+    before = target.read_bytes()
+
+    def broken(table: pa.Table, where: Path, **kw: object) -> None:
+        Path(where).write_bytes(b"PAR1 half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(pairs_mod.pq, "write_table", broken)
+    with pytest.raises(OSError, match="disk full"):
+        write_pairs(_table(), target)
+    with pytest.raises(OSError):
+        write_pairs(_table(), tmp_path / "new.parquet")
+    assert target.read_bytes() == before  # the old file is untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["train.parquet"]  # no partial/temp files
+
+
+def test_write_validates_first(tmp_path: Path) -> None:
+    bad = _table().set_column(1, "lang", pa.array(["en", "de", "en", "de", "english"]))
+    with pytest.raises(DataError, match="unknown language"):
+        write_pairs(bad, tmp_path / "x.parquet")
+    assert not (tmp_path / "x.parquet").exists()

@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hybrid_ray.data.parallel import ParallelPairs
+from hybrid_ray.data.schema import PAIRS_SCHEMA
+from hybrid_ray.errors import DataError
+
+from .conftest import pair_rows
+
+
+def test_index_matches_rows() -> None:
+    table = pa.Table.from_pylist(pair_rows(), schema=PAIRS_SCHEMA)
+    pp = ParallelPairs.from_table(table)
+    assert pp.langs == ["de", "en"]
+    assert pp.pair_ids == ["p0", "p1", "p2"]
+    assert pp.row_of.dtype == np.int32 and pp.row_of.shape == (3, 2)
+    assert pp.row_of.tolist() == [[1, 0], [3, 2], [-1, 4]]
+    assert pp.available.tolist() == [[True, True], [True, True], [False, True]]
+    assert pp.lang_counts == {"de": 2, "en": 3}
+    assert pp.fully_parallel_fraction == pytest.approx(2 / 3)
+    rows = pp.rows([0, 2], [pp.lang_index("de"), pp.lang_index("en")])
+    assert pp.column("query", rows) == ["question 0 de", "question 2 en"]
+    assert pp.pair_index("p2") == 2
+    with pytest.raises(DataError, match="no row in language 'de'"):
+        pp.rows([2], [0])
+    with pytest.raises(IndexError):
+        pp.column("query", [-1])
+    with pytest.raises(DataError, match="language not in"):
+        pp.lang_index("fr")
+
+
+def test_duplicates_rejected_even_with_pairs_schema() -> None:
+    rows = pair_rows() + [pair_rows()[0]]
+    with pytest.raises(DataError, match="duplicate row for pair_id 'p0'"):
+        ParallelPairs.from_table(pa.Table.from_pylist(rows, schema=PAIRS_SCHEMA))
+
+
+def test_chunked_table_and_empty() -> None:
+    t = pa.Table.from_pylist(pair_rows(), schema=PAIRS_SCHEMA)
+    chunked = pa.concat_tables([t.slice(0, 2), t.slice(2)])
+    assert ParallelPairs.from_table(chunked).row_of.tolist() == ParallelPairs.from_table(t).row_of.tolist()
+    empty = ParallelPairs.from_table(PAIRS_SCHEMA.empty_table())
+    assert empty.n_pairs == 0 and empty.row_of.shape == (0, 0) and empty.fully_parallel_fraction == 0.0
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.sets(st.tuples(st.integers(0, 30), st.sampled_from(["en", "de", "zh", "ar"])), min_size=1))
+def test_row_of_inverts_the_table(cells: set[tuple[int, str]]) -> None:
+    cells_l = sorted(cells, key=lambda c: (hash(c) % 7, c))  # arbitrary but deterministic order
+    table = pa.table(
+        {
+            "pair_id": [f"p{p}" for p, _ in cells_l],
+            "lang": [lang for _, lang in cells_l],
+            "query": ["q"] * len(cells_l),
+            "positive": ["d"] * len(cells_l),
+        }
+    )
+    pp = ParallelPairs.from_table(table)
+    assert pp.langs == sorted({lang for _, lang in cells_l})
+    assert int(pp.available.sum()) == len(cells_l)
+    for row, (p, lang) in enumerate(cells_l):
+        assert pp.row_of[pp.pair_index(f"p{p}"), pp.lang_index(lang)] == row
+
+
+def test_million_rows_is_vectorised() -> None:
+    n_pairs, langs = 200_000, ["ar", "de", "en", "es", "zh"]
+    pid = pa.array(np.char.add("p", np.arange(n_pairs).astype(str)))
+    pair_col = pa.concat_arrays([pid] * len(langs))
+    lang_col = pa.array(np.repeat(np.array(langs), n_pairs))
+    text = pa.array(np.full(n_pairs * len(langs), "t"))
+    neg = pa.array([[]] * 1, type=pa.list_(pa.string()))
+    negs = pa.ListArray.from_arrays(pa.array(np.zeros(len(text) + 1, dtype=np.int32)), neg.values)
+    table = pa.Table.from_arrays([pair_col, lang_col, text, text, negs], schema=PAIRS_SCHEMA)
+    t0 = time.perf_counter()
+    pp = ParallelPairs.from_table(table)
+    elapsed = time.perf_counter() - t0
+    assert pp.row_of.shape == (n_pairs, len(langs))
+    assert pp.row_of[123, 2] == 2 * n_pairs + 123
+    assert pp.fully_parallel_fraction == 1.0
+    assert elapsed < 5.0, f"indexing 1M rows took {elapsed:.1f}s"

@@ -1,0 +1,92 @@
+"""Pure (no Ray) checks of the serving merge: sharded top-k == one unsharded exact index."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from hybrid_ray.search import build_index, search
+from serve.app import ShardCore, merge_topk
+
+LANGS = ("en", "de", "fr")
+
+
+def _unit(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _corpus(n: int, d: int, seed: int = 0) -> tuple[np.ndarray, list[str]]:
+    rng = np.random.default_rng(seed)
+    x = _unit(rng, n, d)
+    # exact duplicates (ties) inside and across shards, and at the top-k boundary
+    x[7] = x[3]
+    x[n - 2] = x[3]
+    x[n // 2] = x[5]
+    langs = [LANGS[i % 3] for i in range(n)]
+    return x, langs
+
+
+def _cores(x: np.ndarray, langs: list[str], bounds: list[int]) -> list[ShardCore]:
+    cores = []
+    edges = [0, *bounds, len(x)]
+    for s, (a, b) in enumerate(zip(edges[:-1], edges[1:], strict=True)):
+        table = pa.table({"docid": [f"d{i}" for i in range(a, b)], "lang": langs[a:b],
+                          "text": [f"text {i}" for i in range(a, b)]})
+        cores.append(ShardCore(f"shard-{s:04d}", a, build_index(x[a:b]), x[a:b], table))
+    return cores
+
+
+def _brute(x: np.ndarray, q: np.ndarray, k: int, keep: np.ndarray | None = None) -> list[list[int]]:
+    s = q @ x.T
+    out = []
+    for row in s:
+        order = np.lexsort((np.arange(len(x)), -row))
+        if keep is not None:
+            order = order[keep[order]]
+        out.append(order[:k].tolist())
+    return out
+
+
+@pytest.mark.parametrize("bounds", [[20], [5, 30], [1, 2, 50], []])
+@pytest.mark.parametrize("k", [1, 4, 10, 64])
+def test_merge_equals_unsharded_exact(bounds, k):
+    x, langs = _corpus(60, 16)
+    rng = np.random.default_rng(1)
+    q = np.concatenate([_unit(rng, 5, 16), x[[3, 5]]])  # the last two hit the duplicated vectors
+    cores = _cores(x, langs, bounds)
+    merged = merge_topk([c.search(q, k) for c in cores], k)
+    ref_s, ref_i = search(build_index(x), q, k)
+    for row, hits in enumerate(merged):
+        assert [h["docid"] for h in hits] == [f"d{i}" for i in ref_i[row]]
+        np.testing.assert_allclose([h["score"] for h in hits], ref_s[row], rtol=0, atol=1e-6)
+        assert [h["rank"] for h in hits] == list(range(1, len(hits) + 1))
+        assert all(h["lang"] == langs[int(h["docid"][1:])] for h in hits)
+    assert len(merged[0]) == min(k, 60)
+
+
+@pytest.mark.parametrize("filt", [("en",), ("de", "fr"), ("en", "de", "fr")])
+def test_language_filter_returns_k_exact_filtered_results(filt):
+    x, langs = _corpus(60, 16, seed=2)
+    rng = np.random.default_rng(3)
+    q = np.concatenate([_unit(rng, 4, 16), x[[3]]])
+    keep = np.isin(np.asarray(langs), filt)
+    for k in (1, 7, 20):
+        merged = merge_topk([c.search(q, k, filt) for c in _cores(x, langs, [17, 40])], k)
+        ref = _brute(x, q, k, keep)
+        for row, hits in enumerate(merged):
+            assert len(hits) == min(k, int(keep.sum()))  # k filtered results, not "k then filter"
+            assert [h["docid"] for h in hits] == [f"d{i}" for i in ref[row]]
+            assert {h["lang"] for h in hits} <= set(filt)
+
+
+def test_filter_language_missing_from_one_shard_and_empty_parts():
+    x, _ = _corpus(12, 8)
+    langs = ["en"] * 6 + ["de"] * 6  # shard 0 has no "de", shard 1 no "en"
+    cores = _cores(x, langs, [6])
+    q = x[[0, 9]]
+    hits = merge_topk([c.search(q, 3, ("de",)) for c in cores], 3)
+    assert all(h["lang"] == "de" for row in hits for h in row) and [len(r) for r in hits] == [3, 3]
+    assert hits[1][0]["docid"] == "d9" and hits[1][0]["score"] == pytest.approx(1.0, abs=1e-6)
+    assert merge_topk([], 3) == []
