@@ -71,7 +71,9 @@ def machine() -> dict[str, object]:
     return {"cpu": cpu, "cores": os.cpu_count(), "faiss_threads": faiss.omp_get_max_threads(),
             "gpus": faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0,
             "python": sys.version.split()[0], "numpy": np.__version__, "faiss": faiss.__version__,
-            "platform": platform.platform()}
+            "platform": platform.platform(),
+            # Shared machines: a loaded box halves throughput; record it next to the figures.
+            "load_avg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,7 +5,14 @@ The public API is small; everything else is an implementation detail of the driv
 
 from __future__ import annotations
 
+from hybrid_ray.local import apply_loopback_env as _apply_loopback_env
+from hybrid_ray.local import on_cluster as _on_cluster
+
 __version__ = "0.1.0"
+
+# Local runs stay on 127.0.0.1: this must happen before Ray is imported anywhere.
+if not _on_cluster():
+    _apply_loopback_env()
 
 _LAZY = {
     "DualEncoder": "hybrid_ray.modeling.encoder",

@@ -146,8 +146,34 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([item]))
         except OmegaConfBaseException as exc:
             raise _wrap(exc, f"override {item!r}") from exc
+    _resolve_paths(cfg)
     validate(cfg)
     return cfg
+
+
+_PATH_KEYS = ("data.path", "model.name_or_path", "eval.miracl_path", "eval.pairs_path", "run.storage_path",
+              "run.export_dir", "run.trace_dir")
+
+
+def _resolve_paths(cfg: DictConfig) -> None:
+    """Expand ``~`` and, for local runs, make relative paths absolute.
+
+    Ray workers do not share the driver's working directory, so a local run passes them
+    absolute paths. Under ``ray job submit`` (RAY_ADDRESS / RAY_JOB_ID set) relative paths are
+    kept: there every worker's working directory is the job's uploaded ``--working-dir``.
+    """
+    from hybrid_ray.local import on_cluster
+
+    for key in _PATH_KEYS:
+        value = OmegaConf.select(cfg, key)
+        if not isinstance(value, str) or value in ("tiny", "???") or "://" in value:
+            continue
+        path = Path(value).expanduser()
+        if key == "model.name_or_path" and not (value.startswith((".", "/", "~")) or path.exists()):
+            continue  # a hub name such as "intfloat/multilingual-e5-small"
+        if not path.is_absolute() and not on_cluster():
+            path = path.resolve()
+        OmegaConf.update(cfg, key, str(path))
 
 
 def validate(cfg: DictConfig) -> None:

@@ -28,10 +28,19 @@ def on_cluster() -> bool:
 
 
 def apply_loopback_env() -> None:
-    """Set the loopback variables unless the user already chose values."""
+    """Set the loopback variables unless the user already chose values.
+
+    Must run before ``import ray``: Ray reads RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER into a constant
+    at import time. ``import hybrid_ray`` calls this for local runs, so every entry point that
+    imports the package first gets it.
+    """
     for key, value in LOOPBACK_ENV.items():
         os.environ.setdefault(key, value)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def apply_accelerator_env() -> None:
+    """Tell DeepSpeed to use its CPU accelerator when there is no CUDA device (imports torch)."""
     if not _cuda_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
@@ -56,6 +65,7 @@ def init_ray(num_cpus: int | None = None, **kwargs: Any) -> None:
 
     if ray.is_initialized():
         return
+    apply_accelerator_env()
     if on_cluster():
         ray.init(runtime_env={"env_vars": worker_env()}, **kwargs)
         return

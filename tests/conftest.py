@@ -7,13 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from hybrid_ray.local import apply_loopback_env
+from hybrid_ray.local import apply_accelerator_env, apply_loopback_env
 
 REPO = Path(__file__).resolve().parents[1]
 # DeepSpeed JIT-compiles a C++ op once; keep the cache in the repo's ignored .cache, not $HOME.
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".cache" / "torch_extensions"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 apply_loopback_env()
+apply_accelerator_env()
 
 
 @pytest.fixture(scope="session")

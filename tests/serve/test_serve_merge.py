@@ -90,3 +90,40 @@ def test_filter_language_missing_from_one_shard_and_empty_parts():
     assert all(h["lang"] == "de" for row in hits for h in row) and [len(r) for r in hits] == [3, 3]
     assert hits[1][0]["docid"] == "d9" and hits[1][0]["score"] == pytest.approx(1.0, abs=1e-6)
     assert merge_topk([], 3) == []
+
+
+def test_serve_config_yaml_is_a_valid_serve_config():
+    from pathlib import Path
+
+    import yaml
+    from ray.serve.schema import ServeDeploySchema
+
+    from serve.app import AppArgs
+
+    cfg = yaml.safe_load((Path(__file__).parents[2] / "serve" / "config.yaml").read_text())
+    schema = ServeDeploySchema.parse_obj(cfg) if hasattr(ServeDeploySchema, "parse_obj") else None
+    assert schema is None or schema.http_options.host == "127.0.0.1"
+    assert cfg["http_options"]["host"] == "127.0.0.1"
+    (app,) = cfg["applications"]
+    assert app["import_path"] == "serve.app:build_app"
+    AppArgs.parse(app["args"])  # every key is a known build_app argument
+
+
+def test_app_args_reject_unknown_and_bad_values():
+    from hybrid_ray.errors import ConfigError
+    from serve.app import AppArgs
+
+    with pytest.raises(ConfigError, match="k_limt"):
+        AppArgs.parse({"index_dir": "x", "k_limt": 5})
+    with pytest.raises(ConfigError, match="max_batch_size"):
+        AppArgs.parse({"index_dir": "x", "max_batch_size": 0})
+    with pytest.raises(ConfigError, match="index_dir"):
+        AppArgs.parse({})
+
+
+def test_build_app_on_missing_index_is_a_clear_error(tmp_path):
+    from hybrid_ray.errors import DataError
+    from serve.app import build_app
+
+    with pytest.raises(DataError, match="no manifest.json"):
+        build_app({"index_dir": str(tmp_path)})

@@ -1,0 +1,145 @@
+"""``hybrid-ray serve --index DIR``: run the retrieval app on a local Ray (loopback) until Ctrl-C.
+
+Same application as ``serve run serve/config.yaml`` and the KubeRay RayService
+(``serve.app:build_app``); this driver only adds the local-cluster defaults (127.0.0.1, Ray via
+:func:`hybrid_ray.local.init_ray`), prints ready-to-paste curl commands and shuts down cleanly.
+
+``--no-blocking`` deploys, waits until ``/ready`` answers and returns: on a real cluster
+(``RAY_ADDRESS`` set) the app keeps running after the driver exits; on a local Ray it is a
+deploy-and-check smoke test (the local cluster goes away with the process).
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from hybrid_ray.cli import run_main
+from hybrid_ray.errors import ConfigError, HybridRayError
+
+APP_NAME = "hybrid-ray"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="hybrid-ray serve", description=__doc__.splitlines()[0])
+    p.add_argument("--index", required=True, help="index directory built by 'hybrid-ray index'")
+    p.add_argument("--model", default=None, help="encoder directory (default: the index manifest's)")
+    p.add_argument("--host", default="127.0.0.1", help="HTTP bind address (default: loopback only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--blocking", action=argparse.BooleanOptionalAction, default=True,
+                   help="wait for Ctrl-C (default) or return once the app is ready")
+    p.add_argument("--max-batch-size", type=int, default=32)
+    p.add_argument("--batch-wait-timeout-s", type=float, default=0.005)
+    p.add_argument("--max-ongoing-requests", type=int, default=128)
+    p.add_argument("--k-limit", type=int, default=100)
+    p.add_argument("--max-query-chars", type=int, default=2048)
+    p.add_argument("--num-gpus-per-shard", type=float, default=0.0)
+    p.add_argument("--num-cpus-per-shard", type=float, default=1.0)
+    p.add_argument("--retriever-replicas", type=int, default=1)
+    p.add_argument("--num-cpus", type=int, default=None, help="logical CPUs of the local Ray")
+    p.add_argument("--no-verify", dest="verify", action="store_false", help="skip shard sha256 checks")
+    p.add_argument("--ready-timeout-s", type=float, default=300.0)
+    return p.parse_args(argv)
+
+
+def app_args(ns: argparse.Namespace) -> dict[str, Any]:
+    """The ``build_app`` arguments for these options (same keys as serve/config.yaml)."""
+    args: dict[str, Any] = {
+        "index_dir": str(Path(ns.index).resolve()),
+        "max_batch_size": ns.max_batch_size,
+        "batch_wait_timeout_s": ns.batch_wait_timeout_s,
+        "max_ongoing_requests": ns.max_ongoing_requests,
+        "k_limit": ns.k_limit,
+        "max_query_chars": ns.max_query_chars,
+        "num_gpus_per_shard": ns.num_gpus_per_shard,
+        "num_cpus_per_shard": ns.num_cpus_per_shard,
+        "retriever_replicas": ns.retriever_replicas,
+        "verify": ns.verify,
+    }
+    if ns.model:
+        args["model_dir"] = str(Path(ns.model).resolve())
+    return args
+
+
+def examples(url: str) -> str:
+    return "\n".join([
+        f"  curl -s {url}/ready",
+        f"  curl -s -X POST {url}/search -H 'content-type: application/json' "
+        "-d '{\"query\": \"let there be light\", \"k\": 5}'",
+        f"  curl -s -X POST {url}/search -H 'content-type: application/json' "
+        "-d '{\"query\": \"let there be light\", \"k\": 5, \"lang\": [\"en\", \"de\"]}'",
+        f"  curl -s -X POST {url}/embed -H 'content-type: application/json' "
+        "-d '{\"texts\": [\"hello world\"], \"kind\": \"query\"}'",
+        f"  curl -s {url}/metrics",
+        f"  open {url}/docs   (OpenAPI: {url}/openapi.json)",
+    ])
+
+
+def wait_ready(url: str, timeout_s: float) -> dict[str, Any]:
+    """Poll ``/ready`` until 200; a shard that cannot load fails deployment before this."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    last = "no answer"
+    while time.monotonic() < deadline:
+        try:
+            r = httpx.get(f"{url}/ready", timeout=10)
+            if r.status_code == 200:
+                return r.json()
+            last = r.text
+        except httpx.HTTPError as exc:
+            last = str(exc)
+        time.sleep(0.5)
+    raise HybridRayError(f"the app did not become ready within {timeout_s:.0f} s: {last}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ns = parse_args(argv)
+    if not 0 < ns.port < 65536:
+        raise ConfigError("must be 1..65535", key="--port", value=ns.port)
+    import ray
+    from ray import serve
+
+    from hybrid_ray.local import init_ray, on_cluster
+    from serve.app import build_app
+
+    app = build_app(app_args(ns))  # validates args and the manifest before starting anything
+    init_ray(num_cpus=ns.num_cpus)
+    try:
+        serve.start(http_options={"host": ns.host, "port": ns.port})
+        try:
+            serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
+        except RuntimeError as exc:  # deployment failed (e.g. a shard failed its health check)
+            raise HybridRayError(f"deploying the app failed: {str(exc).strip().splitlines()[-1]}") from exc
+        host = "127.0.0.1" if ns.host in ("0.0.0.0", "::") else ns.host
+        url = f"http://{host}:{ns.port}"
+        info = wait_ready(url, ns.ready_timeout_s)
+        n = sum(s.get("count") or 0 for s in info["shards"])
+        print(f"hybrid-ray serving {n} passages from {len(info['shards'])} shard(s) "
+              f"({', '.join(info['languages'])}) at {url}")
+        print("try:\n" + examples(url), flush=True)
+        if not ns.blocking:
+            return 0
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        print("Ctrl-C to stop.", flush=True)
+        try:
+            while not stop.wait(1.0):
+                pass
+        except KeyboardInterrupt:
+            pass
+        print("shutting down...", file=sys.stderr)
+        return 0
+    finally:
+        if not (on_cluster() and not ns.blocking):  # on a cluster, --no-blocking leaves it running
+            serve.shutdown()
+            ray.shutdown()
+
+
+if __name__ == "__main__":
+    run_main(main)
