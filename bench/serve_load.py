@@ -158,6 +158,7 @@ def run_serve(index_dir: Path, args: argparse.Namespace, bodies: list[dict[str, 
     t0 = time.perf_counter()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     app_args = {"index_dir": str(index_dir), "num_cpus_per_shard": 0.5, "retriever_num_cpus": 1,
+                "access_log": False,
                 "max_batch_size": args.max_batch_size, "batch_wait_timeout_s": args.batch_wait_timeout_s}
     serve.run(build_app(app_args), name="bench", route_prefix="/", blocking=False)
     url = f"http://127.0.0.1:{port}"
@@ -314,7 +315,8 @@ def main(argv: list[str] | None = None) -> int:
             model = str(Path(tmp) / "tiny-model")
             tiny_encoder(model)
         index_dir = Path(tmp) / "index"
-        init_ray(num_cpus=4)
+        # Replica logs are not forwarded: the driver is also the load generator.
+        init_ray(num_cpus=4, log_to_driver=False)
         t0 = time.perf_counter()
         manifest = build_sharded_index(model, corpus(args.passages), index_dir, shards=args.shards,
                                        concurrency=1)

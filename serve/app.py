@@ -81,6 +81,7 @@ class AppArgs(BaseModel):
     retriever_num_gpus: float = Field(0.0, ge=0)
     retriever_replicas: int = Field(1, ge=1)
     verify: bool = Field(True, description="check shard sha256 checksums at load")
+    access_log: bool = Field(True, description="Serve per-request access log lines (off for load tests)")
     shard_timeout_s: float = Field(30.0, gt=0, description="per-shard call timeout")
 
     @classmethod
@@ -528,7 +529,12 @@ def _check_encoder(encoder: Any, manifest: dict[str, Any], model_dir: str) -> No
 class ShardSearcher:
     """One index shard in one replica. A loading error is kept and raised by ``check_health``."""
 
-    def __init__(self, index_dir: str, shard: int, verify: bool = True) -> None:
+    def __init__(self, index_dir: str, shard: int, verify: bool = True, omp_threads: int = 1) -> None:
+        import faiss
+
+        # FAISS's OpenMP threads default to every core and spin while waiting; on a shared node
+        # that burns the CPU other replicas need. Match the replica's CPU reservation instead.
+        faiss.omp_set_num_threads(max(1, int(omp_threads)))
         self.shard = shard
         self.name = f"shard-{shard}"
         self.core: ShardCore | None = None
@@ -692,13 +698,14 @@ def build_app(args: dict[str, Any]) -> serve.Application:
     """
     a = AppArgs.parse(args)
     manifest = read_manifest(a.index_dir)
+    logging = {"enable_access_log": a.access_log}
     shard_opts: dict[str, Any] = {"num_cpus": a.num_cpus_per_shard}
     if a.num_gpus_per_shard > 0:
         shard_opts["num_gpus"] = a.num_gpus_per_shard
     shards = [
         ShardSearcher.options(name=f"shard-{i}", ray_actor_options=dict(shard_opts),
-                              max_ongoing_requests=a.shard_max_ongoing_requests)
-        .bind(str(Path(a.index_dir).resolve()), i, a.verify)
+                              max_ongoing_requests=a.shard_max_ongoing_requests, logging_config=logging)
+        .bind(str(Path(a.index_dir).resolve()), i, a.verify, max(1, int(a.num_cpus_per_shard)))
         for i in range(len(manifest["shards"]))
     ]
     retr_opts: dict[str, Any] = {"num_cpus": a.retriever_num_cpus}
@@ -710,6 +717,7 @@ def build_app(args: dict[str, Any]) -> serve.Application:
         num_replicas=a.retriever_replicas,
         max_ongoing_requests=a.max_ongoing_requests,
         ray_actor_options=retr_opts,
+        logging_config=logging,
     ).bind(shards, resolved.model_dump())
 
 

@@ -115,7 +115,9 @@ def main(argv: list[str] | None = None) -> int:
         try:
             serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
         except RuntimeError as exc:  # deployment failed (e.g. a shard failed its health check)
-            raise HybridRayError(f"deploying the app failed: {str(exc).strip().splitlines()[-1]}") from exc
+            lines = str(exc).strip().splitlines()
+            cause = next((ln.strip() for ln in lines if "is not serving:" in ln), lines[-1] if lines else "")
+            raise HybridRayError(f"deploying the app failed: {cause}") from exc
         host = "127.0.0.1" if ns.host in ("0.0.0.0", "::") else ns.host
         url = f"http://{host}:{ns.port}"
         info = wait_ready(url, ns.ready_timeout_s)

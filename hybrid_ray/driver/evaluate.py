@@ -32,10 +32,11 @@ def detect_format(path: Path) -> str:
         raise DataError("cannot tell the data format from the file name; pass --format", path=path)
     if not path.is_dir():
         raise DataError("no such file or directory", path=path)
-    if next(path.rglob("topics.miracl-v1.0-*"), None) is not None:
-        return "miracl"
+    # Pairs first: a pairs data set may carry its dev split in MIRACL format in a subfolder.
     if any(p for p in path.glob("*.parquet") if not p.name.startswith(".")):
         return "pairs"
+    if next(path.rglob("topics.miracl-v1.0-*"), None) is not None:
+        return "miracl"
     if any(p for p in path.glob("*.json") if p.name != "meta.json" and not p.name.startswith(".")):
         return "lareqa"
     raise DataError("no pairs Parquet, LAReQA JSON or MIRACL topics found; pass --format", path=path)
