@@ -1,0 +1,1 @@
+"""Ray Serve retrieval application (serve.app:build_app) and its `hybrid-ray serve` driver."""

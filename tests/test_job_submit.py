@@ -104,3 +104,31 @@ def test_failing_job_fails():
     out = result.stdout + result.stderr
     assert result.returncode != 0, out[-4000:]
     assert re.search(r"Job 'raysubmit_\w+' failed", out), out[-4000:]
+
+
+@pytest.fixture(scope="module")
+def train_job(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
+    """The real training entry point submitted as a job: tiny model, 2 workers, ZeRO-2."""
+    if not (Path(sys.executable).parent / "ray").exists():
+        pytest.skip("the ray CLI is not installed next to this interpreter")
+    from hybrid_ray.data.pairs import write_pairs
+    from tests.test_train import _pairs
+
+    tmp = tmp_path_factory.mktemp("job-train")
+    write_pairs(_pairs(), tmp / "pairs.parquet")
+    entry = [
+        "python", "-m", "hybrid_ray.train", "--config", "hybrid_ray/configs/tiny.yaml",
+        f"data.path={tmp / 'pairs.parquet'}", f"run.storage_path={tmp / 'runs'}", "run.name=job",
+        "optim.max_steps=8", "run.checkpoint_every=8",
+    ]
+    return _run_script(entry), tmp
+
+
+def test_train_entry_point_via_job_submit(train_job) -> None:
+    result, tmp = train_job
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out[-4000:]
+    assert re.search(r"Job 'raysubmit_\w+' succeeded", out), out[-4000:]
+    assert "[hybrid-ray] done: step 8" in out, out[-4000:]
+    encoder = tmp / "runs" / "job" / "encoder"
+    assert (encoder / "config.json").exists() and (encoder / "hybrid_ray_encoder.json").exists()

@@ -127,3 +127,18 @@ def test_build_app_on_missing_index_is_a_clear_error(tmp_path):
 
     with pytest.raises(DataError, match="no manifest.json"):
         build_app({"index_dir": str(tmp_path)})
+
+
+def test_driver_args_examples_and_clean_error(tmp_path, capsys):
+    from hybrid_ray.cli import main as cli_main
+    from serve.driver import app_args, examples, parse_args
+
+    ns = parse_args(["--index", str(tmp_path), "--port", "8123", "--no-blocking", "--k-limit", "50"])
+    assert ns.host == "127.0.0.1" and ns.blocking is False
+    args = app_args(ns)
+    assert args["index_dir"] == str(tmp_path.resolve()) and args["k_limit"] == 50 and "model_dir" not in args
+    text = examples("http://127.0.0.1:8123")
+    assert "curl -s -X POST http://127.0.0.1:8123/search" in text and "/ready" in text
+    # not an index: one clean line, exit 2, before any Ray start
+    assert cli_main(["serve", "--index", str(tmp_path), "--no-blocking"]) == 2
+    assert "no manifest.json" in capsys.readouterr().err
