@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.common import cpu_model
 from hybrid_ray.io import write_json_atomic, write_text_atomic
 from hybrid_ray.sampler import HybridBatchSampler, rank_slice
 
@@ -37,16 +38,6 @@ def availability(n_pairs: int, n_langs: int, coverage: float, seed: int = 0) -> 
         b = min(a + chunk, n_pairs)
         out[a:b] = rng.random((b - a, n_langs), dtype=np.float32) < coverage
     return out
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def run(n_pairs: int, n_langs: int, batch: int, alpha: float, world: int, steady: int) -> dict:
@@ -124,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     res = run(args.pairs, args.langs, args.batch, args.alpha, args.world, args.steady)
     res["contention_probe_us"] = timeit.timeit(lambda: np.ones(1000).sum(), number=2000) / 2000 * 1e6
-    res["machine"] = {"cpu": _cpu_model(), "cpus": os.cpu_count(), "platform": platform.platform(),
+    res["machine"] = {"cpu": cpu_model(), "cpus": os.cpu_count(), "platform": platform.platform(),
                       "python": sys.version.split()[0], "numpy": np.__version__}
     res["command"] = "python -m bench.sampler " + " ".join(argv if argv is not None else sys.argv[1:])
     write_json_atomic(args.out / "sampler.json", res)

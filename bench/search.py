@@ -23,6 +23,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from bench.common import cpu_model
 from hybrid_ray.io import write_json_atomic, write_text_atomic
 from hybrid_ray.search import ShardedSearcher, build_index, search
 
@@ -60,15 +61,7 @@ def timed_search(index_or_searcher, q: np.ndarray, k: int) -> tuple[float, np.nd
 
 
 def machine() -> dict[str, object]:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "faiss_threads": faiss.omp_get_max_threads(),
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "faiss_threads": faiss.omp_get_max_threads(),
             "gpus": faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0,
             "python": sys.version.split()[0], "numpy": np.__version__, "faiss": faiss.__version__,
             "platform": platform.platform(),

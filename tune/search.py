@@ -111,11 +111,7 @@ class ParamSpec:
 
     name: str
     kind: str
-    values: tuple[float, ...]
-
-    def corners(self) -> tuple[float, ...]:
-        """The values to validate against the training config (all listed ones, or the bounds)."""
-        return self.values
+    values: tuple[float, ...]  # const: (v,); grid / choice: the values; (log)uniform: (low, high)
 
 
 @dataclass
@@ -392,14 +388,22 @@ def derive_max_concurrent(resources: dict[str, float], scaling: dict[str, Any]) 
     return max(1, int(n))
 
 
-def build_searcher(spec: TuneSpec):
+def build_searcher(spec: TuneSpec, max_concurrent: int):
+    """The search algorithm, already limited to ``max_concurrent`` running trials.
+
+    Why here and not ``TuneConfig(max_concurrent_trials=...)``: Tune ignores that setting (with a
+    warning only) when the search algorithm is a ``BasicVariantGenerator`` instance, which the grid
+    searcher needs for its seed; Optuna gets a ``ConcurrencyLimiter``.
+    """
     if spec.cfg.searcher == "optuna":
+        from ray.tune.search import ConcurrencyLimiter
         from ray.tune.search.optuna import OptunaSearch
 
-        return OptunaSearch(metric=spec.metric, mode=spec.mode, seed=int(spec.cfg.seed))
+        return ConcurrencyLimiter(OptunaSearch(metric=spec.metric, mode=spec.mode, seed=int(spec.cfg.seed)),
+                                  max_concurrent=max_concurrent)
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
-    return BasicVariantGenerator(random_state=int(spec.cfg.seed))
+    return BasicVariantGenerator(max_concurrent=max_concurrent, random_state=int(spec.cfg.seed))
 
 
 def build_scheduler(spec: TuneSpec):
@@ -512,7 +516,7 @@ def run_search(spec: TuneSpec, *, resume: bool | None = None) -> dict[str, Any]:
 
     restoring = should_resume(spec, resume)
     num_cpus = spec.cfg.run.ray_num_cpus or spec.train_base["run"]["ray_num_cpus"]
-    init_ray(num_cpus=num_cpus, include_dashboard=bool(spec.cfg.run.dashboard))
+    init_ray(num_cpus=num_cpus, **({"include_dashboard": True} if spec.cfg.run.dashboard else {}))
     resources = ray.cluster_resources()
     max_conc = spec.cfg.max_concurrent_trials or derive_max_concurrent(resources, spec.train_base["scaling"])
     setup = TrialSetup(train_base=spec.train_base, hparams=tuple(p.name for p in spec.params),
@@ -533,9 +537,9 @@ def run_search(spec: TuneSpec, *, resume: bool | None = None) -> dict[str, Any]:
             trainable,
             param_space=param_space(spec.params, spec.cfg.searcher),
             tune_config=tune.TuneConfig(
-                metric=spec.metric, mode=spec.mode, search_alg=build_searcher(spec),
+                metric=spec.metric, mode=spec.mode, search_alg=build_searcher(spec, max_conc),
                 scheduler=build_scheduler(spec), num_samples=int(spec.cfg.num_samples),
-                max_concurrent_trials=max_conc, trial_dirname_creator=_trial_dirname,
+                trial_dirname_creator=_trial_dirname,
             ),
             run_config=tune.RunConfig(
                 name=spec.cfg.run.name, storage_path=str(spec.exp_dir.parent),
@@ -573,7 +577,9 @@ def collect_rows(grid: Any, spec: TuneSpec) -> list[dict[str, Any]]:
         if r.error:
             row["error"] = str(r.error).splitlines()[0][:300]
         rows.append(row)
-    return rows
+    # Tune's ids are <experiment>_<5-digit counter>: sorting gives creation order, which the
+    # ResultGrid does not keep across a restore (it lists trials in completion order there).
+    return sorted(rows, key=lambda r: str(r["trial_id"]))
 
 
 def _train_value(train: dict[str, Any], dotted: str) -> Any:
@@ -605,7 +611,8 @@ def _finite(x: Any) -> bool:
 def pick_best(rows: list[dict[str, Any]], metric: str, mode: str) -> dict[str, Any]:
     """The row with the best final ``metric`` among trials that have it and an encoder.
 
-    Ties go to the earlier trial (Tune's creation order), so the choice is deterministic.
+    Ties go to the earlier trial (Tune's creation order, see :func:`collect_rows`), so a restored
+    search picks the same trial again.
     """
     candidates = [r for r in rows if _finite(r.get(metric)) and r.get("encoder")]
     if not candidates:

@@ -48,16 +48,22 @@ def data(tmp_path_factory) -> dict[str, Path]:
     """A pairs data set (train + dev) and the dev split written in MIRACL format."""
     root = tmp_path_factory.mktemp("tune-data")
     pairs = root / "pairs"
-    write_pairs(_pairs(48, seed=0), pairs / "train.parquet")
+    train = _pairs(48, seed=0)
+    write_pairs(train, pairs / "train.parquet")
     dev = _pairs(12, seed=1)
     write_pairs(dev, pairs / "dev.parquet")
     miracl = root / "miracl"
     for lang in LANGS:
         rows = [r for r in dev.to_pylist() if r["lang"] == lang]
+        # Near-miss distractors (2 of the 3 signature words) keep the task from saturating at 1.0.
+        rng = random.Random(2)
+        words = [w for w in _vocab()[5:] if w.isalpha()]
+        noise = [{"docid": f"n{k}-{r['pair_id']}",
+                  "text": " ".join(r["query"].split()[:3] + rng.sample(words, 2))} for r in rows for k in range(3)]
         write_miracl(miracl, lang, "dev",
                      queries={r["pair_id"]: r["query"] for r in rows},
                      qrels={r["pair_id"]: {f"d-{r['pair_id']}": 1} for r in rows},
-                     corpus=[{"docid": f"d-{r['pair_id']}", "text": r["positive"]} for r in rows])
+                     corpus=[{"docid": f"d-{r['pair_id']}", "text": r["positive"]} for r in rows] + noise)
     return {"pairs": pairs, "miracl": miracl}
 
 
@@ -111,6 +117,24 @@ def test_config_errors_before_ray(data: dict[str, Path], tmp_path: Path) -> None
     assert spec.export_dir == tmp_path.resolve() / "tune-tiny" / "best-encoder"
     assert spec.validations_per_trial == 3  # steps 4 and 8, plus the final report
     assert not ray.is_initialized()
+
+
+def test_optuna_and_asha_are_built(data: dict[str, Path], tmp_path: Path) -> None:
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search import ConcurrencyLimiter
+
+    from tune.search import build_scheduler, build_searcher, load_tune_config, param_space
+
+    spec = load_tune_config("tiny.yaml", _overrides(
+        data, tmp_path, "searcher=optuna", "num_samples=4", "scheduler.type=asha", "scheduler.grace_period=1",
+        "search_space.temperature={uniform: [0.02, 0.1]}"))
+    space = param_space(spec.params, "optuna")
+    assert set(space) == {"alpha", "temperature"}  # the alpha grid became a choice for Optuna
+    assert sorted(space["alpha"].categories) == [0.0, 0.5, 1.0]
+    searcher = build_searcher(spec, 2)
+    assert isinstance(searcher, ConcurrencyLimiter) and searcher.max_concurrent == 2
+    sched = build_scheduler(spec)
+    assert isinstance(sched, ASHAScheduler) and sched._max_t == spec.validations_per_trial == 3
 
 
 def test_max_concurrent_trials_from_cluster() -> None:
