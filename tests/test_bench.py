@@ -55,7 +55,9 @@ def test_train_throughput_bare_loop_writes_valid_json(tmp_path: Path) -> None:
     assert result["summary"]["hybrid_ray_1w_overhead_vs_bare_1t"] is None  # no hybrid-ray run
 
 
+@pytest.mark.slow
 def test_train_throughput_sentence_transformers_path(tmp_path: Path) -> None:
+    """A second child process (torch + sentence-transformers imports): ~30-60 s on a loaded box."""
     pytest.importorskip("sentence_transformers")
     result = _run_train_bench(tmp_path, "bare-1t", "st-1t")
     assert result["summary"]["st_1t_over_bare_1t"] is not None

@@ -656,7 +656,8 @@ def format_results(rows: list[dict[str, Any]], best_id: str | None, metric: str)
 
     for r in sorted(rows, key=lambda r: (r.get("alpha", 0.0), r["trial_id"])):
         mark = "*" if r["trial_id"] == best_id else ""
-        cells = [f"{r['trial_id']}{mark}", *(fmt(r.get(h)) for h in hp_cols), *(fmt(r.get(k)) for k, _ in cols),
+        hps = (f"{r[h]:.4g}" if _finite(r.get(h)) else "-" for h in hp_cols)  # lr 3e-05 stays readable
+        cells = [f"{r['trial_id']}{mark}", *hps, *(fmt(r.get(k)) for k, _ in cols),
                  str(r.get("step", "-")), r["status"]]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
