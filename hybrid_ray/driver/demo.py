@@ -68,7 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alphas", default="0,0.5,1", help="alpha values the small Tune search tries")
     p.add_argument("--tune-steps", type=int, default=16, help="training steps per Tune trial")
     p.add_argument("--skip-tune", action="store_true")
-    p.add_argument("--max-queries", type=int, default=60, help="test queries per language in evaluation")
+    p.add_argument("--tune-val-queries", type=int, default=25, help="dev queries per language per trial")
+    p.add_argument("--max-queries", type=int, default=100,
+                   help="test pairs per language in evaluation (the pool holds their passages in every language)")
     p.add_argument("--langs", default="en,de,es,ru,ar,zh,hi,sw,bn,fa",
                    help="languages evaluated (bn, fa are never seen in training)")
     p.add_argument("--shards", type=int, default=2)
@@ -137,17 +139,22 @@ def main(argv: list[str] | None = None) -> int:
         st.done()
 
     # 5. evaluate ---------------------------------------------------------------------------
-    st.start(f"evaluate on the test split ({args.max_queries} queries per language)")
+    st.start(f"evaluate on the test split ({args.max_queries} pairs per language)")
     summary = _evaluate(models, data, out, langs, args.max_queries)
     st.done()
 
     # 6. index ------------------------------------------------------------------------------
     st.start(f"build a {args.shards}-shard FAISS index of the test passages (Ray Data)")
-    from hybrid_ray.index import build_sharded_index
+    from hybrid_ray.index import build_sharded_index, read_corpus
 
     serve_model = models.get(next((k for k in models if k.startswith("tuned")), "hybrid alpha=0.5"))
     index_dir = out / "index"
-    build_sharded_index(serve_model, data, index_dir, shards=args.shards, split="test")
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    corpus = read_corpus(data, "test")
+    corpus = corpus.filter(pc.is_in(corpus.column("lang"), value_set=pa.array(langs, pa.string())))
+    build_sharded_index(serve_model, corpus, index_dir, shards=args.shards, corpus_path=str(data))
     st.done(f"index in {index_dir}")
 
     # 7. serve ------------------------------------------------------------------------------
@@ -162,53 +169,55 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run_tune(args, data: Path, out: Path, base_model: Path) -> dict[str, Any] | None:
+    """The small search: ``tune/configs/demo.yaml`` pointed at this run's data, model and output."""
     from tune.search import run_search_from_config  # noqa: PLC0415
 
     alphas = [float(a) for a in args.alphas.split(",")]
-    result = run_search_from_config(
+    # train_overrides are applied in order, so these (appended last) win over the config's own.
+    train = [
+        f"data.path={data}", f"model.name_or_path={base_model}", f"optim.max_steps={args.tune_steps}",
+        "optim.warmup_steps=1", f"eval.miracl_path={data / 'miracl'}", f"eval.pairs_path={data}",
+        "eval.langs=[en,zh,sw]", f"eval.max_queries_per_lang={args.tune_val_queries}",
+        "model.max_length=48", "data.num_negatives=0",
+    ]
+    return run_search_from_config(
         "demo.yaml",
         overrides=[
             f"search_space.alpha={json.dumps(alphas)}",
-            f"storage_path={out / 'tune'}",
-            f"export_dir={out / 'models' / 'tuned'}",
-            f"train_overrides+=[data.path={data},model.name_or_path={base_model},"
-            f"optim.max_steps={args.tune_steps}]",
+            "run.name=tune",
+            f"run.storage_path={out}",
+            f"run.export_dir={out / 'models' / 'tuned'}",
+            "train_overrides+=[" + ",".join(json.dumps(t) for t in train) + "]",
         ],
     )
-    return result
 
 
-def _evaluate(models: dict[str, Path], data: Path, out: Path, langs: list[str], max_queries: int) -> str:
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    from hybrid_ray.data.pairs import read_pairs
-    from hybrid_ray.data.retrieval import RetrievalSet
-    from hybrid_ray.evaluate import evaluate_retrieval, subsample_queries
+def _evaluate(models: dict[str, Path], data: Path, out: Path, langs: list[str], max_pairs: int) -> str:
+    """Score every model on the same parallel test pool: ``max_pairs`` pairs in each language."""
+    from hybrid_ray.evaluate import evaluate_retrieval
     from hybrid_ray.io import write_json_atomic
     from hybrid_ray.modeling.encoder import DualEncoder
+    from hybrid_ray.validation import pairs_set
 
-    table = read_pairs(data, split="test")
-    table = table.filter(pc.is_in(table.column("lang"), value_set=pa.array(langs)))
-    rs = subsample_queries(RetrievalSet.from_pairs(table, name="bible-test"), max_queries)
+    rs = pairs_set(data, "test", langs, max_pairs)
     rows, all_results = [], {}
     for name, path in models.items():
         res = evaluate_retrieval(DualEncoder.from_pretrained(path), rs, setting="lareqa", batch_size=64)
+        s, bias = res["settings"], res["language_bias"]["macro"]
         all_results[name] = res
-        rows.append((name, res))
-        print(f"  {name}: mono {res['mono']['map']:.3f} cross {res['cross']['map']:.3f} "
-              f"multi {res['multilingual']['map']:.3f} bias {res['language_bias']['macro']:.1f}")
+        rows.append((name, s["mono"]["map"], s["cross"]["map"], s["multilingual"]["map"], bias))
+        print(f"  {name}: mono {s['mono']['map']:.3f} cross {s['cross']['map']:.3f} "
+              f"multi {s['multilingual']['map']:.3f} language bias {bias:.1f}", flush=True)
     write_json_atomic(out / "eval.json", all_results)
-    head = (f"Test split, {rs.queries.num_rows} queries x {rs.corpus.num_rows} candidates, "
-            f"languages {','.join(langs)} (mAP; language bias: lower is better)\n")
-    lines = [head, f"{'model':<28} {'mono':>6} {'cross':>6} {'multi':>6} {'bias':>7}"]
-    for name, res in rows:
-        lines.append(f"{name:<28} {res['mono']['map']:>6.3f} {res['cross']['map']:>6.3f} "
-                     f"{res['multilingual']['map']:>6.3f} {res['language_bias']['macro']:>7.1f}")
+    head = (f"Test split (books unseen in training): {rs.queries.num_rows} queries x {rs.corpus.num_rows} "
+            f"candidates, languages {','.join(langs)}; mAP (higher is better), language bias (lower is better)")
+    lines = [head, f"{'model':<30} {'mono':>6} {'cross':>6} {'multi':>6} {'bias':>7}"]
+    lines += [f"{n:<30} {m:>6.3f} {c:>6.3f} {x:>6.3f} {b:>7.1f}" for n, m, c, x, b in rows]
     return "\n".join(lines)
 
 
 def _serve_and_query(index_dir: Path) -> str:
+    """Deploy the Serve app on a free loopback port, ask the sample queries, shut Serve down."""
     import httpx
     from ray import serve
 
@@ -217,23 +226,28 @@ def _serve_and_query(index_dir: Path) -> str:
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
-        serve.run(build_app({"index_dir": str(index_dir)}), name="hybrid-ray", route_prefix="/")
+        # 2 shards + the ingress on a 2-CPU cluster: fractional CPUs so everything fits.
+        app = build_app({"index_dir": str(index_dir), "num_cpus_per_shard": 0.5, "retriever_num_cpus": 0.5,
+                         "access_log": False})
+        serve.run(app, name="hybrid-ray", route_prefix="/")
         url = f"http://127.0.0.1:{port}"
         deadline = time.time() + 300
-        while time.time() < deadline:
+        while True:
             try:
                 if httpx.get(f"{url}/ready", timeout=10).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
+            if time.time() > deadline:
+                raise RuntimeError(f"the Serve app at {url} did not become ready in 300 s")
             time.sleep(1)
-        lines = [f"Sample answers from {url}/search (top 2 of the multilingual test pool):"]
+        lines = [f"Sample answers from POST {url}/search (top 2 of the multilingual test pool):"]
         for lang, query in SAMPLE_QUERIES:
             r = httpx.post(f"{url}/search", json={"query": query, "k": 2}, timeout=60)
             r.raise_for_status()
             lines.append(f"  [{lang}] {query}")
             for hit in r.json()["hits"]:
-                lines.append(f"      {hit['score']:.3f} {hit['lang']} {hit['docid']}: {hit['text'][:90]}")
+                lines.append(f"      {hit['score']:.3f} {hit['lang']:<3} {hit['docid']:<12} {hit['text'][:80]}")
         return "\n".join(lines)
     finally:
         serve.shutdown()
