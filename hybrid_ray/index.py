@@ -453,6 +453,24 @@ class ShardedIndex:
         return hits
 
 
+def read_manifest(index_dir: str | Path) -> dict[str, Any]:
+    """The index manifest, or a DataError saying why the directory is not a finished index."""
+    path = Path(index_dir) / MANIFEST
+    if not path.is_file():
+        raise DataError(f"no {MANIFEST}: not an index directory, or its build did not finish "
+                        "(rerun 'hybrid-ray index' to resume)", path=index_dir)
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DataError(f"invalid JSON: {exc.msg}", path=path, line=exc.lineno) from exc
+    if manifest.get("format") != INDEX_FORMAT:
+        raise DataError(f"unsupported index format (expected {INDEX_FORMAT})", path=path,
+                        field="format", value=manifest.get("format"))
+    if not manifest.get("shards"):
+        raise DataError("manifest lists no shards", path=path, field="shards")
+    return manifest
+
+
 def load_sharded_index(path: str | Path, verify: bool = True, gpu: bool = True) -> ShardedIndex:
     """Open an index directory; with ``verify`` check every file against the manifest sha256.
 
@@ -460,17 +478,7 @@ def load_sharded_index(path: str | Path, verify: bool = True, gpu: bool = True) 
     file to rebuild (rerunning ``hybrid-ray index`` with the same arguments repairs it).
     """
     path = Path(path)
-    mpath = path / MANIFEST
-    if not mpath.is_file():
-        raise DataError(f"no {MANIFEST}: not an index directory, or its build did not finish "
-                        "(rerun 'hybrid-ray index' to resume)", path=path)
-    try:
-        manifest = json.loads(mpath.read_text())
-    except json.JSONDecodeError as exc:
-        raise DataError(f"invalid JSON: {exc.msg}", path=mpath, line=exc.lineno) from exc
-    if manifest.get("format") != INDEX_FORMAT:
-        raise DataError(f"unsupported index format (expected {INDEX_FORMAT})", path=mpath,
-                        field="format", value=manifest.get("format"))
+    manifest = read_manifest(path)
     indexes, tables, offsets = [], [], []
     for shard in manifest["shards"]:
         for info in shard["files"].values():

@@ -74,3 +74,29 @@ def tiny_encoder(
     if path is not None:
         encoder.save_pretrained(path)
     return encoder
+
+
+def signature_pairs(n: int, seed: int = 0, langs: tuple[str, ...] = ("de", "en", "es"), id_prefix: str = "p"):
+    """Learnable parallel pairs for training tests: query and positive share a 3-word signature.
+
+    Each language marks its texts with its own leading word, so the pairs are parallel (same
+    ``pair_id`` in every language) but not identical across languages; one hard negative per
+    row is the next pair's signature. A tiny encoder's loss falls on these within a few dozen steps.
+    """
+    import random
+
+    import pyarrow as pa
+
+    rng = random.Random(seed)
+    words = [w for w in _vocab()[5:] if w.isalpha()]
+    rows: dict[str, list] = {"pair_id": [], "lang": [], "query": [], "positive": [], "negatives": []}
+    sigs = [rng.sample(words, 3) for _ in range(n)]
+    for i, sig in enumerate(sigs):
+        for j, lang in enumerate(langs):
+            marker = words[j]
+            rows["pair_id"].append(f"{id_prefix}{i}")
+            rows["lang"].append(lang)
+            rows["query"].append(f"{marker} " + " ".join(sig))
+            rows["positive"].append(f"{marker} " + " ".join(reversed(sig)) + " " + rng.choice(words))
+            rows["negatives"].append([f"{marker} " + " ".join(sigs[(i + 1) % n])])
+    return pa.table(rows)

@@ -34,7 +34,6 @@ Ray's own process metrics); scrape each replica, or use Ray's metrics export for
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Sequence
@@ -98,22 +97,10 @@ class AppArgs(BaseModel):
 
 
 def read_manifest(index_dir: str | Path) -> dict[str, Any]:
-    """The index manifest, or a DataError saying why the directory is not a finished index."""
-    from hybrid_ray.index import INDEX_FORMAT, MANIFEST
+    """The index manifest (:func:`hybrid_ray.index.read_manifest`): readiness and app building use it."""
+    from hybrid_ray.index import read_manifest as _read
 
-    path = Path(index_dir) / MANIFEST
-    if not path.is_file():
-        raise DataError(f"no {MANIFEST}: not an index directory, or its build did not finish", path=index_dir)
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise DataError(f"invalid JSON: {exc.msg}", path=path, line=exc.lineno) from exc
-    if manifest.get("format") != INDEX_FORMAT:
-        raise DataError(f"unsupported index format (expected {INDEX_FORMAT})", path=path,
-                        field="format", value=manifest.get("format"))
-    if not manifest.get("shards"):
-        raise DataError("manifest lists no shards", path=path, field="shards")
-    return manifest
+    return _read(index_dir)
 
 
 # --------------------------------------------------------------------------- one shard, no Ray

@@ -8,7 +8,6 @@ stream as an uninterrupted run; a bad config fails before any worker starts.
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import pyarrow as pa
@@ -17,26 +16,13 @@ import pytest
 from hybrid_ray.config import load_config, to_dict
 from hybrid_ray.data.pairs import write_pairs
 from hybrid_ray.errors import ConfigError
-from hybrid_ray.testing import _vocab
+from hybrid_ray.testing import signature_pairs
 
 LANGS = ["de", "en", "es"]
 
 
 def _pairs(n: int = 48, seed: int = 0) -> pa.Table:
-    """Parallel pairs whose query and positive share a 3-word signature (learnable)."""
-    rng = random.Random(seed)
-    words = [w for w in _vocab()[5:] if w.isalpha()]
-    rows = {"pair_id": [], "lang": [], "query": [], "positive": [], "negatives": []}
-    sigs = [rng.sample(words, 3) for _ in range(n)]
-    for i, sig in enumerate(sigs):
-        for j, lang in enumerate(LANGS):
-            marker = words[j]
-            rows["pair_id"].append(f"p{i}")
-            rows["lang"].append(lang)
-            rows["query"].append(f"{marker} " + " ".join(sig))
-            rows["positive"].append(f"{marker} " + " ".join(reversed(sig)) + " " + rng.choice(words))
-            rows["negatives"].append([f"{marker} " + " ".join(sigs[(i + 1) % n])])
-    return pa.table(rows)
+    return signature_pairs(n, seed, tuple(LANGS))
 
 
 @pytest.fixture(scope="module")

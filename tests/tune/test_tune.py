@@ -21,26 +21,13 @@ import pytest
 from hybrid_ray.data.miracl import write_miracl
 from hybrid_ray.data.pairs import write_pairs
 from hybrid_ray.errors import ConfigError
-from hybrid_ray.testing import _vocab
+from hybrid_ray.testing import _vocab, signature_pairs
 
 LANGS = ["de", "en", "es"]
 
 
 def _pairs(n: int, seed: int) -> pa.Table:
-    """Parallel pairs whose query and positive share a 3-word signature (learnable)."""
-    rng = random.Random(seed)
-    words = [w for w in _vocab()[5:] if w.isalpha()]
-    rows: dict[str, list] = {"pair_id": [], "lang": [], "query": [], "positive": [], "negatives": []}
-    sigs = [rng.sample(words, 3) for _ in range(n)]
-    for i, sig in enumerate(sigs):
-        for j, lang in enumerate(LANGS):
-            marker = words[j]
-            rows["pair_id"].append(f"s{seed}p{i}")
-            rows["lang"].append(lang)
-            rows["query"].append(f"{marker} " + " ".join(sig))
-            rows["positive"].append(f"{marker} " + " ".join(reversed(sig)) + " " + rng.choice(words))
-            rows["negatives"].append([f"{marker} " + " ".join(sigs[(i + 1) % n])])
-    return pa.table(rows)
+    return signature_pairs(n, seed, tuple(LANGS), id_prefix=f"s{seed}p")
 
 
 @pytest.fixture(scope="module")
