@@ -47,6 +47,14 @@ def deepspeed_config(cfg: dict[str, Any], per_rank_batch: int, world_size: int, 
     return conf
 
 
+def _eta(done: int, elapsed_s: float, remaining: int) -> str:
+    """``h:mm:ss`` left at the current rate (``?`` before the first step is timed)."""
+    if done <= 0 or elapsed_s <= 0:
+        return "?"
+    secs = int(round(remaining * elapsed_s / done))
+    return f"{secs // 3600}:{secs % 3600 // 60:02d}:{secs % 60:02d}"
+
+
 def _deep_update(dst: dict, src: dict) -> None:
     for key, value in src.items():
         if isinstance(value, dict) and isinstance(dst.get(key), dict):
@@ -198,6 +206,10 @@ def train_loop(config: dict[str, Any]) -> None:
         sampler.load_state_dict({"epoch": epoch, "step": step}, strict=False)
         yield from sampler.iter_from_state(cfg["optim"]["epochs"], rank=rank, world_size=world)
 
+    # Progress for a person at a terminal: the rank-0 line carries percent done and an ETA from
+    # the rate since this (possibly resumed) run started.
+    t_start, start_step = time.perf_counter(), global_step
+
     for local in batches():
         if global_step >= n_total:
             break
@@ -237,7 +249,9 @@ def train_loop(config: dict[str, Any]) -> None:
             }
             if rank == 0:
                 print(
-                    f"[hybrid-ray] step {global_step}/{n_total} epoch {local.epoch} "
+                    f"[hybrid-ray] step {global_step}/{n_total} ({100 * global_step // max(1, n_total)}%, "
+                    f"ETA {_eta(global_step - start_step, time.perf_counter() - t_start, n_total - global_step)}) "
+                    f"epoch {local.epoch} "
                     f"loss {metrics['loss']:.4f} {local.kind}({metrics['batch_lang']}) "
                     f"{metrics['samples_per_s']:.1f} samples/s lr {metrics['lr']:.2e}",
                     flush=True,
