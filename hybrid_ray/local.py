@@ -59,8 +59,18 @@ def worker_env() -> dict[str, str]:
     return {k: os.environ[k] for k in WORKER_ENV_KEYS if k in os.environ}
 
 
-def init_ray(num_cpus: int | None = None, **kwargs: Any) -> None:
-    """Start or join Ray. Locally: a loopback-only cluster; on a cluster: join it unchanged."""
+def dashboard_wanted() -> bool:
+    """Start the Ray dashboard on local clusters unless ``HYBRID_RAY_DASHBOARD=0``.
+
+    Why on by default: users watch training and Tune there, and Ray Train V2's placement-group
+    cleaner polls the State API, which the dashboard serves; without it the cleaner logs a
+    warning every few seconds. The tests turn it off (one process less per cluster).
+    """
+    return os.environ.get("HYBRID_RAY_DASHBOARD", "1").strip().lower() not in ("0", "false", "no")
+
+
+def init_ray(num_cpus: int | None = None, *, include_dashboard: bool | None = None, **kwargs: Any) -> None:
+    """Start or join Ray. Locally: a loopback-only cluster (dashboard on 127.0.0.1); on a cluster: join it."""
     import ray
 
     if ray.is_initialized():
@@ -70,9 +80,15 @@ def init_ray(num_cpus: int | None = None, **kwargs: Any) -> None:
         ray.init(runtime_env={"env_vars": worker_env()}, **kwargs)
         return
     apply_loopback_env()
-    ray.init(
+    dashboard = dashboard_wanted() if include_dashboard is None else include_dashboard
+    if dashboard:
+        kwargs.setdefault("dashboard_host", "127.0.0.1")
+    ctx = ray.init(
         num_cpus=num_cpus,
-        include_dashboard=kwargs.pop("include_dashboard", False),
+        include_dashboard=dashboard,
         runtime_env={"env_vars": worker_env()},
         **kwargs,
     )
+    url = getattr(ctx, "dashboard_url", None)
+    if dashboard and url:
+        print(f"[hybrid-ray] Ray dashboard (training, Tune, Serve): http://{url}", flush=True)

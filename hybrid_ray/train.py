@@ -51,7 +51,9 @@ def build_trainer(cfg: dict[str, Any], *, resume_from: str | None = None, callba
             failure_config=FailureConfig(max_failures=cfg["run"]["max_failures"]),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg["run"]["num_to_keep"]),
             callbacks=callbacks,
-            worker_runtime_env={"env_vars": worker_env()},
+            # Train V2 patches print() in workers to tee into its logger, which shows every
+            # progress line twice on the driver; our lines are already rank-0 only.
+            worker_runtime_env={"env_vars": {**worker_env(), "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}},
         ),
         resume_from_checkpoint=Checkpoint(resume_from) if resume_from else None,
     )

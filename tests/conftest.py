@@ -13,6 +13,8 @@ REPO = Path(__file__).resolve().parents[1]
 # DeepSpeed JIT-compiles a C++ op once; keep the cache in the repo's ignored .cache, not $HOME.
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".cache" / "torch_extensions"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# One process less per test cluster; the dashboard path is exercised by the demo and tests/test_local.py.
+os.environ.setdefault("HYBRID_RAY_DASHBOARD", "0")
 apply_loopback_env()
 apply_accelerator_env()
 

@@ -86,7 +86,7 @@ class TuneRunSchema:
     max_failures: int = 1  # Tune retries of a failed trial (resumes from its last checkpoint)
     resume: str = "auto"  # auto: resume when the experiment dir holds a Tune state | true | false
     ray_num_cpus: int | None = None  # logical CPUs of a local cluster (default: the train config's)
-    dashboard: bool = False  # start the Ray dashboard with a local cluster (127.0.0.1:8265)
+    dashboard: bool = False  # force the local dashboard on (default: on unless HYBRID_RAY_DASHBOARD=0)
     verbose: int = 1  # Tune console output: 0 silent, 1 status table, 2 every result
 
 
@@ -516,7 +516,7 @@ def run_search(spec: TuneSpec, *, resume: bool | None = None) -> dict[str, Any]:
 
     restoring = should_resume(spec, resume)
     num_cpus = spec.cfg.run.ray_num_cpus or spec.train_base["run"]["ray_num_cpus"]
-    init_ray(num_cpus=num_cpus, **({"include_dashboard": True} if spec.cfg.run.dashboard else {}))
+    init_ray(num_cpus=num_cpus, include_dashboard=True if spec.cfg.run.dashboard else None)
     resources = ray.cluster_resources()
     max_conc = spec.cfg.max_concurrent_trials or derive_max_concurrent(resources, spec.train_base["scaling"])
     setup = TrialSetup(train_base=spec.train_base, hparams=tuple(p.name for p in spec.params),

@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from hybrid_ray.local import init_ray
 
-    init_ray(num_cpus=2, include_dashboard=False)
+    init_ray(num_cpus=2)
 
     # 3. train ------------------------------------------------------------------------------
     st.start(f"fine-tune with hybrid batches (alpha=0.5, {args.steps} steps, 2 workers, ZeRO-2)")
