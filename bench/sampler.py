@@ -11,8 +11,6 @@ Writes bench/results/sampler.json and bench/results/sampler.md.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import resource
 import sys
 import time
@@ -22,11 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import cpu_model
-from hybrid_ray.io import write_json_atomic, write_text_atomic
+from bench.common import RESULTS, command, loadavg, machine, versions, write_results
 from hybrid_ray.sampler import HybridBatchSampler, rank_slice
-
-RESULTS = Path(__file__).parent / "results"
 
 
 def availability(n_pairs: int, n_langs: int, coverage: float, seed: int = 0) -> np.ndarray:
@@ -113,18 +108,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steady", type=int, default=3000, help="batches timed after all streams are warm")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
+    start_machine = machine(numpy=np.__version__)
     res = run(args.pairs, args.langs, args.batch, args.alpha, args.world, args.steady)
     res["contention_probe_us"] = timeit.timeit(lambda: np.ones(1000).sum(), number=2000) / 2000 * 1e6
-    res["machine"] = {"cpu": cpu_model(), "cpus": os.cpu_count(), "platform": platform.platform(),
-                      "python": sys.version.split()[0], "numpy": np.__version__}
-    res["command"] = "python -m bench.sampler " + " ".join(argv if argv is not None else sys.argv[1:])
-    write_json_atomic(args.out / "sampler.json", res)
+    res["machine"] = start_machine
+    res["loadavg_end"] = loadavg()
+    res["versions"] = versions(("numpy",))
+    res["command"] = command("bench.sampler", argv)
     c, sb = res["config"], res["steady_batch"]
     md = [
         "# Hybrid batch sampler benchmark",
         "",
         f"Command: `{res['command'].strip()}`  ",
-        f"Machine: {res['machine']['cpu']}, {res['machine']['cpus']} CPUs (shared), "
+        f"Machine: {res['machine']['cpu']}, {res['machine']['cores']} CPUs (shared), "
+        f"{res['machine']['ram_gib']} GiB RAM, load {res['machine']['loadavg']} -> {res['loadavg_end']}; "
         f"{res['machine']['platform']}, Python {res['machine']['python']}, numpy {res['machine']['numpy']}",
         "",
         f"Data: {c['n_pairs']:,} pairs x {c['n_langs']} languages, each cell present with "
@@ -151,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         f"| process max RSS | {res['process_max_rss_mb']:.0f} MiB |",
         "",
     ]
-    write_text_atomic(args.out / "sampler.md", "\n".join(md))
+    write_results(args.out, "sampler", res, "\n".join(md))
     print("\n".join(md))
     return 0
 

@@ -8,26 +8,24 @@ like real embedding spaces): on uniform random vectors IVF/HNSW recall is meanin
 Queries are fresh draws from the same mixture. Reported per index: build seconds, QPS
 (queries/s, batch search, k=10) and recall@10 against the exact Flat result. HNSW is built on a
 subset (``--hnsw-n``) because building a 1M-node graph takes many minutes on 2 cores; its recall is
-measured against Flat on that same subset. Writes ``bench/results/search.json`` and ``search.md``.
+measured against Flat on that same subset. Writes ``bench/results/search.json`` and ``search.md``
+(figures, settings, machine, package versions and the command that reproduces the run).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 import time
-from pathlib import Path
 
 import faiss
 import numpy as np
 
-from bench.common import cpu_model
-from hybrid_ray.io import write_json_atomic, write_text_atomic
+from bench.common import RESULTS, command, loadavg, versions, write_results
+from bench.common import machine as base_machine
 from hybrid_ray.search import ShardedSearcher, build_index, search
 
-RESULTS = Path(__file__).resolve().parent / "results"
+PACKAGES = ("faiss-cpu", "faiss-gpu-cu12", "numpy")
 
 
 def clustered(n: int, d: int, n_clusters: int, rng: np.random.Generator, centers: np.ndarray | None = None,
@@ -61,12 +59,10 @@ def timed_search(index_or_searcher, q: np.ndarray, k: int) -> tuple[float, np.nd
 
 
 def machine() -> dict[str, object]:
-    return {"cpu": cpu_model(), "cores": os.cpu_count(), "faiss_threads": faiss.omp_get_max_threads(),
-            "gpus": faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0,
-            "python": sys.version.split()[0], "numpy": np.__version__, "faiss": faiss.__version__,
-            "platform": platform.platform(),
-            # Shared machines: a loaded box halves throughput; record it next to the figures.
-            "load_avg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None}
+    """bench.common.machine() (CPU, cores, RAM, platform, Python, load) plus FAISS's view of it."""
+    return base_machine(faiss_threads=faiss.omp_get_max_threads(),
+                        gpus=faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0,
+                        numpy=np.__version__, faiss=faiss.__version__)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     rng = np.random.default_rng(args.seed)
+    info = machine()  # load averages before the run; "loadavg_end" after it
     t = time.perf_counter()
     x, centers = clustered(args.n, args.d, 1024, rng)
     q, _ = clustered(args.nq, args.d, 1024, rng, centers)
@@ -137,22 +134,22 @@ def main(argv: list[str] | None = None) -> int:
             s, ids = timed_search(hnsw, q, args.k)
             record(f"{args.hnsw} efSearch={ef}", len(sub), b, s, ids, sub_truth)
 
-    info = machine()
     settings = {k: v for k, v in vars(args).items() if k != "out"}
-    result = {"settings": settings, "machine": info, "results": rows}
-    out = Path(args.out)
-    write_json_atomic(out / "search.json", result)
+    result = {"command": command("bench.search", argv), "settings": settings, "machine": info,
+              "loadavg_end": loadavg(), "versions": versions(PACKAGES), "results": rows}
     kcol = f"recall@{args.k}"
     md = [f"# FAISS search benchmark ({args.n:,} x {args.d}-d clustered synthetic vectors, "
           f"{args.nq} queries, k={args.k})", "",
+          f"Command: `{result['command']}`  ",
           f"Machine: {info['cpu']}, {info['cores']} cores (FAISS threads {info['faiss_threads']}), "
-          f"GPUs {info['gpus']}; Python {info['python']}, numpy {info['numpy']}, faiss {info['faiss']}.", "",
+          f"{info['ram_gib']} GiB RAM, GPUs {info['gpus']}, load {info['loadavg']} -> {result['loadavg_end']}; "
+          f"Python {info['python']}, numpy {info['numpy']}, faiss {info['faiss']}.", "",
           f"| index | n | build s | QPS | ms/query | {kcol} |", "|---|---:|---:|---:|---:|---:|"]
     md += [f"| {r['index']} | {r['n']:,} | {r['build_s']} | {r['qps']} | {r['ms_per_query']} | {r[kcol]} |"
            for r in rows]
     md += ["", "QPS = batch throughput (all queries in one search call). Recall is against exact Flat "
-           "on the same vectors. Regenerate: `python -m bench.search`."]
-    write_text_atomic(out / "search.md", "\n".join(md) + "\n")
+           "on the same vectors."]
+    write_results(args.out, "search", result, "\n".join(md))
     print("\n".join(md))
     return 0
 

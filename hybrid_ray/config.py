@@ -89,6 +89,7 @@ class RunConfigSchema:
     max_failures: int = 0
     tensorboard: bool = True
     ray_num_cpus: int | None = None  # logical CPUs for a local cluster
+    resume_from: str | None = None  # a checkpoint dir (or URI) to start from (CLI: --resume-from)
     trace_dir: str | None = None  # testing: per-rank JSONL of every batch trained on
     fail_at_step: int | None = None  # testing: crash rank 1 once at this step (fault-tolerance drills)
 
@@ -152,7 +153,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 _PATH_KEYS = ("data.path", "model.name_or_path", "eval.miracl_path", "eval.pairs_path", "run.storage_path",
-              "run.export_dir", "run.trace_dir")
+              "run.export_dir", "run.trace_dir", "run.resume_from")
 
 
 def _resolve_paths(cfg: DictConfig) -> None:
@@ -210,6 +211,13 @@ def validate(cfg: DictConfig) -> None:
     data_path = Path(cfg.data.path)
     if not data_path.exists():
         raise ConfigError("data path does not exist", key="data.path", value=str(data_path))
+    resume = cfg.run.resume_from
+    if resume and "://" not in resume:
+        if not Path(resume).is_dir():
+            raise ConfigError("checkpoint directory does not exist", key="run.resume_from", value=resume)
+        if not (Path(resume) / "trainer_state.json").is_file() or not (Path(resume) / "deepspeed").is_dir():
+            raise ConfigError("not a hybrid-ray checkpoint (needs trainer_state.json and deepspeed/)",
+                              key="run.resume_from", value=resume)
     name = cfg.model.name_or_path
     if name != "tiny" and name.startswith((".", "/", "~")) and not Path(name).expanduser().exists():
         raise ConfigError("model directory does not exist", key="model.name_or_path", value=name)

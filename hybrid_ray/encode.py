@@ -6,10 +6,19 @@ corpora. Here texts are pulled one batch at a time (Arrow columns are sliced, ne
 whole) and each batch of embeddings is written straight into a ``.npy`` memmap. The file is
 created under a temporary name and renamed into place at the end, so a crash never leaves a
 truncated ``.npy`` that a later run would mistake for a finished one.
+
+:func:`encode_to_memmap_cached` adds safe reuse: next to ``X.npy`` it writes ``X.npy.json`` with
+a key (the caller's encoder fingerprint + the text kind + the batch size + a SHA-256 of the texts)
+and a later call with the same key reuses the file instead of encoding again. The sidecar is
+removed before and rewritten after the ``.npy``, so a crash in between leaves no key at all (and
+the next run encodes again) rather than a key pointing at different vectors.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -19,7 +28,9 @@ import numpy as np
 import pyarrow as pa
 
 from hybrid_ray.errors import ConfigError
-from hybrid_ray.io import atomic_path
+from hybrid_ray.io import atomic_path, write_json_atomic
+
+log = logging.getLogger(__name__)
 
 
 class Encoder(Protocol):
@@ -80,10 +91,20 @@ def encode_texts(
     """Encode into memory (for query sets and small pools, where streaming buys nothing)."""
     total = _length(texts)
     parts: list[np.ndarray] = []
+    out: np.ndarray | None = None
+    written = 0
     with _progress(total, desc or f"encode {kind}", progress) as bar:
         for emb in encode_batches(encoder, texts, kind, batch_size):
-            parts.append(emb)
+            if total is not None:  # known length: fill one preallocated array (no 2x concatenate)
+                if out is None:
+                    out = np.empty((total, emb.shape[1]), np.float32)
+                out[written : written + len(emb)] = emb
+                written += len(emb)
+            else:
+                parts.append(emb)
             bar.update(len(emb))
+    if out is not None:
+        return out
     if not parts:
         return np.zeros((0, 0), np.float32)
     return np.concatenate(parts)
@@ -133,3 +154,66 @@ def encode_to_memmap(
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
     return np.load(out_path, mmap_mode="r")
+
+
+def texts_digest(texts: Texts, batch_size: int = 4096) -> tuple[str, int]:
+    """``(sha256 hex, count)`` of a text sequence, streamed (length-prefixed UTF-8 per text)."""
+    h = hashlib.sha256()
+    n = 0
+    for batch in iter_batches(texts, batch_size):
+        for t in batch:
+            b = t.encode("utf-8")
+            h.update(len(b).to_bytes(8, "little"))
+            h.update(b)
+        n += len(batch)
+    return h.hexdigest(), n
+
+
+def model_fingerprint(model_dir: str | Path) -> str:
+    """A cheap identity for a model directory: resolved path + every file's name, size, mtime."""
+    root = Path(model_dir).resolve()
+    h = hashlib.sha256(str(root).encode())
+    if root.is_dir():
+        for p in sorted(q for q in root.rglob("*") if q.is_file()):
+            st = p.stat()
+            h.update(f"{p.relative_to(root)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def encode_to_memmap_cached(
+    encoder: Encoder,
+    texts: Texts,
+    kind: str,
+    out_path: str | Path,
+    batch_size: int = 64,
+    *,
+    key: str | None = None,
+    progress: bool = True,
+) -> np.ndarray:
+    """:func:`encode_to_memmap`, reusing ``out_path`` when its sidecar records the same key.
+
+    ``key`` identifies the encoder (e.g. :func:`model_fingerprint`); None never reuses (the file
+    is re-encoded and replaced atomically). The stored key also covers ``kind``, ``batch_size``
+    and the texts themselves, so different data or a different model never reuse a file.
+    """
+    out_path = Path(out_path)
+    meta_path = out_path.with_name(out_path.name + ".json")
+    full_key = None
+    if key is not None:
+        digest, n = texts_digest(texts)
+        full_key = hashlib.sha256(f"{key}\0{kind}\0{batch_size}\0{n}\0{digest}".encode()).hexdigest()
+        try:
+            meta = json.loads(meta_path.read_text())
+            if meta.get("key") == full_key and out_path.exists():
+                arr = np.load(out_path, mmap_mode="r")
+                if list(arr.shape) == meta.get("shape") and arr.dtype == np.float32:
+                    log.info("reusing %s (%s x %s)", out_path, *arr.shape)
+                    return arr
+        except (OSError, ValueError):
+            pass
+    meta_path.unlink(missing_ok=True)
+    arr = encode_to_memmap(encoder, texts, kind, out_path, batch_size, progress=progress)
+    if full_key is not None:
+        write_json_atomic(meta_path, {"key": full_key, "kind": kind, "shape": list(arr.shape),
+                                      "dtype": "float32"})
+    return arr

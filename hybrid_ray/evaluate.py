@@ -1,8 +1,17 @@
 """Evaluate a dual encoder on a :class:`RetrievalSet`: mono-, cross- and multilingual retrieval.
 
-Queries and candidates are encoded once; every setting is then a FAISS exact search
-(:mod:`hybrid_ray.search`) over a subset of the same candidate vectors, scored by trec_eval
+Queries and candidates are encoded once; every setting is then an exact FAISS inner-product
+search (:mod:`hybrid_ray.search`) over a subset of the same candidate vectors, scored by trec_eval
 (:mod:`hybrid_ray.metrics`).
+
+Memory: with ``cache_dir`` the embeddings are streamed to float32 ``.npy`` memmaps on disk
+(``queries.npy``, ``candidates.npy``) and every search reads the candidates block by block
+(:func:`hybrid_ray.search.exact_search`: one small ``IndexFlatIP`` per block, per-block top-k
+merged exactly, ties included). Extra memory is O(block x dim + queries of one language x k),
+not O(pool x dim): a 1M-candidate pool is evaluated without holding its matrix. For LAReQA data,
+each query language is searched once per candidate language (the language-pair cells; only that
+language's rows are read) and the multilingual top-k is the exact merge of those per-language
+lists, so the pooled search costs no extra pass over the candidates.
 
 LAReQA setting (XQuAD-R, MLQA-R, our parallel pairs), as in the paper:
 
@@ -21,9 +30,13 @@ MIRACL setting (monolingual per language): nDCG@10, Recall@100 and mAP per langu
 
 Search depth: LAReQA mAP depends on the whole candidate list. Each search uses
 ``k = pool size`` when the pool has at most ``max_k`` candidates (exact mAP), otherwise
-``k = max_k`` (default 1000): relevant candidates ranked below ``max_k`` then contribute 0 to AP,
-which lowers mAP by less than ``R / max_k`` per query. The results record the depth used and
-whether any search was truncated; pass ``max_k=None`` for the exact full ranking.
+``k = max_k``: relevant candidates ranked below ``max_k`` then contribute 0 to AP, which lowers
+mAP by less than ``R / max_k`` per query. The default ``max_k="auto"`` ranks pools of up to
+:data:`AUTO_FULL_POOL` (10,000) candidates fully and caps larger ones at :data:`DEFAULT_MAX_K`
+(1000). The results record the depth used and whether any search was truncated; ``max_k=None``
+is the exact full ranking for any pool size: its top-k state is O(queries of one language x pool)
+and trec_eval's input can reach the same size, so it is meant for pools of up to some 10^4-10^5
+candidates, not 1M.
 Before trec_eval, each query's ranking is cut right after its last relevant candidate (but never
 above the largest metric cut-off): nothing after that point changes AP, R@k or nDCG@k, and it
 keeps trec_eval's input small (121 language pairs x 1,190 queries for XQuAD-R).
@@ -40,10 +53,11 @@ import numpy as np
 import pyarrow as pa
 
 from hybrid_ray.data.retrieval import RetrievalSet
-from hybrid_ray.encode import Encoder, encode_texts, encode_to_memmap
+from hybrid_ray.encode import Encoder, encode_texts, encode_to_memmap_cached
 from hybrid_ray.errors import ConfigError, DataError
 from hybrid_ray.metrics import evaluate_run, language_bias, macro, run_from_ranking
-from hybrid_ray.search import build_index, maybe_to_gpu, search
+from hybrid_ray.search import TopK, exact_search
+from hybrid_ray.search import exact_ranks as _exact_ranks
 
 LAREQA_METRICS: tuple[str, ...] = ("map", "recall_1", "recall_10")
 MIRACL_METRICS: tuple[str, ...] = ("ndcg_cut_10", "recall_100", "map")
@@ -51,6 +65,9 @@ METRIC_LABELS = {
     "map": "mAP", "recall_1": "R@1", "recall_10": "R@10", "recall_100": "R@100", "ndcg_cut_10": "nDCG@10",
 }
 DEFAULT_MAX_K = 1000
+#: With ``max_k="auto"``, pools up to this size are ranked fully (exact mAP), larger ones to DEFAULT_MAX_K.
+AUTO_FULL_POOL = 10_000
+MaxK = int | str | None
 
 
 def _max_cut(metrics: Sequence[str]) -> int:
@@ -101,6 +118,9 @@ class _Encoded:
         self.c_lang = np.asarray(rs.corpus.column("lang").to_pylist(), dtype=object)
         self.q_emb = q_emb
         self.c_emb = c_emb
+        self.c_langs = sorted(set(self.c_lang.tolist()))
+        code = {lang: i for i, lang in enumerate(self.c_langs)}
+        self.c_code = np.asarray([code[x] for x in self.c_lang.tolist()], dtype=np.int32)
         self.row_of_doc = {d: i for i, d in enumerate(self.docids.tolist())}
         if len(self.row_of_doc) != len(self.docids):
             raise DataError("duplicate docid in the candidate corpus", field="docid")
@@ -113,44 +133,60 @@ class _Encoded:
 
 
 def _encode(
-    encoder: Encoder, rs: RetrievalSet, batch_size: int, cache_dir: str | Path | None, progress: bool
+    encoder: Encoder,
+    rs: RetrievalSet,
+    batch_size: int,
+    cache_dir: str | Path | None,
+    progress: bool,
+    cache_key: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
+    """Query and candidate embeddings: in memory, or streamed to memmaps under ``cache_dir``."""
     q_text = rs.queries.column("text")
     c_text = rs.corpus.column("text")
-    q_emb = encode_texts(encoder, q_text, "query", batch_size, progress=progress, desc="encode queries")
-    if cache_dir is not None:
-        c_emb = encode_to_memmap(encoder, c_text, "passage", Path(cache_dir) / "candidates.npy",
-                                 batch_size, progress=progress)
-    else:
+    if cache_dir is None:
+        q_emb = encode_texts(encoder, q_text, "query", batch_size, progress=progress, desc="encode queries")
         c_emb = encode_texts(encoder, c_text, "passage", batch_size, progress=progress,
                              desc="encode candidates")
+        return q_emb, c_emb
+    cache_dir = Path(cache_dir)
+    q_emb = encode_to_memmap_cached(encoder, q_text, "query", cache_dir / "queries.npy", batch_size,
+                                    key=cache_key, progress=progress)
+    c_emb = encode_to_memmap_cached(encoder, c_text, "passage", cache_dir / "candidates.npy", batch_size,
+                                    key=cache_key, progress=progress)
     return q_emb, c_emb
 
 
-def _depth(pool: int, max_k: int | None) -> int:
-    return pool if max_k is None or pool <= max_k else int(max_k)
+def _check_max_k(max_k: MaxK) -> None:
+    if max_k is None or max_k == "auto":
+        return
+    if isinstance(max_k, str) or isinstance(max_k, bool) or int(max_k) < 1:
+        raise ConfigError("must be >= 1, 'auto' or None (full ranking)", key="max_k", value=max_k)
 
 
-def _score_subset(
+def _depth(pool: int, max_k: MaxK) -> int:
+    if max_k == "auto":
+        return pool if pool <= AUTO_FULL_POOL else min(pool, DEFAULT_MAX_K)
+    return pool if max_k is None or pool <= int(max_k) else int(max_k)
+
+
+def _score_ranking(
     enc: _Encoded,
     q_rows: np.ndarray,
-    c_rows: np.ndarray,
+    glob: np.ndarray,
     qrels: dict[str, dict[str, int]],
     metrics: Sequence[str],
-    max_k: int | None,
-    use_gpu: bool,
-) -> tuple[dict[str, Any], int]:
-    """Search ``q_rows`` against the candidates ``c_rows`` and score with trec_eval."""
-    k = _depth(len(c_rows), max_k)
-    if len(q_rows) == 0 or len(c_rows) == 0:
-        return evaluate_run({}, {}, metrics), k
-    index = build_index(enc.c_emb[c_rows], "Flat")
-    if use_gpu:
-        index = maybe_to_gpu(index)
-    _, local = search(index, enc.q_emb[q_rows], k)
-    glob = c_rows[local]  # [nq, k] candidate rows in the full corpus
-    # Relevant mask, vectorised: key = query position * N + candidate row.
+    lang: str | None = None,
+) -> dict[str, Any]:
+    """trec_eval over the ranking ``glob`` ([nq, k] candidate rows, best first) of ``q_rows``.
+
+    ``lang``: the candidates were restricted to that language, and so are the judgements (in
+    pair (X, Y) only the answer in Y counts); None = the whole pool.
+    """
+    if len(q_rows) == 0:
+        return evaluate_run({}, {}, metrics)
+    k = glob.shape[1]
     n = len(enc.docids)
+    # Relevant mask, vectorised: key = query position * N + candidate row.
     rel_keys = np.concatenate(
         [np.zeros(0, np.int64)] + [i * n + enc.rel_rows[q] for i, q in enumerate(q_rows.tolist())]
     )
@@ -160,55 +196,118 @@ def _score_subset(
     ranking = {
         enc.qids[q]: enc.docids[glob[i, : depth[i]]].tolist() for i, q in enumerate(q_rows.tolist())
     }
-    # Judgements restricted to this candidate subset: in pair (X, Y) only the answer in Y counts.
-    in_subset = np.zeros(n, dtype=bool)
-    in_subset[c_rows] = True
-    row_of = enc.row_of_doc
+    row_of, c_lang = enc.row_of_doc, enc.c_lang
     sub_qrels = {
         enc.qids[q]: {
-            d: r for d, r in qrels.get(enc.qids[q], {}).items() if d in row_of and in_subset[row_of[d]]
+            d: r for d, r in qrels.get(enc.qids[q], {}).items()
+            if d in row_of and (lang is None or c_lang[row_of[d]] == lang)
         }
         for q in q_rows.tolist()
     }
-    return evaluate_run(sub_qrels, run_from_ranking(ranking), metrics), k
+    return evaluate_run(sub_qrels, run_from_ranking(ranking), metrics)
 
 
-def exact_ranks(enc: _Encoded, q_rows: np.ndarray, chunk: int = 256) -> list[np.ndarray]:
+def _score_subset(
+    enc: _Encoded,
+    q_rows: np.ndarray,
+    c_rows: np.ndarray,
+    qrels: dict[str, dict[str, int]],
+    metrics: Sequence[str],
+    max_k: MaxK,
+    use_gpu: bool,
+    lang: str | None = None,
+    block_size: int | None = None,
+) -> tuple[dict[str, Any], int]:
+    """Search ``q_rows`` against the candidates ``c_rows`` (ascending) and score with trec_eval."""
+    k = _depth(len(c_rows), max_k)
+    if len(q_rows) == 0 or len(c_rows) == 0:
+        return evaluate_run({}, {}, metrics), k
+    q = np.ascontiguousarray(enc.q_emb[q_rows], dtype=np.float32)
+    rows = None if len(c_rows) == len(enc.docids) else c_rows
+    _, glob = exact_search(q, enc.c_emb, k, rows=rows, block_size=block_size, use_gpu=use_gpu)
+    return _score_ranking(enc, q_rows, glob, qrels, metrics, lang), k
+
+
+def exact_ranks(enc: _Encoded, q_rows: np.ndarray, chunk: int | None = None) -> list[np.ndarray]:
     """1-based rank of every relevant candidate of each query in the whole pool, exactly.
 
     Same order as :func:`hybrid_ray.search.search`: score descending, then lower row first.
+    Blockwise over the candidates; ``chunk`` caps the query rows scored at once (default: as
+    many as fit :data:`hybrid_ray.search.DEFAULT_MAX_SCORES` floats with one candidate block).
     """
+    q_rows = np.asarray(q_rows, dtype=np.int64)
+    q = np.ascontiguousarray(enc.q_emb[q_rows], dtype=np.float32)
+    targets = [enc.rel_rows[r] for r in q_rows.tolist()]
+    if chunk is None:
+        return _exact_ranks(q, enc.c_emb, targets)
     out: list[np.ndarray] = []
-    cand = np.ascontiguousarray(enc.c_emb, dtype=np.float32)
-    idx = np.arange(len(cand))
-    for start in range(0, len(q_rows), chunk):
-        rows = q_rows[start : start + chunk]
-        scores = np.ascontiguousarray(enc.q_emb[rows], dtype=np.float32) @ cand.T
-        for i, q in enumerate(rows.tolist()):
-            rel = enc.rel_rows[q]
-            s = scores[i]
-            rs = s[rel]
-            higher = (s[None, :] > rs[:, None]).sum(1)
-            tie_before = ((s[None, :] == rs[:, None]) & (idx[None, :] < rel[:, None])).sum(1)
-            out.append(1 + higher + tie_before)
+    for start in range(0, len(q_rows), chunk):  # a smaller budget: at most chunk query rows at once
+        block = min(len(enc.docids), 1 << 16) or 1
+        out += _exact_ranks(q[start : start + chunk], enc.c_emb, targets[start : start + chunk],
+                            max_scores=chunk * block, block_size=block)
     return out
 
 
-def _lareqa(enc: _Encoded, rs: RetrievalSet, max_k: int | None, use_gpu: bool) -> dict[str, Any]:
+def _bias_ranks(enc: _Encoded, q_rows: np.ndarray, glob: np.ndarray) -> list[np.ndarray]:
+    """Exact pool ranks of each query's relevant candidates, from its multilingual top-k when
+    they all sit inside it (rank = position + 1), else counted over the whole pool."""
+    out: list[np.ndarray | None] = []
+    missing: list[int] = []
+    for i, q in enumerate(q_rows.tolist()):
+        rel = enc.rel_rows[q]
+        pos = np.flatnonzero(np.isin(glob[i], rel))
+        if len(pos) == len(rel):
+            out.append(pos[np.argsort(glob[i, pos])] + 1)  # ordered like rel (ascending rows)
+        else:
+            out.append(None)
+            missing.append(i)
+    if missing:
+        for i, r in zip(missing, exact_ranks(enc, q_rows[missing]), strict=True):
+            out[i] = r
+    return out  # type: ignore[return-value]
+
+
+def _lareqa(
+    enc: _Encoded, rs: RetrievalSet, max_k: MaxK, use_gpu: bool, block_size: int | None = None
+) -> dict[str, Any]:
     q_langs = sorted(set(enc.q_lang.tolist()))
-    c_langs = sorted(set(enc.c_lang.tolist()))
+    c_langs = enc.c_langs
     q_by_lang = {x: np.flatnonzero(enc.q_lang == x) for x in q_langs}
-    c_by_lang = {y: np.flatnonzero(enc.c_lang == y) for y in c_langs}
+    pool_y = [int(np.sum(enc.c_code == j)) for j in range(len(c_langs))]
+    n_pool = len(enc.docids)
+    k_pair = [_depth(p, max_k) for p in pool_y]
+    k_multi = _depth(n_pool, max_k)
+    # The multilingual top-k is the merge of the per-language lists: each must hold at least the
+    # part of the pooled top-k that falls in its language.
+    k_search = [max(kp, min(p, k_multi)) for kp, p in zip(k_pair, pool_y, strict=True)]
     pairs: dict[str, dict[str, dict[str, float]]] = {}
-    depths: list[int] = []
-    truncated = False
+    multi_lang: dict[str, dict[str, float]] = {}
+    ranks: dict[str, np.ndarray] = {}
+    depths = sorted(set(k_pair) | {k_multi})
+    truncated = k_multi < n_pool or any(k < p for k, p in zip(k_pair, pool_y, strict=True))
+    c_by_lang = [np.flatnonzero(enc.c_code == j) for j in range(len(c_langs))]
     for x in q_langs:
+        q_rows = q_by_lang[x]
+        q = np.ascontiguousarray(enc.q_emb[q_rows], dtype=np.float32)
         pairs[x] = {}
-        for y in c_langs:
-            res, k = _score_subset(enc, q_by_lang[x], c_by_lang[y], rs.qrels, LAREQA_METRICS, max_k, use_gpu)
-            depths.append(k)
-            truncated |= k < len(c_by_lang[y])
+        merged = TopK(len(q_rows), k_multi)
+        for j, y in enumerate(c_langs):
+            rows = None if len(c_by_lang[j]) == n_pool else c_by_lang[j]
+            scores, glob = exact_search(q, enc.c_emb, k_search[j], rows=rows, block_size=block_size,
+                                        use_gpu=use_gpu)
+            merged.push(scores, glob)
+            res = _score_ranking(enc, q_rows, glob[:, : k_pair[j]], rs.qrels, LAREQA_METRICS, lang=y)
             pairs[x][y] = {**res["mean"], "n_queries": res["n_queries"]}
+        _, glob = merged.result()
+        res = _score_ranking(enc, q_rows, glob, rs.qrels, LAREQA_METRICS)
+        multi_lang[x] = {**res["mean"], "n_queries": res["n_queries"]}
+        for q, r in zip(q_rows.tolist(), _bias_ranks(enc, q_rows, glob), strict=True):
+            rel = enc.rel_rows[q]
+            if len(rel) == 0:
+                continue
+            # Best rank per candidate language: bias compares languages, not duplicate answers.
+            langs = enc.c_lang[rel]
+            ranks[enc.qids[q]] = np.asarray([r[langs == lang].min() for lang in sorted(set(langs.tolist()))])
 
     def setting(cells: list[dict[str, float]]) -> dict[str, float]:
         cells = [c for c in cells if c["n_queries"] > 0]
@@ -216,22 +315,6 @@ def _lareqa(enc: _Encoded, rs: RetrievalSet, max_k: int | None, use_gpu: bool) -
 
     mono = setting([pairs[x][x] for x in q_langs if x in pairs[x]])
     cross = setting([pairs[x][y] for x in q_langs for y in c_langs if x != y])
-
-    all_rows = np.arange(len(enc.docids))
-    multi_lang: dict[str, dict[str, float]] = {}
-    ranks: dict[str, np.ndarray] = {}
-    for x in q_langs:
-        res, k = _score_subset(enc, q_by_lang[x], all_rows, rs.qrels, LAREQA_METRICS, max_k, use_gpu)
-        depths.append(k)
-        truncated |= k < len(all_rows)
-        multi_lang[x] = {**res["mean"], "n_queries": res["n_queries"]}
-        for q, r in zip(q_by_lang[x].tolist(), exact_ranks(enc, q_by_lang[x]), strict=True):
-            rel = enc.rel_rows[q]
-            if len(rel) == 0:
-                continue
-            # Best rank per candidate language: bias compares languages, not duplicate answers.
-            langs = enc.c_lang[rel]
-            ranks[enc.qids[q]] = np.asarray([r[langs == lang].min() for lang in sorted(set(langs.tolist()))])
     multi = setting(list(multi_lang.values())) | {"per_lang": multi_lang}
     bias = language_bias(ranks, dict(zip(enc.qids.tolist(), enc.q_lang.tolist(), strict=True)))
     bias.pop("per_query")
@@ -239,19 +322,23 @@ def _lareqa(enc: _Encoded, rs: RetrievalSet, max_k: int | None, use_gpu: bool) -
         "pairs": pairs,
         "settings": {"mono": mono, "cross": cross, "multilingual": multi},
         "language_bias": bias,
-        "depths": sorted(set(depths)),
+        "depths": depths,
         "truncated": truncated,
     }
 
 
-def _miracl(enc: _Encoded, rs: RetrievalSet, max_k: int | None, use_gpu: bool) -> dict[str, Any]:
+def _miracl(
+    enc: _Encoded, rs: RetrievalSet, max_k: MaxK, use_gpu: bool, block_size: int | None = None
+) -> dict[str, Any]:
     per_lang: dict[str, dict[str, float]] = {}
     depths, truncated = [], False
-    cap = None if max_k is None else max(max_k, _max_cut(MIRACL_METRICS))
+    cut = _max_cut(MIRACL_METRICS)
+    cap = max_k if max_k is None or max_k == "auto" else max(int(max_k), cut)
     for x in sorted(set(enc.q_lang.tolist())):
         c_rows = np.flatnonzero(enc.c_lang == x)
         q_rows = np.flatnonzero(enc.q_lang == x)
-        res, k = _score_subset(enc, q_rows, c_rows, rs.qrels, MIRACL_METRICS, cap, use_gpu)
+        res, k = _score_subset(enc, q_rows, c_rows, rs.qrels, MIRACL_METRICS, cap, use_gpu, lang=x,
+                               block_size=block_size)
         depths.append(k)
         truncated |= k < len(c_rows)
         per_lang[x] = {**res["mean"], "n_queries": res["n_queries"]}
@@ -266,8 +353,10 @@ def evaluate_retrieval(
     *,
     setting: str = "auto",
     batch_size: int = 64,
-    max_k: int | None = DEFAULT_MAX_K,
+    max_k: MaxK = "auto",
     cache_dir: str | Path | None = None,
+    cache_key: str | None = None,
+    block_size: int | None = None,
     use_gpu: bool = True,
     progress: bool = False,
 ) -> dict[str, Any]:
@@ -275,22 +364,26 @@ def evaluate_retrieval(
 
     ``setting``: ``lareqa`` (pairs matrix, mono / cross / multilingual, language bias),
     ``miracl`` (per-language nDCG@10, R@100, mAP) or ``auto`` (:func:`detect_setting`).
-    ``cache_dir`` streams candidate embeddings to a memmap there (large pools).
+    ``max_k``: search depth (see the module docstring): ``"auto"``, an int >= 1, or None (full).
+    ``cache_dir`` streams query and candidate embeddings to ``queries.npy`` / ``candidates.npy``
+    memmaps there (large pools); with ``cache_key`` (a fingerprint of the encoder) a later run
+    with the same key and texts reuses them instead of encoding again. ``block_size``:
+    candidate rows per search block (default: 64 MiB of vectors).
     Returns a JSON-able dict; :func:`format_table` renders it.
     """
     if setting == "auto":
         setting = detect_setting(rs)
     if setting not in ("lareqa", "miracl"):
         raise ConfigError("must be auto, lareqa or miracl", key="setting", value=setting)
-    if max_k is not None and max_k < 1:
-        raise ConfigError("must be >= 1 (or None for the full ranking)", key="max_k", value=max_k)
+    _check_max_k(max_k)
     if rs.queries.num_rows == 0 or rs.corpus.num_rows == 0:
         raise DataError(f"retrieval set {rs.name!r} has no queries or no candidates")
     t0 = time.perf_counter()
-    q_emb, c_emb = _encode(encoder, rs, batch_size, cache_dir, progress)
+    q_emb, c_emb = _encode(encoder, rs, batch_size, cache_dir, progress, cache_key)
     t_enc = time.perf_counter() - t0
     enc = _Encoded(rs, q_emb, c_emb)
-    body = _lareqa(enc, rs, max_k, use_gpu) if setting == "lareqa" else _miracl(enc, rs, max_k, use_gpu)
+    run = _lareqa if setting == "lareqa" else _miracl
+    body = run(enc, rs, max_k, use_gpu, block_size)
     return {
         "name": rs.name,
         "setting": setting,
@@ -300,7 +393,8 @@ def evaluate_retrieval(
         "candidate_langs": sorted(set(enc.c_lang.tolist())),
         "dim": int(q_emb.shape[1]),
         "search": {"index": "Flat (exact inner product)", "max_k": max_k, "depths": body.pop("depths"),
-                   "truncated": body.pop("truncated")},
+                   "truncated": body.pop("truncated"),
+                   "embeddings": "memmap" if cache_dir is not None else "memory"},
         **body,
         "timing_s": {"encode": round(t_enc, 3), "total": round(time.perf_counter() - t0, 3)},
     }
@@ -327,7 +421,8 @@ def format_table(results: dict[str, Any]) -> str:
     lines = [f"## {results['name']} ({results['setting']}): {results['n_queries']} queries, "
              f"{results['n_candidates']} candidates", ""]
     s = results["search"]
-    depth = "full ranking" if not s["truncated"] else f"top-{s['max_k']} (truncated)"
+    cap = s["max_k"] if isinstance(s["max_k"], int) else DEFAULT_MAX_K
+    depth = "full ranking" if not s["truncated"] else f"top-{cap} (truncated)"
     if results["setting"] == "miracl":
         ms = MIRACL_METRICS
         lines += ["| lang | " + " | ".join(METRIC_LABELS[m] for m in ms) + " | queries |",

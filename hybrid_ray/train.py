@@ -15,6 +15,7 @@ to the run (``<storage>/<name>/config.yaml``).
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
@@ -22,22 +23,56 @@ from hybrid_ray.cli import run_main
 from hybrid_ray.config import load_config, to_dict, to_yaml
 from hybrid_ray.io import write_text_atomic
 
+METRICS_LOG = "metrics.jsonl"
+
+
+def _report_log_callback(path: Path):
+    """A Train V2 callback appending every ``ray.train.report`` (all ranks) to a JSONL file.
+
+    Train V2's ``Result`` keeps only the metrics of reports that carried a checkpoint; this keeps
+    the whole history next to the run: one line per report, ``{"metrics": [rank0, rank1, ...],
+    "checkpoint": path or null}``. Runs in the Train controller, which shares the local disk.
+    """
+    from ray.train import UserCallback
+
+    class ReportLog(UserCallback):
+        def __init__(self, path: str) -> None:
+            self.path = path
+
+        def after_report(self, run_context, metrics, checkpoint) -> None:
+            line = {"metrics": metrics, "checkpoint": checkpoint.path if checkpoint is not None else None}
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(line, default=str) + "\n")
+
+    return ReportLog(str(path))
+
 
 def build_trainer(cfg: dict[str, Any], *, resume_from: str | None = None, callbacks=None):
-    """A Ray Train V2 ``TorchTrainer`` running ``hybrid_ray.train_loop.train_loop`` per worker."""
-    from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    """A Ray Train V2 ``TorchTrainer`` running ``hybrid_ray.train_loop.train_loop`` per worker.
+
+    ``resume_from`` (or ``run.resume_from``): a checkpoint directory to start from. Train V2
+    rejects ``TorchTrainer(resume_from_checkpoint=...)`` (it raises a DeprecationWarning), so the
+    path travels in the loop config and the workers load it when Ray has no newer checkpoint of
+    this run (``ray.train.get_checkpoint()``: after a worker failure, or a restored run).
+    """
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from hybrid_ray.local import worker_env
     from hybrid_ray.train_loop import train_loop
 
+    if resume_from:
+        cfg = {**cfg, "run": {**cfg["run"], "resume_from": resume_from}}
     sc = cfg["scaling"]
     resources = {"CPU": sc["cpus_per_worker"]}
     if sc["use_gpu"]:
         resources["GPU"] = sc["gpus_per_worker"]
     storage = cfg["run"]["storage_path"]
+    callbacks = list(callbacks or [])
     if "://" not in storage:
         storage = str(Path(storage).expanduser().resolve())
+        callbacks.append(_report_log_callback(Path(storage) / cfg["run"]["name"] / METRICS_LOG))
     return TorchTrainer(
         train_loop_per_worker=train_loop,
         train_loop_config=cfg,
@@ -55,7 +90,6 @@ def build_trainer(cfg: dict[str, Any], *, resume_from: str | None = None, callba
             # progress line twice on the driver; our lines are already rank-0 only.
             worker_runtime_env={"env_vars": {**worker_env(), "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}},
         ),
-        resume_from_checkpoint=Checkpoint(resume_from) if resume_from else None,
     )
 
 
@@ -106,14 +140,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="YAML config (a file, or a name in hybrid_ray/configs)")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. sampler.alpha=0.5 optim.max_steps=50")
     p.add_argument("--set", dest="more", action="append", default=[], help="same as a positional override")
-    p.add_argument("--resume-from", help="a checkpoint directory to continue from")
+    p.add_argument("--resume-from", help="a checkpoint directory to continue from (same as run.resume_from=...)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    cfg_obj = load_config(args.config, [*args.overrides, *args.more])
+    overrides = [*args.overrides, *args.more]
+    if args.resume_from:
+        overrides.append(f"run.resume_from={args.resume_from}")
+    cfg_obj = load_config(args.config, overrides)
     if args.print_config:
         print(to_yaml(cfg_obj))
         return 0
@@ -125,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = Path(cfg["run"]["storage_path"]).expanduser() / cfg["run"]["name"]
     if "://" not in cfg["run"]["storage_path"]:
         write_text_atomic(run_dir / "config.yaml", to_yaml(cfg_obj))
-    result, out = run_training(cfg, resume_from=args.resume_from)
+    result, out = run_training(cfg)
     m = result.metrics or {}
     print(f"[hybrid-ray] done: step {m.get('step')} loss {m.get('loss', float('nan')):.4f}; "
           f"encoder exported to {out}; checkpoint {result.checkpoint.path}")

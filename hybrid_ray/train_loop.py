@@ -8,7 +8,10 @@ hybrid sampler is the only source of batches: every rank computes the same globa
 Checkpoints (every ``run.checkpoint_every`` steps and at the end) hold DeepSpeed's sharded state
 (each rank writes its shard; Ray merges the rank directories into one checkpoint), the sampler
 position (``trainer_state.json``) and an exported Hugging Face encoder (``encoder/``). A restarted
-worker group resumes from the latest one and continues the *same* sample stream.
+worker group resumes from the latest one and continues the *same* sample stream; a new run can
+start from any such checkpoint (``run.resume_from`` / ``hybrid-ray train --resume-from``). Dropout
+masks are drawn from a generator re-seeded at every step from ``(sampler.seed, step, rank)``, so a
+resumed run repeats the uninterrupted run's steps exactly, not just its batches.
 """
 
 from __future__ import annotations
@@ -23,10 +26,17 @@ from typing import Any
 
 import torch
 
+from hybrid_ray.errors import HybridRayError
+
 CHECKPOINT_STATE = "trainer_state.json"
 DS_DIR = "deepspeed"
+DS_TAG = "state"  # DeepSpeed's checkpoint tag: <checkpoint>/deepspeed/state/*.pt
 ENCODER_DIR = "encoder"
 CONFIG_DIR = Path(__file__).parent / "configs" / "deepspeed"
+
+
+class CheckpointError(HybridRayError):
+    """A checkpoint to resume from is missing or incomplete. Names the checkpoint directory."""
 
 
 def deepspeed_config(cfg: dict[str, Any], per_rank_batch: int, world_size: int, use_gpu: bool) -> dict:
@@ -148,6 +158,56 @@ def export_encoder(engine, encoder, out_dir: Path, zero_stage: int, rank: int) -
         _save()
 
 
+def step_seed(seed: int, global_step: int, rank: int) -> int:
+    """The torch seed for training step ``global_step + 1`` on ``rank`` (dropout masks)."""
+    return (int(seed) * 1_000_003 + int(global_step) * 1_009 + int(rank)) % (2**63 - 1)
+
+
+def read_trainer_state(ckpt_dir: Path, label: str | None = None) -> dict[str, Any]:
+    """``trainer_state.json`` of a checkpoint (global step + sampler position), checked."""
+    where = label or str(ckpt_dir)
+    path = Path(ckpt_dir) / CHECKPOINT_STATE
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {where} has no {CHECKPOINT_STATE}: not a hybrid-ray checkpoint")
+    try:
+        state = json.loads(path.read_text())
+        int(state["global_step"]), int(state["sampler"]["epoch"]), int(state["sampler"]["step"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"checkpoint {where}: unreadable {CHECKPOINT_STATE} ({exc!r})") from exc
+    return state
+
+
+def load_deepspeed_state(engine, ckpt_dir: Path, label: str | None = None) -> str:
+    """Load DeepSpeed's sharded model + optimizer + scheduler state, or raise CheckpointError.
+
+    ``engine.load_checkpoint`` only logs a warning and returns ``(None, None)`` when it finds no
+    checkpoint, and falls back to the bare weights when the ZeRO optimizer shards are missing; a
+    resume would then carry on silently from freshly initialised weights or optimizer state.
+    Every file this rank needs is checked first, and the return value afterwards.
+    """
+    where = label or str(ckpt_dir)
+    load_dir = Path(ckpt_dir) / DS_DIR
+    tag_dir = load_dir / DS_TAG
+    if not tag_dir.is_dir():
+        raise CheckpointError(f"checkpoint {where} has no DeepSpeed state ({DS_DIR}/{DS_TAG} is missing)")
+    needed = [Path(engine._get_ckpt_name(str(load_dir), DS_TAG))]
+    if engine.zero_optimization():
+        needed.append(Path(engine._get_zero_ckpt_name(str(load_dir), DS_TAG)))
+    missing = [p.name for p in needed if not p.is_file()]
+    if missing:
+        raise CheckpointError(
+            f"checkpoint {where} is incomplete: {DS_DIR}/{DS_TAG} lacks {', '.join(missing)} "
+            f"(rank {engine.global_rank}'s shard); was it written by {engine.world_size} workers?"
+        )
+    try:
+        load_path, _ = engine.load_checkpoint(str(load_dir), tag=DS_TAG)
+    except Exception as exc:  # DeepSpeed raises plain asserts / RuntimeErrors / ZeRORuntimeException
+        raise CheckpointError(f"checkpoint {where}: DeepSpeed could not load {DS_DIR}/{DS_TAG}: {exc}") from exc
+    if load_path is None:
+        raise CheckpointError(f"checkpoint {where}: DeepSpeed found no state under {DS_DIR}/{DS_TAG}")
+    return load_path
+
+
 def train_loop(config: dict[str, Any]) -> None:
     """Ray Train entry point (``train_loop_per_worker``)."""
     import deepspeed
@@ -183,16 +243,21 @@ def train_loop(config: dict[str, Any]) -> None:
     loss_fn = DistributedInfoNCE(temperature=cfg["model"]["temperature"])
 
     # ---------------------------------------------------------------- resume
+    # Ray's own checkpoint (a restarted worker group, or a restored run) wins over the one the
+    # user asked to start from: after a failure we continue from the latest step, not the start.
     global_step, epoch, step = 0, 0, 0
     checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None and cfg["run"].get("resume_from"):
+        checkpoint = ray.train.Checkpoint(cfg["run"]["resume_from"])
     if checkpoint is not None:
         with checkpoint.as_directory() as ckpt_dir:
-            state = json.loads((Path(ckpt_dir) / CHECKPOINT_STATE).read_text())
-            engine.load_checkpoint(str(Path(ckpt_dir) / DS_DIR), tag="state")
+            state = read_trainer_state(Path(ckpt_dir), label=checkpoint.path)
+            load_deepspeed_state(engine, Path(ckpt_dir), label=checkpoint.path)
         sampler.load_state_dict(state["sampler"])
         global_step, epoch, step = state["global_step"], state["sampler"]["epoch"], state["sampler"]["step"]
         if rank == 0:
-            print(f"[hybrid-ray] resumed from checkpoint at step {global_step} (epoch {epoch}, step {step})")
+            print(f"[hybrid-ray] resumed from checkpoint {checkpoint.path} at step {global_step} "
+                  f"(epoch {epoch}, step {step})", flush=True)
 
     writer = _tensorboard(cfg, rank)
     trace = _trace_file(cfg, rank)
@@ -215,6 +280,8 @@ def train_loop(config: dict[str, Any]) -> None:
             break
         if fail_at is not None and global_step == fail_at and rank == min(1, world - 1):
             _maybe_crash(cfg)
+        # Dropout: a fresh, step-determined stream (resume-exact; ranks draw different masks).
+        torch.manual_seed(step_seed(cfg["sampler"]["seed"], global_step, rank))
         features = collator(local, pairs)
         q_inputs = {k: v.to(device) for k, v in features["query"].items()}
         p_inputs = {k: v.to(device) for k, v in features["passage"].items()}
@@ -279,7 +346,7 @@ def _report_with_checkpoint(engine, encoder, sampler, cfg, metrics, global_step,
 
     with tempfile.TemporaryDirectory(prefix="hybrid-ray-ckpt-") as tmp:
         tmp_path = Path(tmp)
-        engine.save_checkpoint(str(tmp_path / DS_DIR), tag="state")
+        engine.save_checkpoint(str(tmp_path / DS_DIR), tag=DS_TAG)
         export_encoder(engine, encoder, tmp_path / ENCODER_DIR, cfg["deepspeed"]["zero_stage"], rank)
         if rank == 0:
             state = {"global_step": global_step, "sampler": sampler.state_dict()}

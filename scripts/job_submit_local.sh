@@ -2,7 +2,7 @@
 # Submit a job to a throw-away, loopback-only Ray cluster -- the same path as `ray job submit` on a
 # real cluster (working dir uploaded through the Jobs API, driver run by the head), on one machine.
 #
-#   scripts/job_submit_local.sh                        # default entry: the tiny training run
+#   scripts/job_submit_local.sh                        # default entry: the tiny training run (below)
 #   scripts/job_submit_local.sh -- python -c 'import hybrid_ray; print(hybrid_ray.__file__)'
 #   NUM_CPUS=4 scripts/job_submit_local.sh -- python -m tune.driver --config tune/configs/tiny.yaml
 #
@@ -18,17 +18,22 @@
 # excludes below (.git is not in .gitignore). Auth: token auth is OFF (RAY_AUTH_MODE=disabled)
 # because every listener is on 127.0.0.1; on real clusters it is ON (docs/deploy.md).
 #
+# Default entry (no arguments): writes a small pairs set with scripts/tiny_pairs.py (once) to
+# $JOB_OUT/tiny-pairs.parquet, then runs
+#   python -m hybrid_ray.train --config hybrid_ray/configs/tiny.yaml \
+#       data.path=$JOB_OUT/tiny-pairs.parquet run.storage_path=$JOB_OUT run.name=tiny-<timestamp>
+# (tiny.yaml leaves data.path unset on purpose). The exported encoder lands in
+# $JOB_OUT/tiny-<timestamp>/encoder. This is what tests/test_job_submit.py runs.
+#
 # Environment: NUM_CPUS (default 2), RAY (ray executable; default .venv/bin/ray if present),
-# READY_TIMEOUT (seconds to wait for the dashboard, default 60), KEEP_TMP=1 keeps the temp dir.
+# READY_TIMEOUT (seconds to wait for the dashboard, default 60), KEEP_TMP=1 keeps the temp dir,
+# JOB_OUT (default entry's data + run directory, default runs/job-submit-local).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
 if [[ "${1:-}" == "--" ]]; then shift; fi
-if [[ $# -eq 0 ]]; then
-  set -- python -m hybrid_ray.train --config hybrid_ray/configs/tiny.yaml
-fi
 
 # The job's driver runs `python` from the head's PATH: make that the project's environment.
 if [[ -z "${VIRTUAL_ENV:-}" && -x "$ROOT/.venv/bin/python" ]]; then
@@ -39,6 +44,18 @@ PYTHON="$(command -v python || true)"
 if [[ -z "$RAY" || -z "$PYTHON" ]]; then
   echo "[job_submit_local] need 'ray' and 'python' on PATH (or a .venv in $ROOT)" >&2
   exit 2
+fi
+
+if [[ $# -eq 0 ]]; then
+  JOB_OUT="${JOB_OUT:-$ROOT/runs/job-submit-local}"
+  mkdir -p "$JOB_OUT"
+  JOB_OUT="$(cd "$JOB_OUT" && pwd)"  # absolute: the job runs in the uploaded copy, not here
+  DATA="$JOB_OUT/tiny-pairs.parquet"
+  if [[ ! -f "$DATA" ]]; then
+    "$PYTHON" "$ROOT/scripts/tiny_pairs.py" "$DATA"
+  fi
+  set -- python -m hybrid_ray.train --config hybrid_ray/configs/tiny.yaml \
+    "data.path=$DATA" "run.storage_path=$JOB_OUT" "run.name=tiny-$(date +%Y%m%d-%H%M%S)"
 fi
 
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0

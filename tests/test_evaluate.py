@@ -138,3 +138,93 @@ def test_eval_driver_end_to_end_with_tiny_encoder(tmp_path, capsys):
     assert set(res["pairs"]) == {"de", "en"} and 0.0 <= res["settings"]["mono"]["map"] <= 1.0
     assert (out / "table.md").read_text().startswith("## data/test")
     assert (out / "heatmap.png").read_bytes()[:4] == b"\x89PNG"
+
+
+class QuantEncoder:
+    """Deterministic pseudo-random vectors from a text's CRC, with values in {0, .25, .5}: the
+    scores are exact in float32, so the rankings are full of exact ties."""
+
+    def __init__(self, dim: int = 6) -> None:
+        self.dim = dim
+
+    def encode(self, texts, kind, batch_size=64):
+        import zlib
+
+        out = [np.random.default_rng(zlib.crc32(f"{kind}|{t}".encode())).integers(0, 3, self.dim) / 4.0
+               for t in texts]
+        return np.asarray(out, dtype=np.float32).reshape(len(texts), self.dim)
+
+
+def _big_pairs_set(n_groups: int = 40, langs=("en", "de", "fr", "es")) -> RetrievalSet:
+    rows = [(f"p{g}", x, f"question {g} {x}", f"passage {g} {x}") for g in range(n_groups) for x in langs]
+    pid, lang, q, pos = zip(*rows, strict=True)
+    table = pa.table({"pair_id": list(pid), "lang": list(lang), "query": list(q), "positive": list(pos)})
+    return RetrievalSet.from_pairs(table, name="toy-big")
+
+
+@pytest.mark.parametrize("max_k", [None, "auto", 3, 50])
+def test_memmap_blockwise_eval_equals_in_memory(tmp_path, max_k):
+    rs = _big_pairs_set()
+    ref = evaluate_retrieval(QuantEncoder(), rs, max_k=max_k)
+    for block_size in (1, 7):
+        got = evaluate_retrieval(QuantEncoder(), rs, max_k=max_k, cache_dir=tmp_path / "c",
+                                 block_size=block_size)
+        for key in ("pairs", "settings", "language_bias"):
+            assert json.dumps(got[key], sort_keys=True) == json.dumps(ref[key], sort_keys=True), key
+        assert got["search"]["depths"] == ref["search"]["depths"]
+        assert got["search"]["embeddings"] == "memmap" and ref["search"]["embeddings"] == "memory"
+    assert np.load(tmp_path / "c" / "candidates.npy", mmap_mode="r").shape == (160, 6)
+    assert np.load(tmp_path / "c" / "queries.npy", mmap_mode="r").shape == (160, 6)
+    assert ref["search"]["truncated"] is (max_k in (3, 50))
+
+
+def test_max_k_auto_depth_and_bad_values():
+    from hybrid_ray.errors import ConfigError
+    from hybrid_ray.evaluate import AUTO_FULL_POOL, DEFAULT_MAX_K, _depth
+
+    assert _depth(3896, "auto") == 3896  # the demo's multilingual pool: ranked fully
+    assert _depth(AUTO_FULL_POOL, "auto") == AUTO_FULL_POOL
+    assert _depth(AUTO_FULL_POOL + 1, "auto") == DEFAULT_MAX_K
+    assert _depth(5000, 1000) == 1000 and _depth(5000, None) == 5000
+    for bad in (0, -3, "all"):
+        with pytest.raises(ConfigError):
+            evaluate_retrieval(GroupEncoder(), _pairs_set(), max_k=bad)
+
+
+def test_eval_driver_cache_dir_memmaps_and_safe_reuse(tmp_path):
+    from hybrid_ray.data.pairs import write_pairs
+    from hybrid_ray.driver.evaluate import main
+    from hybrid_ray.testing import tiny_encoder
+
+    model = tmp_path / "model"
+    tiny_encoder(model, hidden=32)
+    rows = [{"pair_id": f"p{i}", "lang": lang, "query": f"question {i} day night",
+             "positive": f"passage {i} light water"} for i in range(6) for lang in ("en", "de")]
+    data = tmp_path / "data"
+    write_pairs(pa.Table.from_pylist(rows), data / "test.parquet")
+    cache = tmp_path / "emb"
+    args = ["--model", str(model), "--data", str(data), "--cache-dir", str(cache), "--block-size", "5"]
+    assert main([*args, "--out", str(tmp_path / "e1"), "--max-queries", "4"]) == 0
+    q, c = np.load(cache / "queries.npy", mmap_mode="r"), np.load(cache / "candidates.npy", mmap_mode="r")
+    assert q.shape == (8, 32) and c.shape == (12, 32) and q.dtype == c.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(np.asarray(c), axis=1), 1.0, atol=1e-5)
+    assert sorted(p.name for p in cache.iterdir()) == [
+        "candidates.npy", "candidates.npy.json", "queries.npy", "queries.npy.json"]  # no temp files
+    res1 = json.loads((tmp_path / "e1" / "results.json").read_text())
+    assert res1["search"]["cache_dir"] == str(cache) and res1["search"]["embeddings"] == "memmap"
+    stamp = {p.name: p.stat().st_mtime_ns for p in cache.glob("*.npy")}
+    # Same model and candidates, other queries: candidates are reused, queries re-encoded.
+    assert main([*args, "--out", str(tmp_path / "e2"), "--max-queries", "6"]) == 0
+    assert (cache / "candidates.npy").stat().st_mtime_ns == stamp["candidates.npy"]
+    assert np.load(cache / "queries.npy", mmap_mode="r").shape == (12, 32)
+    # In memory: same numbers as through the memmaps, and no cache directory.
+    assert main([*args[:4], "--out", str(tmp_path / "e3"), "--max-queries", "6", "--no-cache"]) == 0
+    assert not (tmp_path / "e3" / "cache").exists()
+    res2 = json.loads((tmp_path / "e2" / "results.json").read_text())
+    res3 = json.loads((tmp_path / "e3" / "results.json").read_text())
+    assert res2["settings"] == res3["settings"] and res2["pairs"] == res3["pairs"]
+    assert res2["language_bias"] == res3["language_bias"]
+    # A changed model (files rewritten) never reuses the old vectors.
+    tiny_encoder(model, hidden=16)
+    assert main([*args, "--out", str(tmp_path / "e4"), "--max-queries", "6"]) == 0
+    assert np.load(cache / "candidates.npy", mmap_mode="r").shape == (12, 16)

@@ -4,9 +4,9 @@ The script starts `ray start --head --block` on 127.0.0.1 (free ports, own --tem
 group), uploads the repository as the job's working dir, runs ENTRYPOINT as the job driver and
 stops that cluster -- and only that one -- on exit. Measured: ~30-35 s on 2 cores.
 
-To run the real tiny training instead, set ENTRYPOINT to
-    ["python", "-m", "hybrid_ray.train", "--config", "hybrid_ray/configs/tiny.yaml"]
-and EXPECTED_OUTPUT to a line that run prints (and raise TIMEOUT_S accordingly).
+`test_default_invocation_trains` runs the script exactly as the docs show it, with NO arguments
+(only JOB_OUT points its outputs at a temp dir): it writes the tiny pairs set itself and submits the
+real training entry point (tiny random BERT, 2 Ray Train workers, ZeRO-2, 24 steps).
 """
 
 from __future__ import annotations
@@ -37,14 +37,15 @@ TIMEOUT_S = 300
 TRAIN_TIMEOUT_S = 600
 
 
-def _run_script(entry: list[str], timeout_s: float = TIMEOUT_S) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
+def _run_script(entry: list[str], timeout_s: float = TIMEOUT_S, **extra_env: str) -> subprocess.CompletedProcess:
+    """Run the script with ``-- entry``, or with no arguments at all when ``entry`` is empty."""
+    env = dict(os.environ, **extra_env)
     # The job's `python` must be this interpreter's environment (it has ray and the project deps).
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["RAY"] = str(Path(sys.executable).parent / "ray")
     env.setdefault("NUM_CPUS", "2")
     proc = subprocess.Popen(
-        ["bash", str(SCRIPT), "--", *entry],
+        ["bash", str(SCRIPT), *(["--", *entry] if entry else [])],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -118,28 +119,23 @@ def test_failing_job_fails():
 
 
 @pytest.fixture(scope="module")
-def train_job(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
-    """The real training entry point submitted as a job: tiny model, 2 workers, ZeRO-2."""
+def default_job(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
+    """`scripts/job_submit_local.sh` with no arguments: the documented default job."""
     if not (Path(sys.executable).parent / "ray").exists():
         pytest.skip("the ray CLI is not installed next to this interpreter")
-    from hybrid_ray.data.pairs import write_pairs
-    from tests.test_train import _pairs
-
-    tmp = tmp_path_factory.mktemp("job-train")
-    write_pairs(_pairs(), tmp / "pairs.parquet")
-    entry = [
-        "python", "-m", "hybrid_ray.train", "--config", "hybrid_ray/configs/tiny.yaml",
-        f"data.path={tmp / 'pairs.parquet'}", f"run.storage_path={tmp / 'runs'}", "run.name=job",
-        "optim.max_steps=8", "run.checkpoint_every=8",
-    ]
-    return _run_script(entry, TRAIN_TIMEOUT_S), tmp
+    out = tmp_path_factory.mktemp("job-default")
+    return _run_script([], TRAIN_TIMEOUT_S, JOB_OUT=str(out)), out
 
 
-def test_train_entry_point_via_job_submit(train_job) -> None:
-    result, tmp = train_job
+def test_default_invocation_trains(default_job) -> None:
+    result, out_dir = default_job
     out = result.stdout + result.stderr
     assert result.returncode == 0, out[-4000:]
     assert re.search(r"Job 'raysubmit_\w+' succeeded", out), out[-4000:]
-    assert "[hybrid-ray] done: step 8" in out, out[-4000:]
-    encoder = tmp / "runs" / "job" / "encoder"
+    # the script wrote its own data set and passed it to tiny.yaml's data.path
+    assert (out_dir / "tiny-pairs.parquet").is_file()
+    assert f"data.path={out_dir / 'tiny-pairs.parquet'}" in out
+    assert "[hybrid-ray] done: step 24" in out, out[-4000:]
+    (run_dir,) = [d for d in out_dir.iterdir() if d.is_dir() and d.name.startswith("tiny-")]
+    encoder = run_dir / "encoder"
     assert (encoder / "config.json").exists() and (encoder / "hybrid_ray_encoder.json").exists()

@@ -5,10 +5,15 @@
 * Every embedded pod template (head, worker groups, RayJob submitter) and every core object (PVC,
   Pod) against the official Kubernetes JSON schemas shipped by ``kubernetes-validate``, in strict
   mode (unknown fields are errors).
-* Project wiring: entrypoints / Serve import paths name modules that exist (checked with ``ast``,
-  nothing is imported), config files named in entrypoints exist in the image layout.
-* Policy: GPU limits + tolerations on GPU groups, probes on the service, non-root security
-  contexts, the shared PVC mounted (read-only for serving), token auth on.
+* The RayService's serveConfigV2 against Ray Serve's own ``ServeDeploySchema`` (plus unknown keys).
+* Project wiring: the RayJob entrypoint is one command for the submitter's shell; each of its steps
+  (tune -> MIRACL corpus -> index) names a driver that exists and whose own argparse parser accepts
+  the step's arguments; its `--set` keys are fields of the schema of the program named (tune or
+  train); the tune config loads through ``tune.search.load_tune_config``; the encoder the job
+  exports and the index it builds are exactly the RayService's ``model_dir`` / ``index_dir``;
+  config files named in entrypoints exist in the image layout.
+* Policy: GPU limits + tolerations on GPU groups, probes on both heads and the service workers,
+  non-root security contexts, the shared PVC mounted (read-only for serving), token auth on.
 * Negative cases: mutated manifests must fail, which proves the validators actually validate.
 """
 
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import ast
 import copy
+import importlib
 import re
 import shlex
 from pathlib import Path
@@ -222,36 +228,109 @@ def _repo_path(image_path: str) -> Path:
     return ROOT / image_path[len(IMAGE_ROOT) + 1 :]
 
 
+SHELL_OPERATORS = {"&&", "||", ";", "|", "&", ";;", "(", ")", "<", ">", ">>"}
+
+
+def _shell_words(command: str) -> list[str]:
+    """POSIX shell words of ``command``, with operators (``&&``, ``;``...) as separate tokens."""
+    lexer = shlex.shlex(command, posix=True, punctuation_chars=True)
+    lexer.whitespace_split = True
+    return list(lexer)
+
+
+def _entrypoint_steps(entrypoint: str | None = None) -> list[list[str]]:
+    """The commands the RayJob's Ray job runs, in order, each as an argv.
+
+    KubeRay pastes ``spec.entrypoint`` verbatim into the submitter pod's shell command
+    (``... ray job submit ... -- <entrypoint> ; fi ; ray job logs ...``, see BuildJobSubmitCommand
+    in KubeRay's ray-operator/controllers/ray/common/job.go). A top-level ``&&`` or ``;`` would be
+    parsed by THAT shell and run the next step in the submitter pod, not in the Ray job, so the
+    entrypoint must be one simple command: either a single program or ``bash -c '<steps>'``.
+    """
+    words = _shell_words(_load(RAYJOB)["spec"]["entrypoint"] if entrypoint is None else entrypoint)
+    operators = [w for w in words if w in SHELL_OPERATORS]
+    assert not operators, f"shell operators {operators} at the top level of the entrypoint: quote them in bash -c"
+    if words[0] != "bash":
+        return [words]
+    flags = [w for w in words[1:-1] if w.startswith("-")]
+    assert words[1:-1] == flags and any("c" in f for f in flags), words[:3]
+    steps, current = [], []
+    for word in _shell_words(words[-1]):
+        if word == "&&":
+            steps.append(current)
+            current = []
+        else:
+            assert word not in SHELL_OPERATORS, f"only '&&' chains are supported in the entrypoint: {word!r}"
+            current.append(word)
+    steps.append(current)
+    assert all(steps), "empty step in the entrypoint"
+    return steps
+
+
+def _step(module: str) -> list[str]:
+    (step,) = [s for s in _entrypoint_steps() if s[:3] == ["python", "-m", module]]
+    return step
+
+
+def _flag(argv: list[str], name: str) -> str:
+    assert argv.count(name) == 1, (name, argv)
+    return argv[argv.index(name) + 1]
+
+
 def _entrypoint_argv() -> list[str]:
-    return shlex.split(_load(RAYJOB)["spec"]["entrypoint"])
+    """The first step: the Tune (or training) program."""
+    return _entrypoint_steps()[0]
 
 
-def test_rayjob_entrypoint_module_exists():
-    argv = _entrypoint_argv()
-    assert argv[:2] == ["python", "-m"], argv
-    module = argv[2]
-    assert module in ("tune.driver", "hybrid_ray.train")
-    functions = _top_level_functions(_module_source(module))
-    assert "main" in functions, f"{module} has no main(argv) function"
-    assert "--config" in argv
+def test_entrypoint_parser_catches_bare_chains():
+    with pytest.raises(AssertionError, match="top level"):
+        _entrypoint_steps("python -m tune.driver --config x.yaml && python -m hybrid_ray.driver.index")
+    assert _entrypoint_steps("bash -ec 'python -m a && python -m b --x \"y z\"'") == [
+        ["python", "-m", "a"], ["python", "-m", "b", "--x", "y z"]]
+    assert _entrypoint_steps("python -m a --b c") == [["python", "-m", "a", "--b", "c"]]
+
+
+def _parser_of(module: str):
+    mod = importlib.import_module(module)
+    for name in ("build_parser", "_parser"):
+        if hasattr(mod, name):
+            return getattr(mod, name)()
+    raise AssertionError(f"{module} has no build_parser()/_parser()")
+
+
+def test_rayjob_entrypoint_steps_exist_and_parse():
+    """Every step is `python -m <module>` of a driver with main(argv), and the driver's own argparse
+    parser accepts the step's arguments (an unknown flag or a missing required one fails here)."""
+    steps = _entrypoint_steps()
+    assert steps[0][2] in ("tune.driver", "hybrid_ray.train"), steps[0]
+    for argv in steps:
+        assert argv[:2] == ["python", "-m"], argv
+        functions = _top_level_functions(_module_source(argv[2]))
+        assert "main" in functions, f"{argv[2]} has no main(argv) function"
+        try:
+            _parser_of(argv[2]).parse_args(argv[3:])
+        except SystemExit as exc:
+            raise AssertionError(f"{argv[2]} rejects its arguments in the RayJob entrypoint: {argv[3:]}") from exc
 
 
 def test_rayjob_entrypoint_config_exists():
-    argv = _entrypoint_argv()
-    config = _repo_path(argv[argv.index("--config") + 1])
+    config = _repo_path(_flag(_entrypoint_argv(), "--config"))
     assert config.is_file(), f"config named in the RayJob entrypoint is missing: {config.relative_to(ROOT)}"
 
 
+def _overrides(argv: list[str]) -> list[str]:
+    return [argv[i + 1] for i, a in enumerate(argv) if a == "--set"]
+
+
 def test_rayjob_storage_path_on_shared_volume():
-    argv = _entrypoint_argv()
-    overrides = [argv[i + 1] for i, a in enumerate(argv) if a == "--set"]
+    overrides = _overrides(_entrypoint_argv())
     storage = [o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].endswith("storage_path")]
     assert storage and storage[0].startswith(SHARED_MOUNT + "/"), overrides
 
 
-def _config_fields() -> dict[str, dict[str, str]]:
-    """{class name: {field: annotation source}} of the structured config in hybrid_ray/config.py."""
-    tree = ast.parse((ROOT / "hybrid_ray" / "config.py").read_text())
+def _config_fields(path: Path) -> dict[str, dict[str, str]]:
+    """{class name: {field: annotation source}} of the (data)classes defined in ``path``."""
+    tree = ast.parse(path.read_text())
     return {
         node.name: {
             item.target.id: ast.unparse(item.annotation)
@@ -263,32 +342,166 @@ def _config_fields() -> dict[str, dict[str, str]]:
     }
 
 
-def test_rayjob_overrides_name_config_fields():
-    """Every `--set a.b=v` key in the entrypoint is a field of the structured config."""
-    argv = _entrypoint_argv()
-    classes = _config_fields()
-    root = classes["TrainConfig"]
-    for override in (argv[i + 1] for i, a in enumerate(argv) if a == "--set"):
-        *sections, leaf = override.split("=", 1)[0].split(".")
-        fields = root
+#: entrypoint module -> (file holding its config schema, root schema class)
+CONFIG_SCHEMAS = {
+    "tune.driver": (ROOT / "tune" / "search.py", "TuneSchema"),
+    "hybrid_ray.train": (ROOT / "hybrid_ray" / "config.py", "TrainConfig"),
+}
+
+
+def _unknown_override_keys(module: str, overrides: list[str]) -> list[str]:
+    path, root_name = CONFIG_SCHEMAS[module]
+    classes = _config_fields(path)
+    bad = []
+    for override in overrides:
+        *sections, leaf = override.split("=", 1)[0].rstrip("+").split(".")
+        fields = classes[root_name]
         for section in sections:
-            assert section in fields, f"--set {override}: no config section {section!r}"
-            fields = classes[fields[section].split("|")[0].strip()]
-        assert leaf in fields, f"--set {override}: no config field {leaf!r}"
+            kind = fields.get(section, "").split("|")[0].strip()
+            if kind not in classes:
+                fields = {}
+                break
+            fields = classes[kind]
+        if leaf not in fields:
+            bad.append(override)
+    return bad
+
+
+def test_rayjob_overrides_name_config_fields():
+    """Every `--set a.b=v` key is a field of the config schema of the program the entrypoint runs
+    (tune.driver: TuneSchema in tune/search.py; hybrid_ray.train: TrainConfig in hybrid_ray/config.py)."""
+    argv = _entrypoint_argv()
+    assert _overrides(argv)
+    assert _unknown_override_keys(argv[2], _overrides(argv)) == []
+
+
+def test_override_key_check_uses_the_named_programs_schema():
+    # training keys are not tune keys, and the other way round
+    assert _unknown_override_keys("tune.driver", ["optim.lr=1", "run.checkpoint_every=5"]) == [
+        "optim.lr=1", "run.checkpoint_every=5"]
+    assert _unknown_override_keys("hybrid_ray.train", ["run.checkpoint_every=5", "num_samples=2"]) == [
+        "num_samples=2"]
+    assert _unknown_override_keys("tune.driver", ["run.export_dir=/x", "num_samples=2"]) == []
+
+
+def _on_tmp(value: str, tmp: Path) -> str:
+    return value.replace(SHARED_MOUNT, str(tmp / "shared"))
+
+
+@pytest.fixture
+def tune_spec(tmp_path):
+    """The RayJob's tune config + `--set` overrides through tune.search.load_tune_config: the tune
+    schema and all its checks, and the training config it names with its train_overrides, with
+    /mnt/shared mapped to a temp dir holding the inputs the volume must provide."""
+    from tune.search import load_tune_config
+
+    argv = _entrypoint_argv()
+    if argv[2] != "tune.driver":
+        pytest.skip("the RayJob runs a single training, not tune.driver")
+    config = _repo_path(_flag(argv, "--config"))
+    text = _on_tmp(config.read_text(), tmp_path)
+    for item in yaml.safe_load(text).get("train_overrides", []):  # inputs the PVC must hold
+        key, _, value = str(item).partition("=")
+        if key in ("data.path", "model.name_or_path", "eval.miracl_path", "eval.pairs_path") and value.startswith(
+            str(tmp_path)
+        ):
+            Path(value).mkdir(parents=True, exist_ok=True)
+    copied = tmp_path / config.name
+    copied.write_text(text)
+    return load_tune_config(copied, [_on_tmp(o, tmp_path) for o in _overrides(argv)], preflight=False)
+
+
+def test_rayjob_tune_config_loads(tune_spec, tmp_path):
+    assert tune_spec.exp_dir.is_relative_to(tmp_path / "shared")
+    assert tune_spec.train_base["scaling"]["use_gpu"] is True
+
+
+def test_pipeline_paths_match_rayservice(tune_spec, tmp_path):
+    """The encoder the tune step exports and the index the index step writes are exactly what the
+    RayService serves; the index step encodes with that encoder the corpus the data step wrote."""
+    args = _serve_config()["applications"][0]["args"]
+    assert tune_spec.export_dir == Path(_on_tmp(args["model_dir"], tmp_path))
+    index = _step("hybrid_ray.driver.index")
+    assert _flag(index, "--model") == args["model_dir"]
+    assert _flag(index, "--out") == args["index_dir"]
+    convert = _step("hybrid_ray.driver.data")
+    modules = [s[2] for s in _entrypoint_steps()]
+    assert modules.index("tune.driver") < modules.index("hybrid_ray.driver.data") < modules.index(
+        "hybrid_ray.driver.index"), modules
+    assert _flag(index, "--corpus") == _flag(convert, "--out") + "/corpus.parquet"
+    # the data step reads the MIRACL set the trials validate on
+    assert _on_tmp(_flag(convert, "--input"), tmp_path) == tune_spec.train_base["eval"]["miracl_path"]
+    # the shard count fits the RayService's GPUs (retriever replicas + one deployment per shard)
+    gpus = sum(g["replicas"] * int(g["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"])
+               for g in _cluster_spec(_load(RAYSERVICE))["workerGroupSpecs"])
+    shards = int(_flag(index, "--shards"))
+    need = args["retriever_replicas"] * args["retriever_num_gpus"] + shards * args["num_gpus_per_shard"]
+    assert need <= gpus, (need, gpus)
+
+
+def test_data_step_output_is_an_index_corpus(tmp_path):
+    """Run the job's data step for real on a small MIRACL-format set (paths mapped to tmp) and read
+    the corpus the index step names with the index's own reader (no Ray, no model)."""
+    from hybrid_ray.data.miracl import write_miracl
+    from hybrid_ray.driver import data as data_driver
+    from hybrid_ray.index import read_corpus
+
+    convert = _step("hybrid_ray.driver.data")
+    src = Path(_on_tmp(_flag(convert, "--input"), tmp_path))
+    for lang in ("de", "sw"):
+        write_miracl(src, lang, _flag(convert, "--split"), {"q1": f"frage {lang}"}, {"q1": {"d1": 1, "d2": 0}},
+                     [{"docid": "d1", "title": "T", "text": f"eins {lang}"}, {"docid": "d2", "text": "zwei"}])
+    assert data_driver.main([_on_tmp(a, tmp_path) for a in convert[3:]]) == 0
+    corpus = read_corpus(_on_tmp(_flag(_step("hybrid_ray.driver.index"), "--corpus"), tmp_path))
+    assert corpus.num_rows == 4
+    assert set(corpus.column("lang").to_pylist()) == {"de", "sw"}
+    assert sorted(corpus.column("docid").to_pylist()) == ["d1/de", "d1/sw", "d2/de", "d2/sw"]
 
 
 def _serve_config() -> dict:
     return yaml.safe_load(_load(RAYSERVICE)["spec"]["serveConfigV2"])
 
 
-def test_serve_config_shape():
+def _serve_schema_errors(config: dict) -> list[str]:
+    """Validate a serveConfigV2 with Ray Serve's own ServeDeploySchema (what `serve deploy` and the
+    RayService's dashboard call check), plus unknown keys: Ray's pydantic models ignore extra fields,
+    so a typo such as `aplications` or `route_prefx` would pass silently there."""
+    import pydantic
+    from ray.serve.schema import ServeApplicationSchema, ServeDeploySchema
+
+    try:
+        ServeDeploySchema.model_validate(config)
+    except (pydantic.ValidationError, ValueError, TypeError) as exc:
+        return [str(exc).splitlines()[0]]
+    errors = [f"unknown key {k!r}" for k in config if k not in ServeDeploySchema.model_fields]
+    for app in config.get("applications", []):
+        errors += [f"unknown application key {k!r}" for k in app if k not in ServeApplicationSchema.model_fields]
+    return errors
+
+
+def test_serve_config_validates_against_ray_serve_schema():
     config = _serve_config()
+    assert _serve_schema_errors(config) == []
     (app,) = config["applications"]
     assert app["import_path"] == "serve.app:build_app"
     assert app["route_prefix"] == "/"
     assert config["http_options"]["port"] == 8000
     for key in ("model_dir", "index_dir"):
         assert app["args"][key].startswith(SHARED_MOUNT + "/"), key
+
+
+@pytest.mark.parametrize("name,mutate", [
+    ("port as a word", lambda c: c["http_options"].__setitem__("port", "eighty")),
+    ("bad proxy_location", lambda c: c.__setitem__("proxy_location", "Everywhere")),
+    ("args as a list", lambda c: c["applications"][0].__setitem__("args", ["index_dir"])),
+    ("duplicate application", lambda c: c["applications"].append(copy.deepcopy(c["applications"][0]))),
+    ("top-level typo", lambda c: c.__setitem__("aplications", [])),
+    ("application key typo", lambda c: c["applications"][0].__setitem__("route_prefx", "/")),
+])
+def test_mutated_serve_config_is_rejected(name, mutate):
+    config = _serve_config()
+    mutate(config)
+    assert _serve_schema_errors(config), f"mutation not caught: {name}"
 
 
 def test_serve_import_path_exists():
@@ -394,6 +607,22 @@ def test_rayservice_probes():
         assert "/-/healthz" in readiness and "/health" in readiness.replace("/-/healthz", "")
         assert "/ready" in readiness
         assert worker["livenessProbe"]
+
+
+def test_rayjob_probes():
+    """Head: readiness + liveness on the GCS health route; workers: raylet liveness. All are routes
+    Ray's token auth leaves public, so the kubelet needs no token."""
+    cluster = _cluster_spec(_load(RAYJOB))
+    head = cluster["headGroupSpec"]["template"]["spec"]["containers"][0]
+    public = {"/api/gcs_healthz", "/api/local_raylet_healthz", "/api/healthz"}
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert head[probe]["httpGet"]["path"] in public, probe
+        assert head[probe]["httpGet"]["port"] == 8265, probe
+    assert head["livenessProbe"]["failureThreshold"] * head["livenessProbe"]["periodSeconds"] >= 300, (
+        "a head restart kills the job: liveness must tolerate minutes of a busy GCS")
+    for group in cluster["workerGroupSpecs"]:
+        worker = group["template"]["spec"]["containers"][0]
+        assert worker["livenessProbe"]["httpGet"]["path"] in public, group["groupName"]
 
 
 def test_probed_routes_exist_in_serve_app():

@@ -1,6 +1,8 @@
-"""FAISS search: determinism on ties, sharded == unsharded, factories, streaming encode."""
+"""FAISS search: determinism on ties, sharded == unsharded, blockwise == one-shot, bounded memory."""
 
 from __future__ import annotations
+
+import os
 
 import numpy as np
 import pyarrow as pa
@@ -8,7 +10,15 @@ import pytest
 
 from hybrid_ray.encode import encode_texts, encode_to_memmap
 from hybrid_ray.errors import ConfigError
-from hybrid_ray.search import ShardedSearcher, build_index, maybe_to_gpu, search
+from hybrid_ray.search import (
+    ShardedSearcher,
+    TopK,
+    build_index,
+    exact_ranks,
+    exact_search,
+    maybe_to_gpu,
+    search,
+)
 
 
 def _unit(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
@@ -129,3 +139,159 @@ def test_encode_to_memmap_streams_and_matches_in_memory(tmp_path):
         encode_to_memmap(enc, (t for t in texts), "query", tmp_path / "bad.npy", 10, total=5, progress=False)
     assert not (tmp_path / "bad.npy").exists()
     assert encode_to_memmap(enc, [], "query", tmp_path / "empty.npy", progress=False).shape == (0, 0)
+
+
+# --- blockwise exact search over (memory-mapped) matrices -------------------------------------
+
+def _tie_data(seed: int, n: int = 200, nq: int = 40, d: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """Exactly representable values: many exact score ties, across blocks and at the top-k cut."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 3, size=(n, d)).astype(np.float32) / 4.0
+    q = rng.integers(-1, 3, size=(nq, d)).astype(np.float32) / 4.0
+    return x, q
+
+
+@pytest.mark.parametrize("block_size", [1, 3, 7, 64, None])
+def test_exact_search_blockwise_equals_one_shot_with_ties(block_size):
+    x, q = _tie_data(5)
+    for k in (1, 5, 17, 64, 200, 500):
+        s1, i1 = search(build_index(x), q, k)
+        s2, i2 = exact_search(q, x, k, block_size=block_size)
+        np.testing.assert_array_equal(i2, i1)
+        np.testing.assert_array_equal(s2, s1)
+        np.testing.assert_array_equal(i2, _brute(x, q, min(k, len(x))))
+
+
+@pytest.mark.parametrize("block_size", [1, 4, 13, None])
+def test_exact_search_subset_rows_equals_index_over_the_subset(block_size):
+    x, q = _tie_data(6, n=300)
+    rng = np.random.default_rng(7)
+    for rows in (np.sort(rng.choice(300, 90, replace=False)), np.arange(40, 140), np.array([3])):
+        for k in (1, 10, 90):
+            s1, local = search(build_index(x[rows]), q, k)
+            s2, i2 = exact_search(q, x, k, rows=rows, block_size=block_size)
+            np.testing.assert_array_equal(i2, rows[local])  # ids are rows of the full matrix
+            np.testing.assert_array_equal(s2, s1)
+    with pytest.raises(ConfigError, match="ascending"):
+        exact_search(q, x, 5, rows=np.array([5, 2]))
+
+
+def test_exact_search_over_memmap_and_random_vectors(tmp_path):
+    rng = np.random.default_rng(8)
+    x = _unit(rng, 1000, 16)
+    q = _unit(rng, 30, 16)
+    np.save(tmp_path / "x.npy", x)
+    mm = np.load(tmp_path / "x.npy", mmap_mode="r")
+    s1, i1 = search(build_index(x), q, 25)
+    s2, i2 = exact_search(q, mm, 25, block_size=97)
+    np.testing.assert_array_equal(i2, i1)
+    np.testing.assert_allclose(s2, s1, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(np.load(tmp_path / "x.npy"), x)  # read-only use: file unchanged
+
+
+def test_topk_merge_is_independent_of_block_order():
+    x, q = _tie_data(9)
+    k = 12
+    parts = np.array_split(np.arange(len(x)), 7)
+    results = []
+    for order in (range(7), reversed(range(7)), [3, 0, 6, 1, 5, 2, 4]):
+        acc = TopK(len(q), k)
+        for p in order:
+            s, local = search(build_index(x[parts[p]]), q, k)
+            acc.push(s, parts[p][local])
+        results.append(acc.result())
+    for s, ids in results:
+        np.testing.assert_array_equal(ids, _brute(x, q, k))
+        np.testing.assert_array_equal(s, results[0][0])
+    # -0.0 and +0.0 tie (lower id first), like the float comparison in search()
+    acc = TopK(1, 3)
+    acc.push(np.array([[-0.0, 0.0, -1.0]], np.float32), np.array([[1, 2, 0]]))
+    acc.push(np.array([[0.0]], np.float32), np.array([[0]]))
+    assert acc.result()[1].tolist() == [[0, 1, 2]]
+
+
+@pytest.mark.parametrize(("max_scores", "block_size"), [(1, 1), (7, 3), (100, None), (1 << 24, None)])
+def test_exact_ranks_equal_full_sort_with_ties(max_scores, block_size):
+    x, q = _tie_data(10, n=250, nq=30)
+    rng = np.random.default_rng(11)
+    targets = [np.sort(rng.choice(250, int(rng.integers(0, 6)), replace=False)) for _ in range(30)]
+    ranks = exact_ranks(q, x, targets, max_scores=max_scores, block_size=block_size)
+    full = _brute(x, q, len(x))  # full ranking, ties by lower id
+    for i, t in enumerate(targets):
+        pos = np.empty(len(x), np.int64)
+        pos[full[i]] = np.arange(len(x))
+        np.testing.assert_array_equal(ranks[i], pos[t] + 1)
+    with pytest.raises(ConfigError):
+        exact_ranks(q, x, targets[:-1])
+
+
+def _proc_status() -> dict[str, int]:
+    out = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            key, _, val = line.partition(":")
+            if key in ("VmRSS", "RssAnon"):
+                out[key] = int(val.split()[0]) * 1024
+    return out
+
+
+def test_exact_search_memory_stays_far_below_the_matrix(tmp_path):
+    """Search a 300k x 64 float32 memmap (77 MB) in 4096-row blocks: extra memory is ~a block.
+
+    tracemalloc sees numpy's allocations (a gather or a full score matrix would show up at
+    >= the matrix size); on Linux a sampling thread also watches the process's anonymous and
+    total resident memory (FAISS's own buffers, and memmap pages that are not released).
+    """
+    import mmap
+    import threading
+    import time
+    import tracemalloc
+
+    n, d = 300_000, 64
+    path = tmp_path / "big.npy"
+    mm = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, d))
+    rng = np.random.default_rng(12)
+    for start in range(0, n, 50_000):
+        mm[start : start + 50_000] = rng.standard_normal((50_000, d), dtype=np.float32)
+    mm.flush()
+    del mm
+    matrix_bytes = n * d * 4
+    x = np.load(path, mmap_mode="r")
+    q = rng.standard_normal((64, d), dtype=np.float32)
+    exact_search(q, x[:2000].copy(), 10, block_size=500)  # warm up FAISS / BLAS buffers
+    expect_s, expect_i = None, None
+
+    linux = os.path.exists("/proc/self/status") and hasattr(mmap.mmap, "madvise")
+    for rows in (None, np.arange(0, n, 3)):
+        peak: dict[str, int] = {}
+        stop = threading.Event()
+
+        def sample(peak=peak, stop=stop):
+            while not stop.is_set():
+                for key, val in _proc_status().items():
+                    peak[key] = max(peak.get(key, 0), val)
+                time.sleep(0.001)
+
+        base = _proc_status() if linux else {}
+        sampler = threading.Thread(target=sample, daemon=True) if linux else None
+        if sampler:
+            sampler.start()
+        tracemalloc.start()
+        try:
+            s, ids = exact_search(q, x, 10, rows=rows, block_size=4096)
+            _, traced_peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+            stop.set()
+            if sampler:
+                sampler.join()
+        assert traced_peak < 0.3 * matrix_bytes, traced_peak
+        if linux:
+            assert peak["RssAnon"] - base["RssAnon"] < 0.3 * matrix_bytes, (peak, base)
+            assert peak["VmRSS"] - base["VmRSS"] < 0.3 * matrix_bytes, (peak, base)  # pages released
+        if rows is None:
+            expect_s, expect_i = s, ids
+    # The result is still the exact one (checked on a slice small enough to do one-shot).
+    head = np.asarray(x[:20_000])
+    np.testing.assert_array_equal(exact_search(q, head, 10, block_size=4096)[1], search(build_index(head), q, 10)[1])
+    assert expect_i.shape == (64, 10) and np.all(np.diff(expect_s, axis=1) <= 0)

@@ -1,8 +1,17 @@
 """Ray Train + DeepSpeed ZeRO training on 2 CPU workers with the tiny model.
 
-Proves: the loss falls; a worker killed mid-run is replaced, training resumes from the last
-checkpoint losing only the steps since it, and the resumed run sees exactly the same sample
-stream as an uninterrupted run; a bad config fails before any worker starts.
+Proves: the loss falls; what ``ray.train.report`` carries; what a checkpoint holds (every rank's
+DeepSpeed shard, the sampler position, a loadable HF encoder); a run started from a checkpoint
+(``--resume-from``) and a worker killed mid-run both continue with the uninterrupted run's batches
+*and* losses, on both ranks, so the weights, optimizer and LR schedule came back, not just the
+sample stream; the resolved config is recorded; ZeRO 0/1/3 train and export; a bad config (also
+inside a YAML file) fails before any worker starts.
+
+Determinism: the tiny BERT has dropout 0.1. The loop re-seeds torch from (seed, step, rank) before
+every step, gloo sums two ranks in a fixed order and each CPU worker runs one thread, so a resumed
+step repeats the reference step exactly in practice; the comparison still allows a relative 1e-5
+so that a different BLAS/thread setup cannot make it flaky. Losing the optimizer state or the
+weights moves the losses by orders of magnitude more (see LOSS_TOL).
 """
 
 from __future__ import annotations
@@ -12,6 +21,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
+import torch
 
 from hybrid_ray.config import load_config, to_dict
 from hybrid_ray.data.pairs import write_pairs
@@ -19,6 +29,7 @@ from hybrid_ray.errors import ConfigError
 from hybrid_ray.testing import signature_pairs
 
 LANGS = ["de", "en", "es"]
+LOSS_TOL = {"rel": 1e-5, "abs": 1e-6}
 
 
 def _pairs(n: int = 48, seed: int = 0) -> pa.Table:
@@ -43,11 +54,13 @@ def ray_local():
     ray.shutdown()
 
 
+def _overrides(data_path: Path, tmp: Path, name: str, *extra: str) -> list[str]:
+    return [f"data.path={data_path}", f"run.storage_path={tmp}", f"run.name={name}",
+            f"run.trace_dir={tmp / name / 'trace'}", *extra]
+
+
 def _cfg(data_path: Path, tmp: Path, name: str, *extra: str) -> dict:
-    return to_dict(load_config("tiny.yaml", [
-        f"data.path={data_path}", f"run.storage_path={tmp}", f"run.name={name}",
-        f"run.trace_dir={tmp / name / 'trace'}", *extra,
-    ]))
+    return to_dict(load_config("tiny.yaml", _overrides(data_path, tmp, name, *extra)))
 
 
 def _trace(cfg: dict, rank: int = 0) -> list[dict]:
@@ -55,6 +68,65 @@ def _trace(cfg: dict, rank: int = 0) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+def _reports(cfg: dict) -> list[dict]:
+    from hybrid_ray.train import METRICS_LOG
+
+    path = Path(cfg["run"]["storage_path"]) / cfg["run"]["name"] / METRICS_LOG
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _init_weights() -> dict[str, torch.Tensor]:
+    from hybrid_ray.testing import tiny_encoder
+
+    return {k: v.clone() for k, v in tiny_encoder().model.state_dict().items()}
+
+
+def _check_exported_encoder(path: Path) -> None:
+    """Loads as a DualEncoder, same shapes as the init (ZeRO-3 gathered, not empty partitions),
+    finite, and trained: the transformer weights moved away from the init."""
+    from hybrid_ray.modeling.encoder import DualEncoder
+
+    enc = DualEncoder.from_pretrained(path)
+    got, init = enc.model.state_dict(), _init_weights()
+    assert got.keys() == init.keys()
+    for key, value in got.items():
+        assert value.shape == init[key].shape, key
+        assert torch.isfinite(value).all(), key
+    moved = [k for k in got if "encoder.layer" in k and k.endswith("weight")
+             and (got[k] - init[k]).abs().max() > 1e-5]
+    layer_weights = [k for k in got if "encoder.layer" in k and k.endswith("weight")]
+    assert len(moved) == len(layer_weights), sorted(set(layer_weights) - set(moved))
+    emb = enc.encode(["hello world", "the cat"], "query", batch_size=2)
+    assert emb.shape == (2, 32)
+
+
+def _check_checkpoint(ckpt: Path, *, stage: int, world: int, global_step: int, trace0: list[dict]) -> None:
+    """A reported checkpoint: every rank's DeepSpeed shard, the sampler position, the encoder."""
+    from hybrid_ray.train_loop import CHECKPOINT_STATE, DS_DIR, DS_TAG, ENCODER_DIR
+
+    ds = ckpt / DS_DIR / DS_TAG
+    files = {p.name for p in ds.iterdir()}
+    if stage == 3:  # parameters are partitioned too: one model shard per rank
+        expected = {f"zero_pp_rank_{r}_mp_rank_00_model_states.pt" for r in range(world)}
+    else:
+        expected = {"mp_rank_00_model_states.pt"}
+    if stage >= 1:  # optimizer state partitioned: one shard per rank
+        expected |= {f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in range(world)}
+    assert expected <= files, (sorted(files), sorted(expected))
+    if stage == 0:  # plain DeepSpeed: the whole optimizer state sits with the model states
+        states = torch.load(ds / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
+        assert states["optimizer"] is not None and states["lr_scheduler"] is not None
+
+    state = json.loads((ckpt / CHECKPOINT_STATE).read_text())
+    assert state["global_step"] == global_step
+    last = next(r for r in trace0 if r["global_step"] == global_step)
+    # The sampler resumes at the batch after the last one trained on.
+    assert (state["sampler"]["epoch"], state["sampler"]["step"]) == (last["epoch"], last["step"] + 1)
+    assert state["sampler"]["fingerprint"]
+    _check_exported_encoder(ckpt / ENCODER_DIR)
+
+
+# --------------------------------------------------------------------------- no workers
 def test_bad_config_fails_before_workers(data_path: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="deepspeed.zero_stage"):
         load_config("tiny.yaml", [f"data.path={data_path}", "deepspeed.zero_stage=4"])
@@ -66,35 +138,179 @@ def test_bad_config_fails_before_workers(data_path: Path, tmp_path: Path) -> Non
         load_config("tiny.yaml", [f"data.path={data_path}", "optim.bogus=1"])
     with pytest.raises(ConfigError, match="data.path"):
         load_config("tiny.yaml", [])
+    with pytest.raises(ConfigError, match="run.resume_from"):
+        load_config("tiny.yaml", [f"data.path={data_path}", f"run.resume_from={tmp_path / 'no-ckpt'}"])
+    with pytest.raises(ConfigError, match="run.resume_from"):  # a directory, but not a checkpoint
+        load_config("tiny.yaml", [f"data.path={data_path}", f"run.resume_from={tmp_path}"])
 
 
-def test_zero2_loss_falls_and_resume_after_worker_kill(data_path: Path, tmp_path: Path, ray_local) -> None:
+@pytest.mark.parametrize(
+    ("yaml_text", "key"),
+    [
+        ("optim:\n  bogus: 1\n", "optim.bogus"),
+        ("sampler:\n  alpha: 0.5\n  alpah: 0.3\n", "sampler.alpah"),
+        ("trainer:\n  epochs: 3\n", "trainer"),
+    ],
+)
+def test_unknown_key_in_yaml_fails_before_workers(
+    data_path: Path, tmp_path: Path, yaml_text: str, key: str
+) -> None:
+    from hybrid_ray.train import main
+
+    cfg_file = tmp_path / "bad.yaml"
+    cfg_file.write_text(f"data:\n  path: {data_path}\nmodel:\n  name_or_path: tiny\n{yaml_text}")
+    with pytest.raises(ConfigError, match=rf"'{key}'") as err:
+        load_config(cfg_file)
+    assert str(cfg_file) in str(err.value)
+    # The driver stops before it starts Ray or writes anything.
+    with pytest.raises(ConfigError, match=rf"'{key}'"):
+        main(["--config", str(cfg_file), f"run.storage_path={tmp_path / 'runs'}"])
+    assert not (tmp_path / "runs").exists()
+
+
+def test_resume_from_reaches_the_workers_without_deprecated_api(data_path: Path, tmp_path: Path) -> None:
+    """Train V2 raises on ``TorchTrainer(resume_from_checkpoint=...)``; the path goes via the config."""
+    from hybrid_ray.train import build_trainer
+
+    ckpt = tmp_path / "ckpt"
+    (ckpt / "deepspeed").mkdir(parents=True)
+    (ckpt / "trainer_state.json").write_text("{}")
+    cfg = _cfg(data_path, tmp_path, "r")
+    trainer = build_trainer(cfg, resume_from=str(ckpt))
+    assert trainer.train_loop_config["run"]["resume_from"] == str(ckpt)
+    assert cfg["run"]["resume_from"] is None  # the caller's dict is not modified
+    via_cfg = to_dict(load_config("tiny.yaml", [f"data.path={data_path}", f"run.resume_from={ckpt}"]))
+    assert build_trainer(via_cfg).train_loop_config["run"]["resume_from"] == str(ckpt)
+
+
+# --------------------------------------------------------------------------- Ray Train runs
+@pytest.fixture(scope="module")
+def ref_run(data_path: Path, tmp_path_factory, ray_local) -> dict:
+    """The uninterrupted reference: ZeRO-2, 24 steps, checkpoints at 8/16/24 (all kept)."""
     from hybrid_ray.train import run_training
 
-    ref_cfg = _cfg(data_path, tmp_path, "ref")
-    result, exported = run_training(ref_cfg)
-    ref = _trace(ref_cfg)
+    tmp = tmp_path_factory.mktemp("ref")
+    cfg = _cfg(data_path, tmp, "ref", "run.num_to_keep=3")
+    result, exported = run_training(cfg)
+    return {"cfg": cfg, "result": result, "exported": exported,
+            "trace": [_trace(cfg, 0), _trace(cfg, 1)], "reports": _reports(cfg)}
+
+
+def test_zero2_loss_falls_and_ranks_split_the_batch(ref_run: dict) -> None:
+    ref, ref1 = ref_run["trace"]
     assert [r["global_step"] for r in ref] == list(range(1, 25))
     first = sum(r["loss"] for r in ref[:4]) / 4
     last = sum(r["loss"] for r in ref[-4:]) / 4
     assert last < 0.8 * first, (first, last)
+    exported = ref_run["exported"]
     assert (exported / "config.json").exists() and (exported / "hybrid_ray_encoder.json").exists()
+    _check_exported_encoder(exported)
     # Both ranks trained on disjoint halves of the same global batches.
-    ref1 = _trace(ref_cfg, rank=1)
     for a, b in zip(ref, ref1, strict=True):
         assert a["kind"] == b["kind"] and not set(a["pairs"]) & set(b["pairs"])
 
-    # Kill rank 1 at step 10 (checkpoint every 8): Ray restarts the group from step 8.
-    cfg = _cfg(data_path, tmp_path, "killed", "run.fail_at_step=10", "run.max_failures=1")
-    run_training(cfg)
-    got = _trace(cfg)
-    steps = [r["global_step"] for r in got]
-    restart = next(i for i in range(1, len(steps)) if steps[i] <= steps[i - 1])
-    assert steps[restart] == 9, steps  # resumed right after the step-8 checkpoint
-    assert steps[-1] == 24
-    by_step = {r["global_step"]: r for r in got[restart:]}
-    for r in ref:
-        if r["global_step"] >= 9:
-            mine = by_step[r["global_step"]]
+
+def test_reported_metrics(ref_run: dict) -> None:
+    """``ray.train.report`` every log_every=4 steps from both ranks: loss (the window mean of that
+    rank's step losses), batch_kind, samples_per_s, lr (the warmup + linear-decay schedule)."""
+    from hybrid_ray.train_loop import _lr_lambda
+
+    cfg, reports = ref_run["cfg"], ref_run["reports"]
+    lr_at = _lr_lambda(cfg["optim"]["warmup_steps"], 24)
+    assert [r["metrics"][0]["step"] for r in reports] == [4, 8, 12, 16, 20, 24]
+    for report in reports:
+        assert len(report["metrics"]) == 2  # one dict per rank
+        step = report["metrics"][0]["step"]
+        assert (report["checkpoint"] is not None) == (step % 8 == 0)
+        for rank, m in enumerate(report["metrics"]):
+            trace = ref_run["trace"][rank]
+            window = [r["loss"] for r in trace if step - 4 < r["global_step"] <= step]
+            assert m["step"] == step
+            assert m["loss"] == pytest.approx(sum(window) / 4, rel=1e-6)
+            assert m["batch_kind"] == trace[step - 1]["kind"]
+            assert m["samples_per_s"] > 0
+            assert m["lr"] == pytest.approx(cfg["optim"]["lr"] * lr_at(step), abs=1e-12)
+    # The Result carries the last checkpointed report.
+    final = ref_run["result"].metrics
+    assert {"loss", "batch_kind", "samples_per_s", "lr", "step"} <= final.keys()
+    assert final["step"] == 24 and final["batch_kind"] in ("mono", "cross")
+
+
+def test_checkpoints_hold_sharded_state_sampler_and_encoder(ref_run: dict) -> None:
+    reports = ref_run["reports"]
+    ckpts = {r["metrics"][0]["step"]: Path(r["checkpoint"]) for r in reports if r["checkpoint"]}
+    assert sorted(ckpts) == [8, 16, 24]
+    assert Path(ref_run["result"].checkpoint.path) == ckpts[24]
+    for step in (8, 24):
+        _check_checkpoint(ckpts[step], stage=2, world=2, global_step=step, trace0=ref_run["trace"][0])
+
+
+def test_resume_from_checkpoint_then_worker_kill_repeat_the_reference(
+    ref_run: dict, data_path: Path, tmp_path: Path
+) -> None:
+    """``hybrid-ray train --resume-from <ref step-8 checkpoint>`` (a new run), checkpointing every 4
+    steps; rank 1 is killed at step 14 and Ray restarts the group from the run's own step-12
+    checkpoint (not the --resume-from one). Every step trained, before and after the kill, has the
+    reference's batch and, on both ranks, the reference's loss: weights, AdamW moments and the LR
+    schedule all came back from DeepSpeed's shards."""
+    import yaml
+
+    from hybrid_ray.config import load_config as reload
+    from hybrid_ray.train import main
+
+    ckpt8 = next(Path(r["checkpoint"]) for r in ref_run["reports"] if r["metrics"][0]["step"] == 8)
+    overrides = _overrides(data_path, tmp_path, "resumed", "run.checkpoint_every=4", "run.fail_at_step=14",
+                           "run.max_failures=1")
+    assert main(["--config", "tiny.yaml", *overrides, "--resume-from", str(ckpt8)]) == 0
+    cfg = _cfg(data_path, tmp_path, "resumed")
+
+    # The resolved config is recorded, reflects the CLI overrides and round-trips through load_config.
+    recorded = tmp_path / "resumed" / "config.yaml"
+    raw = yaml.safe_load(recorded.read_text())
+    assert raw["run"]["resume_from"] == str(ckpt8)
+    assert raw["run"]["fail_at_step"] == 14 and raw["run"]["checkpoint_every"] == 4
+    assert raw["data"]["path"] == str(data_path) and raw["model"]["name_or_path"] == "tiny"
+    assert raw["optim"]["max_steps"] == 24  # from tiny.yaml
+    assert to_dict(reload(recorded)) == raw
+
+    for rank in (0, 1):
+        ref = {r["global_step"]: r for r in ref_run["trace"][rank]}
+        got = _trace(cfg, rank)
+        steps = [r["global_step"] for r in got]
+        restart = next(i for i in range(1, len(steps)) if steps[i] <= steps[i - 1])
+        assert steps[:restart] == list(range(9, 15)), steps  # from the step-8 checkpoint to the kill
+        assert steps[restart:] == list(range(13, 25)), steps  # from the run's own step-12 checkpoint
+        for mine in got:
+            r = ref[mine["global_step"]]
             assert (mine["kind"], mine["pairs"], mine["q_lang"], mine["p_lang"]) == (
-                r["kind"], r["pairs"], r["q_lang"], r["p_lang"])
+                r["kind"], r["pairs"], r["q_lang"], r["p_lang"]), mine["global_step"]
+            assert mine["loss"] == pytest.approx(r["loss"], **LOSS_TOL), (rank, mine["global_step"])
+    # The LR schedule continued from the checkpoint too (reported at steps 12, 16, 20, 24).
+    ref_lr = {r["metrics"][0]["step"]: r["metrics"][0]["lr"] for r in ref_run["reports"]}
+    for report in _reports(cfg):
+        m = report["metrics"][0]
+        assert m["lr"] == pytest.approx(ref_lr.get(m["step"], m["lr"]), abs=1e-12)
+
+
+@pytest.mark.parametrize("stage", [0, 1, 3])
+def test_zero_stage_trains_and_exports(stage: int, ref_run: dict, data_path: Path, tmp_path: Path) -> None:
+    """A 4-step run per ZeRO stage (2 workers, ~25 s each): checkpoint with that stage's shards,
+    exported encoder (ZeRO-3 gathers the partitioned weights) that loads and moved from the init.
+
+    Every stage does the same math as the ZeRO-2 reference: the losses of steps 1-4 match it on
+    both ranks. (With warmup 2 the first three updates use lr x 0.5, 1, 1 whatever the run's
+    length, so the shorter run's schedule does not matter; only the reduction order differs,
+    about 1e-6 measured, while the loss moves by 0.04-0.5 per step here.)"""
+    from hybrid_ray.train import run_training
+
+    cfg = _cfg(data_path, tmp_path, f"zero{stage}", f"deepspeed.zero_stage={stage}", "optim.max_steps=4",
+               "run.checkpoint_every=0", "run.log_every=2")
+    result, exported = run_training(cfg)
+    trace0 = _trace(cfg, 0)
+    assert [r["global_step"] for r in trace0] == [1, 2, 3, 4]
+    for rank in (0, 1):
+        got = [r["loss"] for r in _trace(cfg, rank)]
+        ref = [r["loss"] for r in ref_run["trace"][rank][:4]]
+        assert got == pytest.approx(ref, abs=1e-4), (stage, rank)
+    _check_checkpoint(Path(result.checkpoint.path), stage=stage, world=2, global_step=4, trace0=trace0)
+    _check_exported_encoder(exported)

@@ -26,7 +26,7 @@ from typing import BinaryIO
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from hybrid_ray.data.pairs import open_text, read_jsonl
+from hybrid_ray.data.pairs import iter_jsonl, open_text, read_jsonl
 from hybrid_ray.data.retrieval import RetrievalSet
 from hybrid_ray.data.schema import check_lang
 from hybrid_ray.errors import DataError
@@ -127,8 +127,30 @@ def read_corpus(directory: Path) -> pa.Table:
     tables = []
     for f in files:
         t = read_jsonl(f, CORPUS_JSONL_SCHEMA, required=("docid", "text"))
-        tables.append(t.select(CORPUS_JSONL_SCHEMA.names).cast(CORPUS_JSONL_SCHEMA))
+        t = t.select(CORPUS_JSONL_SCHEMA.names).cast(CORPUS_JSONL_SCHEMA)
+        _check_corpus_text(t, f)
+        tables.append(t)
     return pa.concat_tables(tables)
+
+
+def _check_corpus_text(table: pa.Table, path: Path) -> None:
+    """An empty or whitespace-only ``docid`` or ``text`` is a DataError naming file, line and docid.
+
+    ``text`` is the passage itself (the title only prefixes it), so a document whose text is
+    blank is rejected even when it has a title, exactly like one whose text is missing or null.
+    The check is vectorised; the file is re-scanned only to find the failing line.
+    """
+    for name in ("docid", "text"):
+        blank = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(table.column(name))), 0)
+        if not pc.any(blank).as_py():
+            continue
+        row = pc.index(blank, True).as_py()
+        docid = table.column("docid")[row].as_py()
+        line = next((lineno for i, (lineno, _) in enumerate(iter_jsonl(path)) if i == row), None)
+        raise DataError(
+            f"empty or whitespace-only {name} (docid {docid!r})",
+            path=path, line=line, field=name, value=table.column(name)[row].as_py(),
+        )
 
 
 def _candidate_text(title: pa.ChunkedArray, text: pa.ChunkedArray) -> pa.ChunkedArray:

@@ -47,20 +47,51 @@ class RetrievalSet:
     def corpus_langs(self) -> list[str]:
         return sorted(set(pc.unique(self.corpus.column("lang")).to_pylist()))
 
-    def validate(self) -> RetrievalSet:
-        """Every query has qrels and every judged docid exists in the corpus."""
-        docids = set(self.corpus.column("docid").to_pylist())
-        for qid in self.queries.column("qid").to_pylist():
-            rel = self.qrels.get(qid)
-            if not rel:
-                raise DataError("query has no relevance judgements (qrels)", field="qid", value=qid)
-        for qid, rel in self.qrels.items():
-            for docid in rel:
-                if docid not in docids:
-                    raise DataError(
-                        f"qrels of query {qid!r} name a document missing from the corpus",
-                        field="docid", value=docid,
-                    )
+    def validate(self, source: str | Path | None = None) -> RetrievalSet:
+        """Check the set is evaluable; raise a DataError naming the offending id otherwise.
+
+        Every query has at least one judgement, every judged docid exists in the corpus, and
+        query / document ids are unique and non-empty. ``source`` is the directory the set was
+        loaded from (:meth:`load`): errors then name the Parquet file at fault. Vectorised, so
+        a MIRACL-sized corpus checks in well under a second.
+        """
+        src = Path(source) if source is not None else None
+
+        def where(fname: str) -> Path | None:
+            return src / fname if src is not None else None
+
+        for table, fname, key in ((self.queries, "queries.parquet", "qid"), (self.corpus, "corpus.parquet", "docid")):
+            col = table.column(key)
+            if col.null_count:
+                row = pc.index(pc.is_null(col), True).as_py()
+                raise DataError(f"null {key} in row {row}", path=where(fname), field=key)
+            blank = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(col)), 0)
+            if pc.any(blank).as_py():
+                raise DataError(f"empty {key} in row {pc.index(blank, True).as_py()}", path=where(fname), field=key)
+            if pc.count_distinct(col).as_py() != table.num_rows:
+                counts = pc.value_counts(col)
+                dup = next(v["values"].as_py() for v in counts if v["counts"].as_py() > 1)
+                raise DataError(f"duplicate {key}", path=where(fname), field=key, value=dup)
+
+        judged_qids = pa.array([q for q, rel in self.qrels.items() if rel], pa.string())
+        has_qrels = pc.is_in(self.queries.column("qid"), value_set=judged_qids)
+        if not pc.all(has_qrels).as_py():
+            qid = self.queries.column("qid")[pc.index(has_qrels, False).as_py()].as_py()
+            msg = "query has no relevance judgements (qrels)"
+            if src is not None:
+                msg = f"query of {src / 'queries.parquet'} has no relevance judgements in this qrels file"
+            raise DataError(msg, path=where("qrels.parquet"), field="qid", value=qid)
+
+        judged = sorted({d for rel in self.qrels.values() for d in rel})
+        present = pc.is_in(pa.array(judged, pa.string()), value_set=self.corpus.column("docid"))
+        if judged and not pc.all(present).as_py():
+            docid = judged[pc.index(present, False).as_py()]
+            qid = next(q for q, rel in self.qrels.items() if docid in rel)
+            where_corpus = f" {src / 'corpus.parquet'}" if src is not None else ""
+            raise DataError(
+                f"qrels of query {qid!r} name a document missing from the corpus{where_corpus}",
+                path=where("qrels.parquet"), field="docid", value=docid,
+            )
         return self
 
     @classmethod
@@ -105,20 +136,32 @@ class RetrievalSet:
 
     @classmethod
     def load(cls, path: str | Path, name: str | None = None) -> RetrievalSet:
-        """Read a directory written by :meth:`save`."""
+        """Read a directory written by :meth:`save` and :meth:`validate` it.
+
+        Raises DataError (naming the file) for a missing file or column, null qrels fields, and
+        everything :meth:`validate` rejects, e.g. a query without qrels: evaluation would
+        otherwise skip such a query silently and report a metric over fewer queries.
+        """
         path = Path(path)
         tables = []
         for fname in RETRIEVAL_FILES:
             f = path / fname
             if not f.is_file():
                 raise DataError("missing file of a retrieval set directory", path=f)
-            tables.append(pq.read_table(f))
+            try:
+                tables.append(pq.read_table(f))
+            except (pa.ArrowInvalid, OSError) as exc:
+                raise DataError(f"cannot read Parquet: {exc}", path=f) from exc
         queries, corpus, qrels_t = tables
         schemas = (QUERIES_SCHEMA, CORPUS_SCHEMA, QRELS_SCHEMA)
         for f, t, schema in zip(RETRIEVAL_FILES, tables, schemas, strict=True):
             missing = [c for c in schema.names if c not in t.column_names]
             if missing:
                 raise DataError(f"missing column(s) {missing}", path=path / f, field=missing[0])
+        for col in QRELS_SCHEMA.names:
+            if qrels_t.column(col).null_count:
+                row = pc.index(pc.is_null(qrels_t.column(col)), True).as_py()
+                raise DataError(f"null {col} in row {row}", path=path / "qrels.parquet", field=col)
         qrels: dict[str, dict[str, int]] = defaultdict(dict)
         for q, d, r in zip(
             qrels_t.column("qid").to_pylist(),
@@ -130,4 +173,8 @@ class RetrievalSet:
         if name is None:
             info = path / "retrieval.json"
             name = json.loads(info.read_text(encoding="utf-8")).get("name") if info.is_file() else None
-        return cls(name=name or path.name, queries=queries, corpus=corpus, qrels=dict(qrels))
+        try:
+            rs = cls(name=name or path.name, queries=queries, corpus=corpus, qrels=dict(qrels))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            raise DataError(f"columns do not match the retrieval-set schema: {exc}", path=path) from exc
+        return rs.validate(source=path)

@@ -71,22 +71,31 @@ def validate_pairs_table(table: pa.Table, *, path: object = None) -> pa.Table:
         empty = pa.array([[]] * table.num_rows, type=pa.list_(pa.string()))
         table = table.append_column("negatives", empty)
     table = table.select(list(PAIRS_SCHEMA.names))
-    try:
-        table = table.cast(PAIRS_SCHEMA)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-        raise DataError(f"columns do not match the pairs schema {PAIRS_SCHEMA}: {exc}", path=path) from exc
+    # Nulls first: casting a null to the non-nullable schema fails with an opaque ValueError.
     for name in REQUIRED_COLUMNS:
         col = table.column(name)
         if col.null_count:
             row = pc.index(pc.is_null(col), True).as_py()
-            raise DataError("null value", path=path, field=name, line=row)
+            # A table row (0-based), not a file line: Parquet has no lines.
+            raise DataError(f"null value in row {row}", path=path, field=name)
+    negs = table.column("negatives")
+    if negs.null_count:  # a null list of negatives is an empty one
+        try:
+            negs = pc.fill_null(negs, pa.scalar([], negs.type))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, TypeError):
+            pass  # not a list column: the cast below reports the mismatch
+        table = table.set_column(table.column_names.index("negatives"), "negatives", negs)
+    try:
+        table = table.cast(PAIRS_SCHEMA)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, ValueError) as exc:
+        raise DataError(f"columns do not match the pairs schema {PAIRS_SCHEMA}: {exc}", path=path) from exc
     for name in ("query", "positive", "pair_id"):
         empty = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(table.column(name))), 0)
         if pc.any(empty).as_py():
             row = pc.index(empty, True).as_py()
             raise DataError(
                 f"empty text in row {row} (pair_id {table.column('pair_id')[row].as_py()!r})",
-                path=path, field=name, line=row,
+                path=path, field=name, value=table.column(name)[row].as_py(),
             )
     langs = pc.unique(table.column("lang")).to_pylist()
     for code in langs:

@@ -113,10 +113,24 @@ def main(argv: list[str] | None = None) -> int:
     base_model = Path(convert())
     st.done(f"model in {base_model}")
 
+    import ray
+
     from hybrid_ray.local import init_ray
 
     init_ray(num_cpus=2)
+    try:
+        summary, answers = _pipeline(args, st, data, out, base_model, langs)
+    finally:
+        # Stop cleanly: Serve is already down (``_serve_and_query``); release the local cluster too.
+        ray.shutdown()
+    st.console.rule("[bold]results")
+    print(summary)
+    print(answers)
+    return 0
 
+
+def _pipeline(args, st: Stages, data: Path, out: Path, base_model: Path, langs: list[str]) -> tuple[str, str]:
+    """Stages 3-7 on the running local Ray cluster; returns the evaluation table and the answers."""
     # 3. train ------------------------------------------------------------------------------
     st.start(f"fine-tune with hybrid batches (alpha=0.5, {args.steps} steps, 2 workers, ZeRO-2)")
     from hybrid_ray.train import run_training
@@ -161,11 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     st.start("Ray Serve on 127.0.0.1: multilingual queries")
     answers = _serve_and_query(index_dir)
     st.done()
-
-    st.console.rule("[bold]results")
-    print(summary)
-    print(answers)
-    return 0
+    return summary, answers
 
 
 def _run_tune(args, data: Path, out: Path, base_model: Path) -> dict[str, Any] | None:

@@ -7,6 +7,11 @@
 Writes ``results.json`` (every number, JSON), ``table.md`` (the printed report) and, for
 LAReQA-style sets, ``heatmap.png`` (query-language x passage-language mAP) into ``--out``, each
 atomically, and prints the table.
+
+Embeddings are streamed to float32 memmaps under ``--cache-dir`` (default ``OUT/cache``:
+``queries.npy``, ``candidates.npy``, each with a ``.json`` key) and searched block by block, so
+memory stays bounded for 1M-candidate pools; a rerun with the same model files, data and batch
+size reuses them. ``--no-cache`` keeps everything in memory (small sets).
 """
 
 from __future__ import annotations
@@ -15,10 +20,10 @@ import argparse
 from pathlib import Path
 
 from hybrid_ray.cli import run_main
-from hybrid_ray.data.retrieval import RetrievalSet
+from hybrid_ray.data.retrieval import RETRIEVAL_FILES, RetrievalSet
 from hybrid_ray.errors import DataError
 
-FORMATS = ("auto", "pairs", "lareqa", "miracl")
+FORMATS = ("auto", "pairs", "lareqa", "miracl", "retrieval")
 
 
 def detect_format(path: Path) -> str:
@@ -32,7 +37,10 @@ def detect_format(path: Path) -> str:
         raise DataError("cannot tell the data format from the file name; pass --format", path=path)
     if not path.is_dir():
         raise DataError("no such file or directory", path=path)
-    # Pairs first: a pairs data set may carry its dev split in MIRACL format in a subfolder.
+    # A saved RetrievalSet (``hybrid-ray data convert`` output) is Parquet too: check it before pairs.
+    if (path / "retrieval.json").exists() or all((path / f).exists() for f in RETRIEVAL_FILES):
+        return "retrieval"
+    # Pairs next: a pairs data set may carry its dev split in MIRACL format in a subfolder.
     if any(p for p in path.glob("*.parquet") if not p.name.startswith(".")):
         return "pairs"
     if next(path.rglob("topics.miracl-v1.0-*"), None) is not None:
@@ -68,7 +76,38 @@ def load_retrieval_set(path: str | Path, fmt: str = "auto", split: str | None = 
         from hybrid_ray.data.miracl import load_miracl
 
         return load_miracl(path, langs=langs, split=split or "dev")
+    if fmt == "retrieval":
+        rs = RetrievalSet.load(path)
+        if langs:
+            rs = _filter_langs(rs, langs)
+        return rs
     raise DataError(f"unknown format (expected one of {', '.join(FORMATS)})", value=fmt)
+
+
+def _filter_langs(rs: RetrievalSet, langs: list[str]) -> RetrievalSet:
+    """Keep queries and candidates of ``langs`` (and the qrels between them)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    keep = pa.array(langs, pa.string())
+    queries = rs.queries.filter(pc.is_in(rs.queries.column("lang"), value_set=keep))
+    corpus = rs.corpus.filter(pc.is_in(rs.corpus.column("lang"), value_set=keep))
+    docids = set(corpus.column("docid").to_pylist())
+    qrels = {q: {d: r for d, r in rel.items() if d in docids} for q, rel in rs.qrels.items()}
+    qids = queries.column("qid").to_pylist()
+    return RetrievalSet(rs.name, queries, corpus, {q: qrels.get(q, {}) for q in qids})
+
+
+def _max_k(value: str) -> int | str:
+    if value == "auto":
+        return value
+    try:
+        k = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0 or 'auto', got {value!r}") from None
+    if k < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0 or 'auto', got {value!r}")
+    return k
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,8 +120,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="eval-results", help="output directory")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--max-queries", type=int, default=None, help="first N queries per language")
-    p.add_argument("--max-k", type=int, default=1000,
-                   help="search depth cap (pools up to this size are ranked fully; 0 = always full)")
+    p.add_argument("--max-k", type=_max_k, default="auto",
+                   help="search depth cap (pools up to this size are ranked fully; 0 = always full; "
+                        "default auto: full up to 10,000 candidates, else 1000)")
+    p.add_argument("--cache-dir", default=None,
+                   help="where query/candidate embeddings are streamed as .npy memmaps (default OUT/cache)")
+    p.add_argument("--no-cache", action="store_true", help="encode into memory instead (small sets)")
+    p.add_argument("--block-size", type=int, default=None,
+                   help="candidate rows per search block (default: 64 MiB of vectors)")
     p.add_argument("--progress", action="store_true", help="show encoding progress bars")
     return p
 
@@ -93,6 +138,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.batch_size < 1:
         raise ConfigError("must be >= 1", key="--batch-size", value=args.batch_size)
+    if args.block_size is not None and args.block_size < 1:
+        raise ConfigError("must be >= 1", key="--block-size", value=args.block_size)
+    from hybrid_ray.encode import model_fingerprint
     from hybrid_ray.evaluate import evaluate_retrieval, format_table, map_matrix, subsample_queries
     from hybrid_ray.io import write_json_atomic, write_text_atomic
     from hybrid_ray.modeling.encoder import DualEncoder
@@ -102,12 +150,17 @@ def main(argv: list[str] | None = None) -> int:
     rs = load_retrieval_set(args.data, args.format, args.split, langs)
     rs = subsample_queries(rs, args.max_queries)
     encoder = DualEncoder.from_pretrained(args.model)
+    out = Path(args.out)
+    cache_dir = None if args.no_cache else Path(args.cache_dir) if args.cache_dir else out / "cache"
+    max_k = None if args.max_k == 0 else args.max_k
     results = evaluate_retrieval(
-        encoder, rs, batch_size=args.batch_size, max_k=args.max_k or None, progress=args.progress
+        encoder, rs, batch_size=args.batch_size, max_k=max_k, progress=args.progress,
+        cache_dir=cache_dir, cache_key=model_fingerprint(args.model), block_size=args.block_size,
     )
     results["model"] = str(args.model)
     results["data"] = str(args.data)
-    out = Path(args.out)
+    if cache_dir is not None:
+        results["search"]["cache_dir"] = str(cache_dir)
     out.mkdir(parents=True, exist_ok=True)
     table = format_table(results)
     write_json_atomic(out / "results.json", results)

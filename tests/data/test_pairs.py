@@ -123,3 +123,62 @@ def test_write_validates_first(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="unknown language"):
         write_pairs(bad, tmp_path / "x.parquet")
     assert not (tmp_path / "x.parquet").exists()
+
+
+def _write_raw_parquet(path: Path, column: str, row: int, value: object) -> Path:
+    """Write pair_rows() as Parquet WITHOUT validation, with one cell replaced."""
+    rows = pair_rows()
+    rows[row][column] = value
+    pq.write_table(pa.Table.from_pylist(rows, schema=PAIRS_SCHEMA.remove_metadata()), path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("column", "value"),
+    [("query", ""), ("query", "   "), ("positive", "\t\n"), ("pair_id", " ")],
+)
+def test_parquet_empty_text_names_file_column_and_row(tmp_path: Path, column: str, value: str) -> None:
+    path = _write_raw_parquet(tmp_path / "bad.parquet", column, 3, value)
+    with pytest.raises(DataError, match="empty text in row 3") as e:
+        read_pairs(path)
+    assert str(path) in str(e.value) and e.value.field == column
+    assert e.value.line is None  # a Parquet row is not a file line
+    # Same check through a data-set directory.
+    ds = tmp_path / "ds"
+    ds.mkdir()
+    _write_raw_parquet(ds / "train.parquet", column, 0, value)
+    with pytest.raises(DataError, match="empty text in row 0") as e:
+        read_pairs(ds)
+    assert str(ds / "train.parquet") in str(e.value)
+
+
+@pytest.mark.parametrize("code", ["xx", "EN", "en-US", ""])
+def test_parquet_unknown_language_names_file_and_code(tmp_path: Path, code: str) -> None:
+    path = _write_raw_parquet(tmp_path / "bad.parquet", "lang", 1, code)
+    with pytest.raises(DataError, match="unknown language code") as e:
+        read_pairs(path)
+    assert str(path) in str(e.value) and e.value.field == "lang" and e.value.value == code
+
+
+def test_parquet_null_text(tmp_path: Path) -> None:
+    path = tmp_path / "bad.parquet"
+    rows = pair_rows()
+    rows[2]["positive"] = None
+    schema = pa.schema([pa.field(f.name, f.type) for f in PAIRS_SCHEMA])  # nullable, to write the null
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), path)
+    with pytest.raises(DataError, match="null value in row 2") as e:
+        read_pairs(path)
+    assert str(path) in str(e.value) and e.value.field == "positive"
+
+
+def test_parquet_null_negatives_are_empty_and_wrong_types_are_data_errors(tmp_path: Path) -> None:
+    rows = pair_rows()
+    rows[1]["negatives"] = None
+    schema = pa.schema([pa.field(f.name, f.type) for f in PAIRS_SCHEMA])
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp_path / "ok.parquet")
+    assert read_pairs(tmp_path / "ok.parquet").column("negatives").to_pylist()[1] == []
+    bad = pa.table({"pair_id": ["p0"], "lang": ["en"], "query": ["q"], "positive": ["x"], "negatives": [3]})
+    pq.write_table(bad, tmp_path / "bad.parquet")
+    with pytest.raises(DataError, match="pairs schema") as e:
+        read_pairs(tmp_path / "bad.parquet")
+    assert str(tmp_path / "bad.parquet") in str(e.value)

@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -69,8 +67,12 @@ def test_row_of_inverts_the_table(cells: set[tuple[int, str]]) -> None:
         assert pp.row_of[pp.pair_index(f"p{p}"), pp.lang_index(lang)] == row
 
 
-def test_million_rows_is_vectorised() -> None:
-    n_pairs, langs = 200_000, ["ar", "de", "en", "es", "zh"]
+def test_large_table_indexes_every_row() -> None:
+    """A language-major table of 20k pairs x 5 languages: every cell points at its row.
+
+    (How long indexing takes is measured by the benchmarks, not asserted in a unit test.)
+    """
+    n_pairs, langs = 20_000, ["ar", "de", "en", "es", "zh"]
     pid = pa.array(np.char.add("p", np.arange(n_pairs).astype(str)))
     pair_col = pa.concat_arrays([pid] * len(langs))
     lang_col = pa.array(np.repeat(np.array(langs), n_pairs))
@@ -78,10 +80,11 @@ def test_million_rows_is_vectorised() -> None:
     neg = pa.array([[]] * 1, type=pa.list_(pa.string()))
     negs = pa.ListArray.from_arrays(pa.array(np.zeros(len(text) + 1, dtype=np.int32)), neg.values)
     table = pa.Table.from_arrays([pair_col, lang_col, text, text, negs], schema=PAIRS_SCHEMA)
-    t0 = time.perf_counter()
     pp = ParallelPairs.from_table(table)
-    elapsed = time.perf_counter() - t0
+    assert pp.n_pairs == n_pairs and pp.langs == langs
     assert pp.row_of.shape == (n_pairs, len(langs))
-    assert pp.row_of[123, 2] == 2 * n_pairs + 123
+    # Row of (pair p, language l) is l * n_pairs + p, for every cell.
+    expected = np.arange(n_pairs * len(langs)).reshape(len(langs), n_pairs).T
+    np.testing.assert_array_equal(pp.row_of, expected)
+    assert pp.pair_ids[123] == "p123" and pp.pair_index("p123") == 123
     assert pp.fully_parallel_fraction == 1.0
-    assert elapsed < 5.0, f"indexing 1M rows took {elapsed:.1f}s"
