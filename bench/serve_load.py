@@ -310,14 +310,6 @@ def markdown(r: dict[str, Any]) -> str:
         f"{s['replica_request_ms']} ms, query encoding {s['encode_batch_ms']} ms per batch, shard round "
         f"trips {s['shard_call_ms']} ms.",
         "",
-        *([
-            "Batches stay near 1 here although ~8 requests are inside the Retriever replica at once: "
-            "they reach the batch queue one at a time (suspected: GIL / CPU starvation of the replica's "
-            "event loop on this shared, oversubscribed 2-core machine; not pinned down). In a separate "
-            "diagnostic a minimal Serve FastAPI app (no model, a 15 ms sleep per batch) served only ~37 QPS "
-            "to 8 clients, so the figures above sit close to Ray Serve's own per-request floor on this box.",
-            "",
-        ] if s["mean_batch_size"] < 2 else []),
         "The bare baseline is the same FastAPI routes (`serve.app.make_api`) over "
         "`serve.app.LocalRetriever` (encoder + all shards in one uvicorn process, no batching) in a "
         "subprocess, run after Ray is shut down. Clients, Ray and the servers share the same cores, "

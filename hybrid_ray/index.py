@@ -167,6 +167,109 @@ def shard_bounds(n: int, shards: int) -> list[tuple[int, int]]:
     return out
 
 
+# --------------------------------------------------------------------------- index types
+#: Search-time parameters an index directory may record (``faiss.ParameterSpace`` names).
+SEARCH_PARAMS = ("nprobe", "efSearch")
+
+
+def _ksub_of(obj: Any) -> int:
+    pq = getattr(obj, "pq", None)
+    return int(pq.ksub) if pq is not None else 0
+
+
+def min_train_points(factory: str, dim: int) -> tuple[int, str]:
+    """The fewest vectors a shard needs to train ``factory`` at ``dim``, and what needs them.
+
+    FAISS's k-means refuses fewer training points than centroids: an IVF index needs ``nlist``
+    vectors, a PQ codebook ``2**nbits`` (256 for ``PQ8``), OPQ the same. Flat / HNSW / SQ need
+    none (0). Known before encoding, so a too-small shard fails before any GPU/CPU time is spent.
+    """
+    try:
+        index = faiss.index_factory(int(dim), factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as exc:
+        raise ConfigError(f"FAISS cannot build this index: {exc}".splitlines()[0], key="--factory",
+                          value=factory) from exc
+    need, why = 0, ""
+
+    def visit(idx: Any) -> None:
+        nonlocal need, why
+        idx = faiss.downcast_index(idx)
+        if isinstance(idx, faiss.IndexPreTransform):
+            for i in range(idx.chain.size()):
+                vt = faiss.downcast_VectorTransform(idx.chain.at(i))
+                if isinstance(vt, faiss.OPQMatrix) and 256 > need:
+                    need, why = 256, "OPQ rotation (256 PQ centroids)"
+            visit(idx.index)
+            return
+        ivf = faiss.try_extract_index_ivf(idx)
+        if ivf is not None and int(ivf.nlist) > need:
+            need, why = int(ivf.nlist), f"nlist={int(ivf.nlist)} IVF centroids"
+        storage = getattr(idx, "storage", None)  # HNSW over PQ / SQ codes
+        for obj in (idx, faiss.downcast_index(storage) if storage is not None else None):
+            ksub = _ksub_of(obj)
+            if ksub > need:
+                need, why = ksub, f"{ksub} PQ centroids per sub-quantizer"
+
+    visit(index)
+    return need, why
+
+
+def check_shard_sizes(factory: str, dim: int, counts: dict[str, int]) -> None:
+    """ConfigError naming the first shard too small to train ``factory`` (see :func:`min_train_points`)."""
+    need, why = min_train_points(factory, dim)
+    for name, n in counts.items():
+        if n < need:
+            raise ConfigError(
+                f"{name} holds {n} passages but index {factory!r} needs at least {need} to train "
+                f"({why}): use fewer shards, a smaller nlist / PQ, or --factory Flat",
+                key="--factory", value=factory)
+
+
+def search_params_of(factory: str, params: dict[str, Any] | None) -> dict[str, int]:
+    """Validated search-time parameters for an index type: nprobe (IVF), efSearch (HNSW).
+
+    Unknown names, values < 1 and a parameter the index type does not have are ConfigErrors
+    (``nprobe`` on ``Flat`` would otherwise be silently meaningless).
+    """
+    out: dict[str, int] = {}
+    for name, value in (params or {}).items():
+        if value is None:
+            continue
+        if name not in SEARCH_PARAMS:
+            raise ConfigError(f"unknown search parameter (known: {', '.join(SEARCH_PARAMS)})", key=name,
+                              value=value)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError("must be an integer >= 1", key=name, value=value)
+        if not _has_param(factory, name):
+            raise ConfigError(f"index {factory!r} has no {name} "
+                              f"({'IVF' if name == 'nprobe' else 'HNSW'} indexes only)", key=name, value=value)
+        out[name] = int(value)
+    return out
+
+
+def _has_param(factory: str, name: str) -> bool:
+    tokens = factory.replace("_", ",").split(",")
+    if name == "nprobe":
+        return any(t.startswith("IVF") for t in tokens)
+    return any(t.startswith("HNSW") for t in tokens)
+
+
+def apply_search_params(index: Any, params: dict[str, int] | None) -> Any:
+    """Set nprobe / efSearch on a (CPU or GPU) FAISS index; returns the index."""
+    if not params:
+        return index
+    gpu_space = getattr(faiss, "GpuParameterSpace", None)
+    is_gpu = "Gpu" in type(index).__name__
+    space = gpu_space() if (is_gpu and gpu_space is not None) else faiss.ParameterSpace()
+    for name, value in params.items():
+        try:
+            space.set_index_parameter(index, name, float(value) if name != "nprobe" else int(value))
+        except RuntimeError as exc:
+            raise ConfigError(f"cannot set {name} on {type(index).__name__}: {str(exc).splitlines()[0]}",
+                              key=name, value=value) from exc
+    return index
+
+
 # --------------------------------------------------------------------------- Ray Data encoding
 class EncodeBatch:
     """Ray Data callable class: loads the encoder once per actor, embeds passage batches.
@@ -246,6 +349,31 @@ def encode_rows_ray(
         yield np.asarray(out["row"], dtype=np.int64), np.asarray(out["emb"], dtype=np.float32)
 
 
+def encode_rows_local(
+    model_dir: str | Path,
+    texts: pa.Array | pa.ChunkedArray,
+    ranges: list[tuple[int, int]],
+    *,
+    batch_size: int = 64,
+    **_: Any,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """In-process counterpart of :func:`encode_rows_ray` (no Ray): small corpora, tests, laptops."""
+    import torch
+
+    from hybrid_ray.modeling.encoder import DualEncoder
+
+    encoder = DualEncoder.from_pretrained(model_dir)
+    if torch.cuda.is_available():
+        encoder = encoder.to("cuda")
+    step = max(batch_size, 1024)
+    for s, e in ranges:
+        for b in range(s, e, step):
+            n = min(step, e - b)
+            emb = encoder.encode([str(t) for t in texts.slice(b, n).to_pylist()], "passage",
+                                 batch_size=batch_size)
+            yield np.arange(b, b + n, dtype=np.int64), np.asarray(emb, dtype=np.float32)
+
+
 class _ShardWriter:
     """Collects one shard's embeddings in a temporary memmap; renamed into place when full."""
 
@@ -309,7 +437,11 @@ def _finish_shard(out_dir: Path, corpus: pa.Table, expect: dict[str, Any], dim: 
     npy, pqt, fai = (out_dir / f"{name}{ext}" for ext in (".npy", ".parquet", ".faiss"))
     with atomic_path(pqt) as tmp:
         pq.write_table(corpus.slice(expect["offset"], expect["count"]), tmp)
-    index = build_index(np.asarray(np.load(npy, mmap_mode="r")), expect["factory"])
+    try:
+        index = build_index(np.asarray(np.load(npy, mmap_mode="r")), expect["factory"])
+    except RuntimeError as exc:  # FAISS training (e.g. too few points for the centroids)
+        raise DataError(f"cannot build the {expect['factory']!r} index of {name} ({expect['count']} "
+                        f"passages): {str(exc).splitlines()[0]}", path=npy) from exc
     with atomic_path(fai) as tmp:
         faiss.write_index(index, str(tmp))
     rec = expect | {"dim": dim, "files": {"npy": _file_info(npy), "parquet": _file_info(pqt),
@@ -330,11 +462,16 @@ def build_sharded_index(
     num_gpus: float | None = None,
     corpus_path: str | None = None,
     progress: bool = False,
+    search_params: dict[str, Any] | None = None,
+    local: bool = False,
 ) -> dict[str, Any]:
     """Encode ``corpus`` (docid, lang, text) and write a resumable sharded index to ``out_dir``.
 
-    Starts (or joins) Ray through :func:`hybrid_ray.local.init_ray`. Returns the manifest, plus
-    ``built`` / ``skipped`` shard names for this run (not stored in the manifest).
+    Starts (or joins) Ray through :func:`hybrid_ray.local.init_ray` (``local=True``: encode in
+    this process instead, no Ray). ``search_params`` (``nprobe`` for IVF, ``efSearch`` for HNSW)
+    are recorded in the manifest as the serving defaults. An index type that needs more training
+    vectors than a shard holds (IVF ``nlist``, PQ codebooks) is refused before encoding. Returns
+    the manifest, plus ``built`` / ``skipped`` shard names for this run (not stored in the manifest).
     """
     from hybrid_ray.local import init_ray
 
@@ -343,13 +480,19 @@ def build_sharded_index(
         raise DataError("the corpus is empty", path=corpus_path)
     if shards > corpus.num_rows:
         raise ConfigError(f"more shards than passages ({corpus.num_rows})", key="--shards", value=shards)
+    bounds = shard_bounds(corpus.num_rows, shards)
+    params = search_params_of(factory, search_params)
+    config = model_config(model_dir)
+    hidden = config.get("hf", {}).get("hidden_size")
+    if hidden:  # else: the same check happens at FAISS training time, per shard
+        check_shard_sizes(factory, int(hidden), {_shard_name(i): e - b for i, (b, e) in enumerate(bounds)})
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model_sha = model_fingerprint(model_dir)
     t0 = time.perf_counter()
     records: dict[str, dict[str, Any]] = {}
     pending: dict[str, dict[str, Any]] = {}
-    for i, (start, end) in enumerate(shard_bounds(corpus.num_rows, shards)):
+    for i, (start, end) in enumerate(bounds):
         name = _shard_name(i)
         expect = {"name": name, "offset": start, "count": end - start, "factory": factory,
                   "input_sha256": table_fingerprint(corpus.slice(start, end - start)),
@@ -363,15 +506,17 @@ def build_sharded_index(
     if pending:
         # The old manifest would describe files about to be replaced: drop it until we finish.
         (out_dir / MANIFEST).unlink(missing_ok=True)
-        init_ray()
+        if not local:
+            init_ray()
         writers = {n: _ShardWriter(out_dir, n, e["offset"], e["offset"] + e["count"])
                    for n, e in pending.items()}
         starts = np.asarray([w.start for w in writers.values()])
         names = list(writers)
         try:
-            stream = encode_rows_ray(model_dir, corpus.column("text"),
-                                     [(w.start, w.end) for w in writers.values()], batch_size=batch_size,
-                                     concurrency=concurrency, num_gpus=num_gpus, progress=progress)
+            encode = encode_rows_local if local else encode_rows_ray
+            stream = encode(model_dir, corpus.column("text"), [(w.start, w.end) for w in writers.values()],
+                            batch_size=batch_size, concurrency=concurrency, num_gpus=num_gpus,
+                            progress=progress)
             for rows, emb in stream:
                 # A batch never spans shards (blocks are cut at shard bounds) but be safe anyway.
                 owner = np.searchsorted(starts, rows, side="right") - 1
@@ -392,7 +537,6 @@ def build_sharded_index(
     dims = {r["dim"] for r in records_list}
     if len(dims) != 1:
         raise DataError(f"shards disagree on the embedding dimension {sorted(dims)}", path=out_dir)
-    config = model_config(model_dir)
     manifest = {
         "format": INDEX_FORMAT,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -405,6 +549,7 @@ def build_sharded_index(
         "normalized": bool(config.get("encoder", {}).get("normalize", True)),
         "metric": "inner_product",
         "factory": factory,
+        "search_params": params,
         "count": corpus.num_rows,
         "shards": [
             {k: r[k] for k in ("name", "offset", "count", "input_sha256", "files")} for r in records_list
@@ -471,23 +616,40 @@ def read_manifest(index_dir: str | Path) -> dict[str, Any]:
     return manifest
 
 
-def load_sharded_index(path: str | Path, verify: bool = True, gpu: bool = True) -> ShardedIndex:
+def check_shard_files(index_dir: str | Path, shard: dict[str, Any], verify: bool = True) -> None:
+    """DataError naming the shard's first missing file, or (``verify``) one whose size/sha256 differ."""
+    for info in shard["files"].values():
+        f = Path(index_dir) / info["path"]
+        if not f.is_file():
+            raise DataError(f"shard file missing (shard {shard['name']})", path=f)
+        if verify and (f.stat().st_size != info["bytes"] or sha256_file(f) != info["sha256"]):
+            raise DataError(f"shard file corrupt: sha256 does not match {MANIFEST} "
+                            f"(shard {shard['name']}; rerun 'hybrid-ray index' to rebuild it)", path=f)
+
+
+def verify_index(index_dir: str | Path, verify: bool = True) -> dict[str, Any]:
+    """The manifest, after checking every shard's files (see :func:`check_shard_files`)."""
+    manifest = read_manifest(index_dir)
+    for shard in manifest["shards"]:
+        check_shard_files(index_dir, shard, verify)
+    return manifest
+
+
+def load_sharded_index(path: str | Path, verify: bool = True, gpu: bool = True,
+                       search_params: dict[str, Any] | None = None) -> ShardedIndex:
     """Open an index directory; with ``verify`` check every file against the manifest sha256.
 
     Raises DataError naming the first missing or corrupt shard file, so an operator knows which
     file to rebuild (rerunning ``hybrid-ray index`` with the same arguments repairs it).
+    ``search_params`` (nprobe / efSearch) override the manifest's recorded ones.
     """
     path = Path(path)
     manifest = read_manifest(path)
+    params = search_params_of(manifest.get("factory", "Flat"),
+                              {**manifest.get("search_params", {}), **(search_params or {})})
     indexes, tables, offsets = [], [], []
     for shard in manifest["shards"]:
-        for info in shard["files"].values():
-            f = path / info["path"]
-            if not f.is_file():
-                raise DataError(f"shard file missing (shard {shard['name']})", path=f)
-            if verify and (f.stat().st_size != info["bytes"] or sha256_file(f) != info["sha256"]):
-                raise DataError(f"shard file corrupt: sha256 does not match {MANIFEST} "
-                                f"(shard {shard['name']}; rerun 'hybrid-ray index' to rebuild it)", path=f)
+        check_shard_files(path, shard, verify)
         fai = path / shard["files"]["faiss"]["path"]
         try:
             index = faiss.read_index(str(fai))
@@ -497,7 +659,7 @@ def load_sharded_index(path: str | Path, verify: bool = True, gpu: bool = True) 
         if index.ntotal != shard["count"] or table.num_rows != shard["count"]:
             raise DataError(f"shard has {index.ntotal} vectors / {table.num_rows} rows, manifest says "
                             f"{shard['count']}", path=fai)
-        indexes.append(maybe_to_gpu(index) if gpu else index)
+        indexes.append(apply_search_params(maybe_to_gpu(index) if gpu else index, params))
         tables.append(table)
         offsets.append(int(shard["offset"]))
     return ShardedIndex(path, manifest, ShardedSearcher(indexes, offsets), tables)

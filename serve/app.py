@@ -27,6 +27,25 @@ serves. Its ``check_health`` raises the loading error (Serve runs this check bef
 replica healthy, so the deployment fails loudly with the file name), ``GET /ready`` answers 503
 naming the shard, and ``POST /search`` answers 503 instead of returning results from fewer shards.
 
+Dynamic batching: Serve's ``@serve.batch`` queue forms the next batch as soon as
+``batch_wait_timeout_s`` has passed, even while the previous batch is still running (it then
+waits for the ``max_concurrent_batches`` semaphore). Under steady load that makes batches of ~1
+(measured: mean 1.03 with 8 closed-loop clients) that queue up one behind the other. The
+Retriever therefore admits a request into the batch queue only while no batch is running
+(:class:`BatchGate`): requests that arrive during a batch wait, and all of them enter the queue
+together when it ends, so the next batch holds everything that arrived meanwhile ("collect while
+busy"; at most ``max_batch_size`` per batch). An idle server still answers a lone request after
+``batch_wait_timeout_s``.
+
+GPUs: ``num_gpus_per_shard`` / ``retriever_num_gpus`` default to ``"auto"`` (:func:`plan_gpus`):
+with GPUs in the Ray cluster the retriever (query encoder) and, when FAISS has GPU support, every
+shard get a GPU (or an equal fraction when there are fewer GPUs than deployments), else CPU.
+
+Approximate indexes (IVF / HNSW / PQ): ``nprobe`` / ``efSearch`` come from the index manifest
+(``hybrid-ray index --nprobe / --ef-search``), overridable by ``nprobe`` / ``ef_search`` here.
+The per-language sub-indexes stay exact, so a language-filtered search is exact even over an
+approximate main index.
+
 Metrics are per Retriever replica, in a dedicated ``CollectorRegistry`` (so they do not mix with
 Ray's own process metrics); scrape each replica, or use Ray's metrics export for cluster totals.
 """
@@ -35,6 +54,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -46,7 +66,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
@@ -73,15 +93,32 @@ class AppArgs(BaseModel):
     k_limit: int = Field(100, ge=1, description="largest k a request may ask for")
     max_query_chars: int = Field(2048, ge=1, description="longest query / text accepted (characters)")
     max_embed_texts: int = Field(256, ge=1, description="most texts per /embed request")
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024,
+                                description="largest request body accepted (bytes); larger: 413")
     encode_batch_size: int = Field(64, ge=1)
-    num_gpus_per_shard: float = Field(0.0, ge=0)
+    num_gpus_per_shard: float | Literal["auto"] = Field(
+        "auto", description="GPUs per shard replica; auto: 1 (or a share) when the cluster has GPUs "
+        "and FAISS has GPU support, else 0")
     num_cpus_per_shard: float = Field(1.0, ge=0)
     retriever_num_cpus: float = Field(1.0, ge=0)
-    retriever_num_gpus: float = Field(0.0, ge=0)
+    retriever_num_gpus: float | Literal["auto"] = Field(
+        "auto", description="GPUs of the Retriever (query encoder); auto: 1 (or a share) when the "
+        "cluster has GPUs, else 0")
+    nprobe: int | None = Field(None, ge=1, description="IVF indexes: lists visited per query "
+                               "(default: the index manifest's, else FAISS's 1)")
+    ef_search: int | None = Field(None, ge=1, description="HNSW indexes: efSearch (default: the "
+                                  "index manifest's, else FAISS's 16)")
     retriever_replicas: int = Field(1, ge=1)
     verify: bool = Field(True, description="check shard sha256 checksums at load")
     access_log: bool = Field(True, description="Serve per-request access log lines (off for load tests)")
     shard_timeout_s: float = Field(30.0, gt=0, description="per-shard call timeout")
+
+    @field_validator("num_gpus_per_shard", "retriever_num_gpus")
+    @classmethod
+    def _non_negative(cls, v: float | str) -> float | str:
+        if not isinstance(v, str) and v < 0:
+            raise ValueError("must be >= 0 or 'auto'")
+        return v
 
     @classmethod
     def parse(cls, args: dict[str, Any] | AppArgs | None) -> AppArgs:
@@ -101,6 +138,64 @@ def read_manifest(index_dir: str | Path) -> dict[str, Any]:
     from hybrid_ray.index import read_manifest as _read
 
     return _read(index_dir)
+
+
+def serving_search_params(manifest: dict[str, Any], args: AppArgs) -> dict[str, int]:
+    """nprobe / efSearch for the shards: the manifest's, overridden by the app args (validated)."""
+    from hybrid_ray.index import search_params_of
+
+    params = dict(manifest.get("search_params") or {})
+    if args.nprobe is not None:
+        params["nprobe"] = args.nprobe
+    if args.ef_search is not None:
+        params["efSearch"] = args.ef_search
+    return search_params_of(str(manifest.get("factory", "Flat")), params)
+
+
+def faiss_has_gpu() -> bool:
+    """Whether the installed FAISS is a GPU build (faiss-gpu), whatever this process can see."""
+    import faiss
+
+    return hasattr(faiss, "StandardGpuResources") and hasattr(faiss, "index_cpu_to_gpu")
+
+
+def plan_gpus(
+    num_gpus_per_shard: float | str,
+    retriever_num_gpus: float | str,
+    n_shards: int,
+    cluster_gpus: float,
+    faiss_gpu: bool,
+) -> tuple[float, float]:
+    """Resolve ``"auto"`` GPU requests: ``(gpus per shard replica, gpus of the Retriever)``.
+
+    Explicit numbers are kept. ``auto`` asks for a GPU only when the cluster has one (and, for a
+    shard, only when FAISS can use it). The deployments on ``auto`` share what explicit requests
+    leave: one GPU each when there are enough, else an equal 1/m share with m deployments per GPU
+    (``1 / ceil(deployments / whole GPUs)``, so shares never straddle two GPUs on different nodes).
+    """
+    shard = None if num_gpus_per_shard == "auto" else float(num_gpus_per_shard)
+    retr = None if retriever_num_gpus == "auto" else float(retriever_num_gpus)
+    wants = (n_shards if shard is None and faiss_gpu else 0) + (1 if retr is None else 0)
+    pool = float(cluster_gpus) - (shard or 0.0) * n_shards - (retr or 0.0)
+    share = 0.0
+    if wants and pool > 0:
+        whole = math.floor(pool + 1e-9)
+        share = 1.0 / math.ceil(wants / whole) if whole >= 1 else math.floor(pool / wants * 100) / 100
+        share = min(1.0, math.floor(share * 10_000) / 10_000)  # Ray keeps 4 decimals
+    if shard is None:
+        shard = share if faiss_gpu else 0.0
+    if retr is None:
+        retr = share
+    return shard, retr
+
+
+def cluster_gpus() -> float | None:
+    """GPUs in the connected Ray cluster, or None when this process is not connected to Ray."""
+    import ray
+
+    if not ray.is_initialized():
+        return None
+    return float(ray.cluster_resources().get("GPU", 0.0))
 
 
 # --------------------------------------------------------------------------- one shard, no Ray
@@ -123,9 +218,10 @@ class ShardCore:
     """
 
     def __init__(self, name: str, offset: int, index: Any, vectors: np.ndarray, table: Any,
-                 gpu: bool = False) -> None:
+                 gpu: bool = False, search_params: dict[str, int] | None = None) -> None:
         import faiss
 
+        from hybrid_ray.index import apply_search_params
         from hybrid_ray.search import build_index, maybe_to_gpu
 
         self.name = name
@@ -136,7 +232,9 @@ class ShardCore:
         self.count = len(self.docids)
         self.dim = int(index.d)
         self.on_gpu = bool(gpu)
-        self.index = maybe_to_gpu(index) if gpu else index
+        self.index = apply_search_params(maybe_to_gpu(index) if gpu else index, search_params)
+        self.search_params = dict(search_params or {})
+        self.index_type = type(faiss.downcast_index(index)).__name__
         lang_arr = np.asarray(self.langs, dtype=object)
         self.lang_rows: dict[str, np.ndarray] = {}
         self.lang_index: dict[str, faiss.Index] = {}
@@ -147,16 +245,18 @@ class ShardCore:
             self.lang_index[lang] = maybe_to_gpu(sub) if gpu else sub
 
     @classmethod
-    def load(cls, index_dir: str | Path, shard: int, *, verify: bool = True, gpu: bool = False) -> ShardCore:
+    def load(cls, index_dir: str | Path, shard: int, *, verify: bool = True, gpu: bool = False,
+             search_params: dict[str, int] | None = None) -> ShardCore:
         """Load shard ``shard`` of an index directory, checking files against the manifest.
 
-        Raises DataError naming the missing / corrupt file. (Mirrors the per-shard checks of
-        :func:`hybrid_ray.index.load_sharded_index`, which loads every shard into one process.)
+        Raises DataError naming the missing / corrupt file (the same per-shard checks as
+        :func:`hybrid_ray.index.load_sharded_index`, which loads every shard into one process).
+        ``search_params``: nprobe / efSearch (default: the manifest's).
         """
         import faiss
         import pyarrow.parquet as pq
 
-        from hybrid_ray.io import sha256_file
+        from hybrid_ray.index import check_shard_files, search_params_of
 
         index_dir = Path(index_dir)
         manifest = read_manifest(index_dir)
@@ -164,14 +264,9 @@ class ShardCore:
         if not 0 <= shard < len(shards):
             raise ConfigError(f"index has {len(shards)} shards", key="shard", value=shard)
         entry = shards[shard]
-        name = entry["name"]
-        for info in entry["files"].values():
-            f = index_dir / info["path"]
-            if not f.is_file():
-                raise DataError(f"shard file missing (shard {name})", path=f)
-            if verify and (f.stat().st_size != info["bytes"] or sha256_file(f) != info["sha256"]):
-                raise DataError(f"shard file corrupt: sha256 does not match manifest.json (shard {name}; "
-                                "rerun 'hybrid-ray index' to rebuild it)", path=f)
+        check_shard_files(index_dir, entry, verify)
+        if search_params is None:
+            search_params = search_params_of(str(manifest.get("factory", "Flat")), manifest.get("search_params"))
         files = {k: index_dir / v["path"] for k, v in entry["files"].items()}
         try:
             index = faiss.read_index(str(files["faiss"]))
@@ -190,7 +285,8 @@ class ShardCore:
         if int(vectors.shape[1]) != int(manifest["dim"]) or int(index.d) != int(manifest["dim"]):
             raise DataError(f"shard dimension {index.d} != manifest dim {manifest['dim']}",
                             path=files["faiss"])
-        return cls(name, int(entry["offset"]), index, vectors, table, gpu=gpu)
+        return cls(entry["name"], int(entry["offset"]), index, vectors, table, gpu=gpu,
+                   search_params=search_params)
 
     def search(self, vectors: np.ndarray, k: int, langs: Sequence[str] | None = None) -> ShardHits:
         """This shard's exact top-``k`` for each query vector, optionally within ``langs``."""
@@ -219,7 +315,8 @@ class ShardCore:
 
     def info(self) -> dict[str, Any]:
         return {"name": self.name, "ok": True, "count": self.count, "dim": self.dim, "offset": self.offset,
-                "langs": sorted(self.lang_rows), "gpu": self.on_gpu}
+                "langs": sorted(self.lang_rows), "gpu": self.on_gpu,
+                "index": " ".join([self.index_type, *(f"{k}={v}" for k, v in self.search_params.items())])}
 
 
 def merge_topk(parts: Sequence[ShardHits], k: int) -> list[list[dict[str, Any]]]:
@@ -305,6 +402,7 @@ class ShardStatus(BaseModel):
     dim: int | None = None
     langs: list[str] | None = None
     gpu: bool | None = None
+    index: str | None = Field(None, description="FAISS index type and search parameters")
 
 
 class ReadyResponse(BaseModel):
@@ -393,22 +491,47 @@ def make_api(service: RetrievalService) -> FastAPI:
         title="hybrid-ray retrieval",
         version=API_VERSION,
         description="Multilingual dense retrieval over a sharded FAISS index (Ray Serve). "
-        f"k is limited to {args.k_limit}; texts to {args.max_query_chars} characters.",
+        f"k is limited to {args.k_limit}; texts to {args.max_query_chars} characters; request bodies "
+        f"to {args.max_body_bytes} bytes.",
     )
-    errors = {400: {"model": ErrorResponse}, 413: {"model": ErrorResponse}, 422: {"model": ErrorResponse},
-              503: {"model": ErrorResponse}}
+    errors = {400: {"model": ErrorResponse}, 411: {"model": ErrorResponse}, 413: {"model": ErrorResponse},
+              422: {"model": ErrorResponse}, 503: {"model": ErrorResponse}}
+
+    def body_error(request: Request) -> JSONResponse | None:
+        """413 for a body over ``max_body_bytes`` (by Content-Length, before reading it); 411 for a
+        body without a length (chunked), which could otherwise grow without bound."""
+        if request.method not in ("POST", "PUT", "PATCH"):
+            return None
+        raw = request.headers.get("content-length")
+        if raw is None:
+            if request.headers.get("transfer-encoding"):
+                return JSONResponse(ErrorResponse(error="a Content-Length header is required (no chunked "
+                                                  "request bodies)").model_dump(), status_code=411)
+            return None
+        try:
+            size = int(raw)
+        except ValueError:
+            return JSONResponse(ErrorResponse(error=f"invalid Content-Length {raw!r}").model_dump(),
+                                status_code=400)
+        if size > args.max_body_bytes:
+            return JSONResponse(ErrorResponse(error=f"request body too large: {size} bytes > limit "
+                                              f"{args.max_body_bytes} (max_body_bytes)").model_dump(),
+                                status_code=413)
+        return None
 
     @app.middleware("http")
     async def count_requests(request: Request, call_next):  # type: ignore[no-untyped-def]
         t0 = time.perf_counter()
         status = 500
         try:
-            response = await call_next(request)
+            refused = body_error(request)
+            response = refused if refused is not None else await call_next(request)
             status = response.status_code
             return response
         finally:
             route = request.scope.get("route")
-            endpoint = getattr(route, "path", None) or "unmatched"
+            endpoint = getattr(route, "path", None) or (
+                request.url.path if request.url.path in ("/search", "/embed") else "unmatched")
             metrics.requests.labels(endpoint, str(status)).inc()
             metrics.latency.labels(endpoint).observe(time.perf_counter() - t0)
 
@@ -511,23 +634,60 @@ def _check_encoder(encoder: Any, manifest: dict[str, Any], model_dir: str) -> No
                           "with another model", key="model_dir", value=model_dir)
 
 
+# --------------------------------------------------------------------------- batching
+class BatchGate:
+    """Admit work into a ``@serve.batch`` queue only while no batch of it is running.
+
+    See the module docstring: Serve's batch queue closes a batch after ``batch_wait_timeout_s``
+    whether or not the previous batch has finished, so under load it queues many batches of one.
+    Holding new arrivals here while a batch runs, and releasing them all at once when it ends,
+    makes the next batch collect everything that arrived in the meantime.
+    """
+
+    def __init__(self) -> None:
+        self._idle: asyncio.Event | None = None
+        self.running = 0
+
+    def _event(self) -> asyncio.Event:
+        if self._idle is None:  # created on the replica's event loop, at first use
+            self._idle = asyncio.Event()
+            self._idle.set()
+        return self._idle
+
+    async def admit(self) -> None:
+        """Return at once when idle, else when the running batch has finished."""
+        await self._event().wait()
+
+    def start(self) -> None:
+        self.running += 1
+        self._event().clear()
+
+    def done(self) -> None:
+        self.running -= 1
+        if self.running <= 0:
+            self.running = 0
+            self._event().set()
+
+
 # --------------------------------------------------------------------------- Serve deployments
 @serve.deployment(health_check_period_s=10, health_check_timeout_s=30)
 class ShardSearcher:
     """One index shard in one replica. A loading error is kept and raised by ``check_health``."""
 
-    def __init__(self, index_dir: str, shard: int, verify: bool = True, omp_threads: int = 1) -> None:
+    def __init__(self, index_dir: str, shard: int, verify: bool = True, omp_threads: int = 1,
+                 search_params: dict[str, int] | None = None) -> None:
         import faiss
 
         # FAISS's OpenMP threads default to every core and spin while waiting; on a shared node
         # that burns the CPU other replicas need. Match the replica's CPU reservation instead.
         faiss.omp_set_num_threads(max(1, int(omp_threads)))
         self.shard = shard
-        self.name = f"shard-{shard}"
+        self.name = f"shard-{shard:04d}"  # the index builder's name; the manifest's once loaded
         self.core: ShardCore | None = None
         self.error: str | None = None
         try:
-            self.core = ShardCore.load(index_dir, shard, verify=verify, gpu=self._gpu_assigned())
+            self.core = ShardCore.load(index_dir, shard, verify=verify, gpu=self._gpu_assigned(),
+                                       search_params=search_params)
             self.name = self.core.name
         except (HybridRayError, OSError, KeyError, RuntimeError) as exc:
             # Kept, not raised: check_health reports it (with the file name) on every probe.
@@ -575,12 +735,13 @@ class Retriever(RetrievalService):
         self.shards = list(shards)
         manifest = read_manifest(self.args.index_dir)
         model_dir = self.args.model_dir or manifest["model_dir"]
-        self.encoder = _load_encoder(model_dir, self.args.retriever_num_gpus > 0,
-                                     self.args.retriever_num_cpus)
+        gpus = self.args.retriever_num_gpus
+        self.encoder = _load_encoder(model_dir, gpus == "auto" or float(gpus) > 0, self.args.retriever_num_cpus)
         _check_encoder(self.encoder, manifest, model_dir)
         self.dim = int(self.encoder.dim)
         self.shard_names = [s["name"] for s in manifest["shards"]]
         self._languages: list[str] | None = None
+        self._search_gate, self._embed_gate = BatchGate(), BatchGate()
         self._search_batch.set_max_batch_size(self.args.max_batch_size)
         self._search_batch.set_batch_wait_timeout_s(self.args.batch_wait_timeout_s)
         self._embed_batch.set_max_batch_size(self.args.max_batch_size)
@@ -621,6 +782,7 @@ class Retriever(RetrievalService):
 
     # ------------------------------------------------------------- batched work
     async def search_one(self, query: str, k: int, langs: tuple[str, ...] | None) -> list[dict[str, Any]]:
+        await self._search_gate.admit()
         result = await self._search_batch((query, k, langs))
         if isinstance(result, BaseException):  # @serve.batch hands back list items as results
             raise result
@@ -629,6 +791,13 @@ class Retriever(RetrievalService):
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
     async def _search_batch(self, items: list[tuple[str, int, tuple[str, ...] | None]]) -> list[Any]:
         """Encode the batch's queries once, then one fan-out per distinct language filter."""
+        self._search_gate.start()
+        try:
+            return await self._search_items(items)
+        finally:
+            self._search_gate.done()
+
+    async def _search_items(self, items: list[tuple[str, int, tuple[str, ...] | None]]) -> list[Any]:
         self.metrics.batch_size.labels("search").observe(len(items))
         t0 = time.perf_counter()
         vecs = await asyncio.to_thread(self.encoder.encode, [q for q, _, _ in items], "query",
@@ -656,10 +825,18 @@ class Retriever(RetrievalService):
         return out
 
     async def embed(self, texts: list[str], kind: str) -> np.ndarray:
+        await self._embed_gate.admit()
         return await self._embed_batch((kind, texts))
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
     async def _embed_batch(self, items: list[tuple[str, list[str]]]) -> list[np.ndarray]:
+        self._embed_gate.start()
+        try:
+            return await self._embed_items(items)
+        finally:
+            self._embed_gate.done()
+
+    async def _embed_items(self, items: list[tuple[str, list[str]]]) -> list[np.ndarray]:
         self.metrics.batch_size.labels("embed").observe(len(items))
         out: list[Any] = [None] * len(items)
         for kind in ("query", "passage"):
@@ -681,24 +858,39 @@ class Retriever(RetrievalService):
 def build_app(args: dict[str, Any]) -> serve.Application:
     """The Serve application for ``serve run serve.app:build_app index_dir=...`` / config files.
 
-    Reads only the manifest here (shard count); each shard replica loads and verifies its own files.
+    Reads only the manifest here (shard count, index type); each shard replica loads and verifies
+    its own files. ``"auto"`` GPU requests are resolved here from the connected Ray cluster's
+    resources (:func:`plan_gpus`); without a Ray connection (``serve run module:build_app``
+    imports the app before connecting) they fall back to CPU with a warning.
     """
     a = AppArgs.parse(args)
     manifest = read_manifest(a.index_dir)
+    search_params = serving_search_params(manifest, a)
+    n_shards = len(manifest["shards"])
+    gpus = cluster_gpus()
+    if gpus is None and "auto" in (a.num_gpus_per_shard, a.retriever_num_gpus):
+        log.warning("GPU 'auto': not connected to Ray, so no cluster resources to look at; using CPU "
+                    "(set num_gpus_per_shard / retriever_num_gpus explicitly, or deploy a config file)")
+    has_gpu = faiss_has_gpu()
+    shard_gpus, retr_gpus = plan_gpus(a.num_gpus_per_shard, a.retriever_num_gpus, n_shards, gpus or 0.0, has_gpu)
+    if a.num_gpus_per_shard == "auto" and (gpus or 0) > 0 and not has_gpu:
+        log.warning("the cluster has GPUs but this FAISS is CPU-only: shards search on CPU "
+                    "(install faiss-gpu-cu12 instead of faiss-cpu for GPU FAISS)")
     logging = {"enable_access_log": a.access_log}
     shard_opts: dict[str, Any] = {"num_cpus": a.num_cpus_per_shard}
-    if a.num_gpus_per_shard > 0:
-        shard_opts["num_gpus"] = a.num_gpus_per_shard
+    if shard_gpus > 0:
+        shard_opts["num_gpus"] = shard_gpus
     shards = [
         ShardSearcher.options(name=f"shard-{i}", ray_actor_options=dict(shard_opts),
                               max_ongoing_requests=a.shard_max_ongoing_requests, logging_config=logging)
-        .bind(str(Path(a.index_dir).resolve()), i, a.verify, max(1, int(a.num_cpus_per_shard)))
-        for i in range(len(manifest["shards"]))
+        .bind(str(Path(a.index_dir).resolve()), i, a.verify, max(1, int(a.num_cpus_per_shard)), search_params)
+        for i in range(n_shards)
     ]
     retr_opts: dict[str, Any] = {"num_cpus": a.retriever_num_cpus}
-    if a.retriever_num_gpus > 0:
-        retr_opts["num_gpus"] = a.retriever_num_gpus
-    resolved = a.model_copy(update={"index_dir": str(Path(a.index_dir).resolve())})
+    if retr_gpus > 0:
+        retr_opts["num_gpus"] = retr_gpus
+    resolved = a.model_copy(update={"index_dir": str(Path(a.index_dir).resolve()),
+                                    "num_gpus_per_shard": shard_gpus, "retriever_num_gpus": retr_gpus})
     return Retriever.options(
         name="Retriever",
         num_replicas=a.retriever_replicas,
@@ -723,7 +915,8 @@ class LocalRetriever(RetrievalService):
         self.encoder = _load_encoder(model_dir, False, self.args.retriever_num_cpus)
         _check_encoder(self.encoder, manifest, model_dir)
         self.dim = int(self.encoder.dim)
-        self.cores = [ShardCore.load(self.args.index_dir, i, verify=self.args.verify)
+        params = serving_search_params(manifest, self.args)
+        self.cores = [ShardCore.load(self.args.index_dir, i, verify=self.args.verify, search_params=params)
                       for i in range(len(manifest["shards"]))]
 
     async def search_one(self, query: str, k: int, langs: tuple[str, ...] | None) -> list[dict[str, Any]]:

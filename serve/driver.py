@@ -7,11 +7,17 @@ Same application as ``serve run serve/config.yaml`` and the KubeRay RayService
 ``--no-blocking`` deploys, waits until ``/ready`` answers and returns: on a real cluster
 (``RAY_ADDRESS`` set) the app keeps running after the driver exits; on a local Ray it is a
 deploy-and-check smoke test (the local cluster goes away with the process).
+
+On a local Ray every shard file is checked against the manifest (size + sha256) before Ray starts,
+so a missing or corrupt shard is one clean error line naming the file (exit 2) rather than a
+deployment that keeps retrying; on a cluster the shard replicas do that check themselves and a
+failed deployment is reported with the shard's own message (:func:`deploy_error`).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import signal
 import sys
 import threading
@@ -23,6 +29,19 @@ from hybrid_ray.cli import run_main
 from hybrid_ray.errors import ConfigError, HybridRayError
 
 APP_NAME = "hybrid-ray"
+
+
+def _gpus(value: str) -> float | str:
+    """``auto`` or a number >= 0 (argparse type)."""
+    if value == "auto":
+        return value
+    try:
+        x = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a number, got {value!r}") from None
+    if x < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return x
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -38,7 +57,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-ongoing-requests", type=int, default=128)
     p.add_argument("--k-limit", type=int, default=100)
     p.add_argument("--max-query-chars", type=int, default=2048)
-    p.add_argument("--num-gpus-per-shard", type=float, default=0.0)
+    p.add_argument("--max-body-bytes", type=int, default=4 * 1024 * 1024,
+                   help="largest request body (bytes); larger requests get 413")
+    p.add_argument("--num-gpus-per-shard", type=_gpus, default="auto",
+                   help="GPUs per shard replica, or auto (default): one GPU (or a share) per shard when "
+                   "the Ray cluster has GPUs and FAISS has GPU support, else CPU")
+    p.add_argument("--retriever-num-gpus", type=_gpus, default="auto",
+                   help="GPUs of the query encoder replica, or auto (default): GPU when the cluster has one")
+    p.add_argument("--nprobe", type=int, default=None, help="IVF indexes: override the manifest's nprobe")
+    p.add_argument("--ef-search", type=int, default=None, help="HNSW indexes: override the manifest's efSearch")
     p.add_argument("--num-cpus-per-shard", type=float, default=1.0)
     p.add_argument("--retriever-replicas", type=int, default=1)
     p.add_argument("--num-cpus", type=int, default=None, help="logical CPUs of the local Ray")
@@ -56,14 +83,58 @@ def app_args(ns: argparse.Namespace) -> dict[str, Any]:
         "max_ongoing_requests": ns.max_ongoing_requests,
         "k_limit": ns.k_limit,
         "max_query_chars": ns.max_query_chars,
+        "max_body_bytes": ns.max_body_bytes,
         "num_gpus_per_shard": ns.num_gpus_per_shard,
+        "retriever_num_gpus": ns.retriever_num_gpus,
         "num_cpus_per_shard": ns.num_cpus_per_shard,
         "retriever_replicas": ns.retriever_replicas,
         "verify": ns.verify,
     }
     if ns.model:
         args["model_dir"] = str(Path(ns.model).resolve())
+    if ns.nprobe is not None:
+        args["nprobe"] = ns.nprobe
+    if ns.ef_search is not None:
+        args["ef_search"] = ns.ef_search
     return args
+
+
+def deploy_error(exc: BaseException) -> str:
+    """The useful line of a failed ``serve.run``: the shard's own 'is not serving' message if any."""
+    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    cause = next((ln for ln in lines if "is not serving:" in ln), None)
+    if cause is None:
+        cause = next((ln for ln in reversed(lines) if "Error" in ln), lines[-1] if lines else type(exc).__name__)
+    return f"deploying the app failed: {cause}"
+
+
+def preflight(args: dict[str, Any], local: bool) -> float:
+    """Everything checkable before Ray starts: app arguments, manifest, search parameters, and
+    (``local``: the index is on this machine) every shard file's size and sha256.
+
+    Returns the CPUs the app reserves (shard replicas + retriever replicas).
+    """
+    from hybrid_ray.index import verify_index
+    from serve.app import AppArgs, read_manifest, serving_search_params
+
+    a = AppArgs.parse(args)
+    manifest = verify_index(a.index_dir, a.verify) if local else read_manifest(a.index_dir)
+    serving_search_params(manifest, a)
+    return len(manifest["shards"]) * a.num_cpus_per_shard + a.retriever_replicas * a.retriever_num_cpus
+
+
+def local_num_cpus(requested: int | None, app_cpus: float) -> int:
+    """Logical CPUs for a local Ray: ``--num-cpus`` if given, else the machine's cores, raised to
+    what the app reserves -- otherwise a replica that does not fit waits forever to be scheduled
+    (e.g. 2 shards + the retriever at 1 CPU each on a 2-core laptop)."""
+    import os
+
+    if requested is not None:
+        if requested < math.ceil(app_cpus):
+            raise ConfigError(f"the app reserves {app_cpus:g} CPUs (shards x --num-cpus-per-shard + retriever); "
+                              "raise --num-cpus or lower --num-cpus-per-shard", key="--num-cpus", value=requested)
+        return requested
+    return max(os.cpu_count() or 1, math.ceil(app_cpus))
 
 
 def examples(url: str) -> str:
@@ -108,16 +179,17 @@ def main(argv: list[str] | None = None) -> int:
     from hybrid_ray.local import init_ray, on_cluster
     from serve.app import build_app
 
-    app = build_app(app_args(ns))  # validates args and the manifest before starting anything
-    init_ray(num_cpus=ns.num_cpus)
+    args = app_args(ns)
+    local = not on_cluster()
+    app_cpus = preflight(args, local=local)  # before starting anything
+    init_ray(num_cpus=local_num_cpus(ns.num_cpus, app_cpus) if local else None)
     try:
+        app = build_app(args)  # resolves GPU 'auto' from the cluster's resources
         serve.start(http_options={"host": ns.host, "port": ns.port})
         try:
             serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
         except RuntimeError as exc:  # deployment failed (e.g. a shard failed its health check)
-            lines = str(exc).strip().splitlines()
-            cause = next((ln.strip() for ln in lines if "is not serving:" in ln), lines[-1] if lines else "")
-            raise HybridRayError(f"deploying the app failed: {cause}") from exc
+            raise HybridRayError(deploy_error(exc)) from exc
         host = "127.0.0.1" if ns.host in ("0.0.0.0", "::") else ns.host
         url = f"http://{host}:{ns.port}"
         info = wait_ready(url, ns.ready_timeout_s)

@@ -123,3 +123,60 @@ def test_build_search_resume_and_corruption(ray_local, model_dir, pairs_file, tm
     (out / "manifest.json").unlink()
     with pytest.raises(DataError, match="manifest.json"):
         load_sharded_index(out)
+
+
+# --------------------------------------------------------------------------- approximate indexes (no Ray)
+def test_ivf_shard_smaller_than_nlist_fails_before_encoding(model_dir, pairs_file, tmp_path, monkeypatch):
+    import hybrid_ray.index as index_mod
+    from hybrid_ray.errors import ConfigError
+
+    def must_not_encode(*_, **__):
+        raise AssertionError("encoding started before the shard-size check")
+
+    monkeypatch.setattr(index_mod, "encode_rows_local", must_not_encode)
+    monkeypatch.setattr(index_mod, "encode_rows_ray", must_not_encode)
+    corpus = read_corpus(pairs_file)  # 30 passages -> 2 shards of 15
+    out = tmp_path / "idx"
+    with pytest.raises(ConfigError, match=r"shard-0000 holds 15 passages but index 'IVF16,Flat' needs at "
+                                          r"least 16 to train \(nlist=16"):
+        build_sharded_index(model_dir, corpus, out, shards=2, factory="IVF16,Flat", local=True)
+    with pytest.raises(ConfigError, match=r"needs at least 256 to train \(256 PQ centroids"):
+        build_sharded_index(model_dir, corpus, out, shards=1, factory="IVF2,PQ4", local=True)
+    assert not out.exists() or not list(out.iterdir())  # nothing written
+    with pytest.raises(ConfigError, match="has no nprobe"):
+        build_sharded_index(model_dir, corpus, out, factory="Flat", search_params={"nprobe": 4}, local=True)
+
+
+def test_ivf_and_hnsw_sharded_index_build_and_search(model_dir, pairs_file, tmp_path, capsys):
+    import faiss
+
+    from hybrid_ray.driver.index import main
+    from hybrid_ray.modeling.encoder import DualEncoder
+
+    corpus = read_corpus(pairs_file)
+    enc = DualEncoder.from_pretrained(model_dir)
+    queries = enc.encode(["q god light", "q water earth heaven", "q cat dog"], "query")
+    exact = build_sharded_index(model_dir, corpus, tmp_path / "flat", shards=2, local=True)
+    assert exact["search_params"] == {}
+    _, ref = load_sharded_index(tmp_path / "flat").searcher.search(queries, 10)
+
+    out = tmp_path / "ivf"
+    assert main(["--model", str(model_dir), "--corpus", str(pairs_file), "--shards", "2", "--out", str(out),
+                 "--factory", "IVF4,Flat", "--nprobe", "2", "--local"]) == 0
+    assert "[IVF4,Flat, nprobe=2]" in capsys.readouterr().out
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["factory"] == "IVF4,Flat" and manifest["search_params"] == {"nprobe": 2}
+    idx = load_sharded_index(out)
+    assert [faiss.extract_index_ivf(i).nprobe for i in idx.searcher.shards] == [2, 2]
+    assert [faiss.extract_index_ivf(i).nlist for i in idx.searcher.shards] == [4, 4]
+    # nprobe = nlist visits every inverted list: the approximate index must then be exact
+    full = load_sharded_index(out, search_params={"nprobe": 4})
+    np.testing.assert_array_equal(full.searcher.search(queries, 10)[1], ref)
+
+    hnsw = build_sharded_index(model_dir, corpus, tmp_path / "hnsw", shards=2, factory="HNSW8", local=True,
+                               search_params={"efSearch": 64})
+    assert hnsw["search_params"] == {"efSearch": 64}
+    h = load_sharded_index(tmp_path / "hnsw")
+    assert all(faiss.downcast_index(i).hnsw.efSearch == 64 for i in h.searcher.shards)
+    hits = h.search(queries, 5)
+    assert all(len(row) == 5 for row in hits)

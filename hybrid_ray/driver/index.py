@@ -1,11 +1,12 @@
 """``hybrid-ray index``: encode a corpus with Ray Data and write sharded FAISS indexes.
 
     hybrid-ray index --model runs/hybrid/model --corpus data/bible --shards 4 --out runs/index
-    hybrid-ray index --model DIR --corpus passages.jsonl --factory IVF1024,Flat --out idx
+    hybrid-ray index --model DIR --corpus passages.jsonl --factory IVF1024,Flat --nprobe 32 --out idx
 
 The corpus is a pairs data set (its positives become the passages, ``docid = pair_id/lang``) or
 a Parquet / JSONL file with ``docid, lang, text``. Rerunning the same command resumes: complete
-shards whose checksums still match are skipped.
+shards whose checksums still match are skipped. A non-Flat index must have enough passages per
+shard to train (IVF: nlist, PQ: 2**nbits); that is checked before anything is encoded.
 """
 
 from __future__ import annotations
@@ -24,10 +25,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="index directory")
     p.add_argument("--factory", default="Flat",
                    help="faiss.index_factory string: Flat (exact), IVF1024,Flat, HNSW32, IVF1024,PQ32...")
+    p.add_argument("--nprobe", type=int, default=None,
+                   help="IVF: inverted lists visited per query, recorded as the serving default (FAISS: 1)")
+    p.add_argument("--ef-search", type=int, default=None,
+                   help="HNSW: search-time candidate list size, recorded as the serving default (FAISS: 16)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--concurrency", type=int, default=None,
                    help="encoder actors (default: one per GPU, else one per CPU)")
     p.add_argument("--progress", action="store_true", help="show Ray Data progress bars")
+    p.add_argument("--local", action="store_true",
+                   help="encode in this process instead of a Ray Data actor pool (small corpora)")
     return p
 
 
@@ -42,10 +49,12 @@ def main(argv: list[str] | None = None) -> int:
     manifest = build_sharded_index(
         args.model, corpus, args.out, shards=args.shards, factory=args.factory,
         batch_size=args.batch_size, concurrency=args.concurrency, corpus_path=str(args.corpus),
-        progress=args.progress,
+        progress=args.progress, search_params={"nprobe": args.nprobe, "efSearch": args.ef_search},
+        local=args.local,
     )
+    kind = ", ".join([manifest["factory"], *(f"{k}={v}" for k, v in manifest["search_params"].items())])
     print(f"index {args.out}: {manifest['count']} passages, dim {manifest['dim']}, "
-          f"{len(manifest['shards'])} shard(s) [{manifest['factory']}]; built {len(manifest['built'])}, "
+          f"{len(manifest['shards'])} shard(s) [{kind}]; built {len(manifest['built'])}, "
           f"skipped {len(manifest['skipped'])} (already complete)")
     return 0
 

@@ -101,12 +101,13 @@ def test_serve_config_yaml_is_a_valid_serve_config():
     from serve.app import AppArgs
 
     cfg = yaml.safe_load((Path(__file__).parents[2] / "serve" / "config.yaml").read_text())
-    schema = ServeDeploySchema.parse_obj(cfg) if hasattr(ServeDeploySchema, "parse_obj") else None
-    assert schema is None or schema.http_options.host == "127.0.0.1"
-    assert cfg["http_options"]["host"] == "127.0.0.1"
-    (app,) = cfg["applications"]
-    assert app["import_path"] == "serve.app:build_app"
-    AppArgs.parse(app["args"])  # every key is a known build_app argument
+    schema = ServeDeploySchema.model_validate(cfg)  # what `serve run` / `serve deploy` do with it
+    assert schema.http_options.host == "127.0.0.1"
+    (app,) = schema.applications
+    assert app.import_path == "serve.app:build_app" and app.route_prefix == "/"
+    args = AppArgs.parse(app.args)  # every key is a known build_app argument
+    assert args.num_gpus_per_shard == "auto" and args.retriever_num_gpus == "auto"
+    assert args.max_ongoing_requests >= args.max_batch_size  # else Serve caps the batches
 
 
 def test_app_args_reject_unknown_and_bad_values():

@@ -12,7 +12,6 @@ import csv
 import json
 import math
 import random
-import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -145,9 +144,7 @@ def test_tiny_search_picks_best_and_exports(data: dict[str, Path], tmp_path: Pat
     spec = load_tune_config("tiny.yaml", _overrides(data, tmp_path, "run.verbose=0"))
     init_ray(num_cpus=2)
     try:
-        t0 = time.perf_counter()
         best = run_search(spec)
-        first_run_s = time.perf_counter() - t0
         exp = tmp_path / "tune-tiny"
         results = json.loads((exp / "results.json").read_text())
         trials = results["trials"]
@@ -179,12 +176,106 @@ def test_tiny_search_picks_best_and_exports(data: dict[str, Path], tmp_path: Pat
         assert list(exp.glob("trial_*/events.out.tfevents*")), "Tune's TensorBoard logger wrote nothing"
         assert list((exp / "train").glob("*/tensorboard/events.out.tfevents*"))
 
-        # Rerunning the same command restores the finished experiment: no training again.
-        t0 = time.perf_counter()
+        # Rerunning the same command restores the finished experiment: no training again. Every
+        # trial reports once per validation (result.json gets one line per report) and every
+        # training run gets its own directory under train/: neither may change.
+        def snapshot() -> tuple[dict[str, int], list[str]]:
+            lines = {d.name: len((d / "result.json").read_text().splitlines()) for d in exp.glob("trial_*")}
+            return lines, sorted(p.name for p in (exp / "train").iterdir() if p.is_dir())
+
+        before = snapshot()
+        assert len(before[0]) == 3 and all(n == 3 for n in before[0].values()), before
+        assert len(before[1]) == 3, before
         again = run_search(load_tune_config("tiny.yaml", _overrides(data, tmp_path, "run.verbose=0")))
         assert again["trial_id"] == best["trial_id"] and again["value"] == best["value"]
-        assert time.perf_counter() - t0 < first_run_s / 2
+        assert snapshot() == before
+        rerun = json.loads((exp / "results.json").read_text())["trials"]
+        assert [(t["trial_id"], t["training_iteration"]) for t in rerun] == \
+            [(t["trial_id"], t["training_iteration"]) for t in trials]
         with pytest.raises(ConfigError, match="already holds a Tune experiment"):
             run_search(spec, resume=False)
     finally:
         ray.shutdown()
+
+
+# --------------------------------------------------------------------------- result rows (no Ray)
+def _fake_grid(tmp: Path) -> tuple[list, Path, Path]:
+    """A ResultGrid stand-in: a finished trial, two ASHA-stopped ones and two errored ones."""
+    from types import SimpleNamespace
+
+    export = tmp / "t1-export"
+    export.mkdir()
+    ckpt = tmp / "ckpt-t2"
+    (ckpt / "encoder").mkdir(parents=True)
+    no_encoder_ckpt = tmp / "ckpt-t4"
+    no_encoder_ckpt.mkdir()
+
+    def res(tid: str, alpha: float, metrics: dict, error: Exception | None = None):
+        return SimpleNamespace(metrics={"trial_id": tid, **metrics} if metrics is not None else None,
+                               config={"alpha": alpha, "lr": 1e-4}, path=str(tmp / f"trial_{tid}"), error=error)
+
+    grid = [
+        # completion order, not creation order (as after a restore)
+        res("exp_00003", 1.0, {}, RuntimeError("worker died\nTraceback ...")),  # errored before any report
+        res("exp_00001", 0.0, {"val_miracl_map": 0.40, "val_lang_bias": 0.2, "training_iteration": 3,
+                               "encoder_dir": str(export), "checkpoint_path": str(tmp / "gone"),
+                               "finished": 1}),
+        # stopped by ASHA after its 2nd validation: no export, its last checkpoint's encoder
+        res("exp_00002", 0.5, {"val_miracl_map": 0.55, "training_iteration": 2,
+                               "encoder_dir": "", "checkpoint_path": str(ckpt)}),
+        res("exp_00004", 0.25, {"val_miracl_map": 0.90, "training_iteration": 1,
+                                "checkpoint_path": str(no_encoder_ckpt)}),  # best value, nothing to export
+        res("exp_00005", 0.75, {"val_miracl_map": float("nan"), "training_iteration": 1,
+                                "checkpoint_path": str(ckpt)}, ValueError("loss is nan")),
+    ]
+    return grid, export, ckpt / "encoder"
+
+
+def _spec_stub():
+    from types import SimpleNamespace
+
+    return SimpleNamespace(train_base={"sampler": {"alpha": 0.5, "lang_temperature": 1.0},
+                                       "optim": {"lr": 3e-5, "weight_decay": 0.01}, "model": {"temperature": 0.05}})
+
+
+def test_collect_rows_statuses_and_encoder_fallback(tmp_path: Path) -> None:
+    from tune.search import collect_rows
+
+    grid, export, ckpt_encoder = _fake_grid(tmp_path)
+    rows = collect_rows(grid, _spec_stub())
+    assert [r["trial_id"] for r in rows] == [f"exp_0000{i}" for i in range(1, 6)]  # creation order
+    by = {r["trial_id"]: r for r in rows}
+    assert [by[f"exp_0000{i}"]["status"] for i in range(1, 6)] == \
+        ["TERMINATED", "STOPPED", "ERROR", "STOPPED", "ERROR"]
+    assert by["exp_00001"]["encoder"] == str(export)  # the finished trial's export
+    assert by["exp_00002"]["encoder"] == str(ckpt_encoder)  # ASHA-stopped: checkpoint fallback
+    assert by["exp_00004"]["encoder"] == ""  # checkpoint without an encoder dir
+    assert by["exp_00003"]["error"] == "worker died" and by["exp_00003"]["encoder"] == ""
+    assert "val_miracl_map" not in by["exp_00003"]
+    assert by["exp_00001"]["alpha"] == 0.0 and by["exp_00001"]["lr"] == 1e-4
+    assert by["exp_00001"]["val_lang_bias"] == 0.2 and by["exp_00002"]["training_iteration"] == 2
+    assert "finished" not in by["exp_00001"] and "checkpoint_path" not in by["exp_00001"]
+
+
+def test_pick_best_among_finished_stopped_and_errored(tmp_path: Path) -> None:
+    from hybrid_ray.errors import HybridRayError
+    from tune.search import collect_rows, pick_best
+
+    grid, _, ckpt_encoder = _fake_grid(tmp_path)
+    rows = collect_rows(grid, _spec_stub())
+    # exp_00004 has the highest value but no encoder, exp_00005 is NaN: the ASHA-stopped trial wins
+    best = pick_best(rows, "val_miracl_map", "max")
+    assert best["trial_id"] == "exp_00002" and best["encoder"] == str(ckpt_encoder)
+    assert pick_best(rows, "val_miracl_map", "min")["trial_id"] == "exp_00001"
+    # ties go to the earlier trial (collect_rows returns creation order)
+    tied = [dict(r, val_miracl_map=0.5) for r in rows]
+    assert pick_best(tied, "val_miracl_map", "max")["trial_id"] == "exp_00001"
+    # an errored trial whose last validated checkpoint has an encoder counts like an ASHA-stopped
+    # one: the metric belongs to that checkpoint, which is what would be exported
+    late = [dict(r, val_miracl_map=0.99) if r["trial_id"] == "exp_00005" else r for r in rows]
+    chosen = pick_best(late, "val_miracl_map", "max")
+    assert chosen["trial_id"] == "exp_00005" and chosen["encoder"] == str(ckpt_encoder)
+    # no usable trial: one error naming every trial and why
+    failed = [r for r in rows if r["status"] == "ERROR"]
+    with pytest.raises(HybridRayError, match=r"no trial reported val_miracl_map.*exp_00003: worker died"):
+        pick_best(failed, "val_miracl_map", "max")
