@@ -8,6 +8,7 @@ does not pay for importing Ray, torch or DeepSpeed.
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import sys
 
@@ -48,6 +49,24 @@ def main(argv: list[str] | None = None) -> int:
     except HybridRayError as exc:
         print(f"hybrid-ray {name}: error: {exc}", file=sys.stderr)
         return 2
+
+
+def auto_or_number(number: type[int] | type[float] = int, minimum: float = 0):
+    """An argparse ``type``: the word ``auto`` or a ``number`` >= ``minimum`` (e.g. --max-k, --num-gpus)."""
+
+    def parse(value: str) -> int | float | str:
+        if value == "auto":
+            return value
+        try:
+            x = number(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected 'auto' or a number >= {minimum}, got {value!r}") from None
+        if x < minimum:
+            raise argparse.ArgumentTypeError(f"expected 'auto' or a number >= {minimum}, got {value!r}")
+        return x
+
+    parse.__name__ = f"auto_or_{number.__name__}"
+    return parse
 
 
 def run_main(main_fn, argv: list[str] | None = None) -> None:

@@ -25,23 +25,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hybrid_ray.cli import run_main
+from hybrid_ray.cli import auto_or_number, run_main
 from hybrid_ray.errors import ConfigError, HybridRayError
 
 APP_NAME = "hybrid-ray"
-
-
-def _gpus(value: str) -> float | str:
-    """``auto`` or a number >= 0 (argparse type)."""
-    if value == "auto":
-        return value
-    try:
-        x = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected 'auto' or a number, got {value!r}") from None
-    if x < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return x
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -59,10 +46,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-query-chars", type=int, default=2048)
     p.add_argument("--max-body-bytes", type=int, default=4 * 1024 * 1024,
                    help="largest request body (bytes); larger requests get 413")
-    p.add_argument("--num-gpus-per-shard", type=_gpus, default="auto",
+    p.add_argument("--num-gpus-per-shard", type=auto_or_number(float), default="auto",
                    help="GPUs per shard replica, or auto (default): one GPU (or a share) per shard when "
                    "the Ray cluster has GPUs and FAISS has GPU support, else CPU")
-    p.add_argument("--retriever-num-gpus", type=_gpus, default="auto",
+    p.add_argument("--retriever-num-gpus", type=auto_or_number(float), default="auto",
                    help="GPUs of the query encoder replica, or auto (default): GPU when the cluster has one")
     p.add_argument("--nprobe", type=int, default=None, help="IVF indexes: override the manifest's nprobe")
     p.add_argument("--ef-search", type=int, default=None, help="HNSW indexes: override the manifest's efSearch")

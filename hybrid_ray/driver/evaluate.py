@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from hybrid_ray.cli import run_main
+from hybrid_ray.cli import auto_or_number, run_main
 from hybrid_ray.data.retrieval import RETRIEVAL_FILES, RetrievalSet
 from hybrid_ray.errors import DataError
 
@@ -98,18 +98,6 @@ def _filter_langs(rs: RetrievalSet, langs: list[str]) -> RetrievalSet:
     return RetrievalSet(rs.name, queries, corpus, {q: qrels.get(q, {}) for q in qids})
 
 
-def _max_k(value: str) -> int | str:
-    if value == "auto":
-        return value
-    try:
-        k = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0 or 'auto', got {value!r}") from None
-    if k < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0 or 'auto', got {value!r}")
-    return k
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hybrid-ray eval", description=__doc__.split("\n")[0])
     p.add_argument("--model", required=True, help="model directory (DualEncoder.save_pretrained)")
@@ -120,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="eval-results", help="output directory")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--max-queries", type=int, default=None, help="first N queries per language")
-    p.add_argument("--max-k", type=_max_k, default="auto",
+    p.add_argument("--max-k", type=auto_or_number(int), default="auto",
                    help="search depth cap (pools up to this size are ranked fully; 0 = always full; "
                         "default auto: full up to 10,000 candidates, else 1000)")
     p.add_argument("--cache-dir", default=None,

@@ -32,12 +32,8 @@ def _corpus(n: int = 30) -> pa.Table:
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    from hybrid_ray.testing import tiny_encoder
-
-    path = tmp_path_factory.mktemp("http") / "model"
-    tiny_encoder(path)
-    return path
+def model_dir(tiny_model_dir):
+    return tiny_model_dir  # the session-wide tiny encoder (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")
