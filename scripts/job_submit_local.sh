@@ -64,25 +64,75 @@ export GLOO_SOCKET_IFNAME=lo
 export RAY_USAGE_STATS_ENABLED=0
 export TOKENIZERS_PARALLELISM=false
 
-read -r GCS_PORT DASH_PORT CLIENT_PORT AGENT_PORT AGENT_GRPC_PORT METRICS_PORT RTENV_PORT < <(
+# Free ports between Ray's worker-port range (10002-19999 by default) and the kernel's ephemeral
+# range: Ray's own processes bind port 0 (ephemeral) while the head starts, so a port picked from
+# that range can be taken before the dashboard binds it.
+pick_ports() {
   "$PYTHON" - <<'PY'
-import socket
-socks = []
-for _ in range(7):
+import random, socket
+lo, _hi = (int(x) for x in open("/proc/sys/net/ipv4/ip_local_port_range").read().split())
+socks, tried = [], set()
+while len(socks) < 7:
+    port = random.randrange(20000, max(20001, lo))
+    if port in tried:
+        continue
+    tried.add(port)
     s = socket.socket()
-    s.bind(("127.0.0.1", 0))
+    try:
+        s.bind(("127.0.0.1", port))
+    except OSError:
+        s.close()
+        continue
     socks.append(s)
 print(" ".join(str(s.getsockname()[1]) for s in socks))
 for s in socks:
     s.close()
 PY
-)
+}
 
 TMP_DIR="$(mktemp -d /tmp/hrjs.XXXXXX)"
 RAY_PID=""
 
 cleanup() {
   local rc=$?
+  stop_head  # defined below; bash resolves it when the trap runs
+  if [[ "${KEEP_TMP:-0}" != "1" ]]; then rm -rf "$TMP_DIR"; fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+start_head() {
+  read -r GCS_PORT DASH_PORT CLIENT_PORT AGENT_PORT AGENT_GRPC_PORT METRICS_PORT RTENV_PORT < <(pick_ports)
+  echo "[job_submit_local] starting Ray head on 127.0.0.1 (gcs :$GCS_PORT, dashboard :$DASH_PORT)"
+  setsid "$RAY" start --head --block \
+    --num-cpus="${NUM_CPUS:-2}" \
+    --node-ip-address=127.0.0.1 \
+    --port="$GCS_PORT" \
+    --dashboard-host=127.0.0.1 \
+    --dashboard-port="$DASH_PORT" \
+    --ray-client-server-port="$CLIENT_PORT" \
+    --dashboard-agent-listen-port="$AGENT_PORT" \
+    --dashboard-agent-grpc-port="$AGENT_GRPC_PORT" \
+    --metrics-export-port="$METRICS_PORT" \
+    --runtime-env-agent-port="$RTENV_PORT" \
+    --temp-dir="$TMP_DIR" \
+    --disable-usage-stats \
+    >"$TMP_DIR/ray-start.log" 2>&1 &
+  RAY_PID=$!
+  ADDRESS="http://127.0.0.1:$DASH_PORT"
+  local deadline=$((SECONDS + ${READY_TIMEOUT:-60}))
+  until "$PYTHON" -c "import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=2)" \
+    "$ADDRESS/api/version" >/dev/null 2>&1; do
+    if ! kill -0 "$RAY_PID" 2>/dev/null || ((SECONDS > deadline)); then
+      return 1
+    fi
+    sleep 1
+  done
+}
+
+stop_head() {
   if [[ -n "$RAY_PID" ]] && kill -0 "$RAY_PID" 2>/dev/null; then
     kill -TERM -- "-$RAY_PID" 2>/dev/null || true
     for _ in $(seq 1 20); do
@@ -91,40 +141,21 @@ cleanup() {
     done
     kill -KILL -- "-$RAY_PID" 2>/dev/null || true
   fi
-  if [[ "${KEEP_TMP:-0}" != "1" ]]; then rm -rf "$TMP_DIR"; fi
-  exit "$rc"
+  RAY_PID=""
 }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
 
-echo "[job_submit_local] starting Ray head on 127.0.0.1 (gcs :$GCS_PORT, dashboard :$DASH_PORT)"
-setsid "$RAY" start --head --block \
-  --num-cpus="${NUM_CPUS:-2}" \
-  --node-ip-address=127.0.0.1 \
-  --port="$GCS_PORT" \
-  --dashboard-host=127.0.0.1 \
-  --dashboard-port="$DASH_PORT" \
-  --ray-client-server-port="$CLIENT_PORT" \
-  --dashboard-agent-listen-port="$AGENT_PORT" \
-  --dashboard-agent-grpc-port="$AGENT_GRPC_PORT" \
-  --metrics-export-port="$METRICS_PORT" \
-  --runtime-env-agent-port="$RTENV_PORT" \
-  --temp-dir="$TMP_DIR" \
-  --disable-usage-stats \
-  >"$TMP_DIR/ray-start.log" 2>&1 &
-RAY_PID=$!
-
-ADDRESS="http://127.0.0.1:$DASH_PORT"
-deadline=$((SECONDS + ${READY_TIMEOUT:-60}))
-until "$PYTHON" -c "import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=2)" \
-  "$ADDRESS/api/version" >/dev/null 2>&1; do
-  if ! kill -0 "$RAY_PID" 2>/dev/null || ((SECONDS > deadline)); then
-    echo "[job_submit_local] Ray head did not come up; its log:" >&2
-    cat "$TMP_DIR/ray-start.log" >&2 || true
-    exit 1
+# Up to 3 tries, with fresh ports, when a port was taken after all ("address already in use").
+for attempt in 1 2 3; do
+  if start_head; then break; fi
+  if [[ $attempt -lt 3 ]] && grep -q "already in use" "$TMP_DIR/ray-start.log" 2>/dev/null; then
+    echo "[job_submit_local] a port was taken while Ray started; retrying with new ports" >&2
+    stop_head
+    rm -rf "${TMP_DIR:?}"/*
+    continue
   fi
-  sleep 1
+  echo "[job_submit_local] Ray head did not come up; its log:" >&2
+  cat "$TMP_DIR/ray-start.log" >&2 || true
+  exit 1
 done
 
 echo "[job_submit_local] submitting: $*"
