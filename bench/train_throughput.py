@@ -55,7 +55,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import RESULTS, command, demo_data, e5_small_dir, loadavg, machine, versions, write_results
+from bench.common import RESULTS, command, demo_data, loadavg, machine, model_arg, versions, write_results
 
 # name -> (kind, torch threads per process, Ray Train workers)
 CONTENDERS: dict[str, tuple[str, int, int]] = {
@@ -112,13 +112,8 @@ def prepare_inputs(args: argparse.Namespace, workdir: Path) -> tuple[str, str, s
         model_dir = workdir / "tiny-model"
         tiny_encoder(model_dir)
         desc = "tiny random BERT (2 layers, 32-d, word-level tokenizer)"
-    elif args.model == "e5-small":
-        model_dir = e5_small_dir()
-        desc = f"{model_dir.name} ({model_dir})"
     else:
-        model_dir = Path(args.model).expanduser()
-        if not model_dir.exists():
-            raise SystemExit(f"model dir {model_dir} not found (or use --model e5-small / tiny)")
+        model_dir = model_arg(args.model)
         desc = f"{model_dir.name} ({model_dir})"
     if args.data:
         data = Path(args.data).expanduser().resolve()

@@ -22,9 +22,10 @@ LAReQA setting (XQuAD-R, MLQA-R, our parallel pairs), as in the paper:
   language); mAP, R@1, R@10 averaged per query language, then macro over query languages;
 * language bias (Huang et al. 2023) from the multilingual ranking: per query, for each language
   the best rank of its relevant candidates there, then max - min over languages; mean per query
-  language, macro over languages. Ranks are computed exactly over the whole pool (a chunked
-  matrix product), not from the truncated top-k, because a badly ranked language is precisely
-  what the metric must see.
+  language, macro over languages. Ranks are exact over the whole pool: read off the multilingual
+  top-k when every relevant candidate is inside it, else counted blockwise over all candidates,
+  never cut at the search depth, because a badly ranked language is precisely what the metric
+  must see.
 
 MIRACL setting (monolingual per language): nDCG@10, Recall@100 and mAP per language and mean.
 
@@ -119,8 +120,6 @@ class _Encoded:
         self.q_emb = q_emb
         self.c_emb = c_emb
         self.c_langs = sorted(set(self.c_lang.tolist()))
-        code = {lang: i for i, lang in enumerate(self.c_langs)}
-        self.c_code = np.asarray([code[x] for x in self.c_lang.tolist()], dtype=np.int32)
         self.row_of_doc = {d: i for i, d in enumerate(self.docids.tolist())}
         if len(self.row_of_doc) != len(self.docids):
             raise DataError("duplicate docid in the candidate corpus", field="docid")
@@ -228,24 +227,15 @@ def _score_subset(
     return _score_ranking(enc, q_rows, glob, qrels, metrics, lang), k
 
 
-def exact_ranks(enc: _Encoded, q_rows: np.ndarray, chunk: int | None = None) -> list[np.ndarray]:
+def exact_ranks(enc: _Encoded, q_rows: np.ndarray) -> list[np.ndarray]:
     """1-based rank of every relevant candidate of each query in the whole pool, exactly.
 
-    Same order as :func:`hybrid_ray.search.search`: score descending, then lower row first.
-    Blockwise over the candidates; ``chunk`` caps the query rows scored at once (default: as
-    many as fit :data:`hybrid_ray.search.DEFAULT_MAX_SCORES` floats with one candidate block).
+    Same order as :func:`hybrid_ray.search.search`: score descending, then lower row first;
+    blockwise over the candidates (:func:`hybrid_ray.search.exact_ranks`).
     """
     q_rows = np.asarray(q_rows, dtype=np.int64)
     q = np.ascontiguousarray(enc.q_emb[q_rows], dtype=np.float32)
-    targets = [enc.rel_rows[r] for r in q_rows.tolist()]
-    if chunk is None:
-        return _exact_ranks(q, enc.c_emb, targets)
-    out: list[np.ndarray] = []
-    for start in range(0, len(q_rows), chunk):  # a smaller budget: at most chunk query rows at once
-        block = min(len(enc.docids), 1 << 16) or 1
-        out += _exact_ranks(q[start : start + chunk], enc.c_emb, targets[start : start + chunk],
-                            max_scores=chunk * block, block_size=block)
-    return out
+    return _exact_ranks(q, enc.c_emb, [enc.rel_rows[r] for r in q_rows.tolist()])
 
 
 def _bias_ranks(enc: _Encoded, q_rows: np.ndarray, glob: np.ndarray) -> list[np.ndarray]:
@@ -273,7 +263,8 @@ def _lareqa(
     q_langs = sorted(set(enc.q_lang.tolist()))
     c_langs = enc.c_langs
     q_by_lang = {x: np.flatnonzero(enc.q_lang == x) for x in q_langs}
-    pool_y = [int(np.sum(enc.c_code == j)) for j in range(len(c_langs))]
+    c_by_lang = [np.flatnonzero(enc.c_lang == y) for y in c_langs]
+    pool_y = [len(rows) for rows in c_by_lang]
     n_pool = len(enc.docids)
     k_pair = [_depth(p, max_k) for p in pool_y]
     k_multi = _depth(n_pool, max_k)
@@ -285,7 +276,6 @@ def _lareqa(
     ranks: dict[str, np.ndarray] = {}
     depths = sorted(set(k_pair) | {k_multi})
     truncated = k_multi < n_pool or any(k < p for k, p in zip(k_pair, pool_y, strict=True))
-    c_by_lang = [np.flatnonzero(enc.c_code == j) for j in range(len(c_langs))]
     for x in q_langs:
         q_rows = q_by_lang[x]
         q = np.ascontiguousarray(enc.q_emb[q_rows], dtype=np.float32)
@@ -390,7 +380,7 @@ def evaluate_retrieval(
         "n_queries": rs.queries.num_rows,
         "n_candidates": rs.corpus.num_rows,
         "query_langs": sorted(set(enc.q_lang.tolist())),
-        "candidate_langs": sorted(set(enc.c_lang.tolist())),
+        "candidate_langs": enc.c_langs,
         "dim": int(q_emb.shape[1]),
         "search": {"index": "Flat (exact inner product)", "max_k": max_k, "depths": body.pop("depths"),
                    "truncated": body.pop("truncated"),

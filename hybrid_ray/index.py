@@ -247,6 +247,14 @@ def search_params_of(factory: str, params: dict[str, Any] | None) -> dict[str, i
     return out
 
 
+def resolve_search_params(manifest: dict[str, Any], overrides: dict[str, Any] | None = None) -> dict[str, int]:
+    """The search parameters to serve an index with: the manifest's recorded ones, replaced by
+    every ``overrides`` entry that is not None, validated for the manifest's index type."""
+    params = dict(manifest.get("search_params") or {})
+    params.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return search_params_of(str(manifest.get("factory", "Flat")), params)
+
+
 def _has_param(factory: str, name: str) -> bool:
     tokens = factory.replace("_", ",").split(",")
     if name == "nprobe":
@@ -360,18 +368,17 @@ def encode_rows_local(
     """In-process counterpart of :func:`encode_rows_ray` (no Ray): small corpora, tests, laptops."""
     import torch
 
+    from hybrid_ray.encode import encode_batches
     from hybrid_ray.modeling.encoder import DualEncoder
 
     encoder = DualEncoder.from_pretrained(model_dir)
     if torch.cuda.is_available():
         encoder = encoder.to("cuda")
-    step = max(batch_size, 1024)
     for s, e in ranges:
-        for b in range(s, e, step):
-            n = min(step, e - b)
-            emb = encoder.encode([str(t) for t in texts.slice(b, n).to_pylist()], "passage",
-                                 batch_size=batch_size)
-            yield np.arange(b, b + n, dtype=np.int64), np.asarray(emb, dtype=np.float32)
+        row = s
+        for emb in encode_batches(encoder, texts.slice(s, e - s), "passage", batch_size):
+            yield np.arange(row, row + len(emb), dtype=np.int64), emb
+            row += len(emb)
 
 
 class _ShardWriter:
@@ -645,8 +652,7 @@ def load_sharded_index(path: str | Path, verify: bool = True, gpu: bool = True,
     """
     path = Path(path)
     manifest = read_manifest(path)
-    params = search_params_of(manifest.get("factory", "Flat"),
-                              {**manifest.get("search_params", {}), **(search_params or {})})
+    params = resolve_search_params(manifest, search_params)
     indexes, tables, offsets = [], [], []
     for shard in manifest["shards"]:
         check_shard_files(path, shard, verify)

@@ -142,14 +142,9 @@ def read_manifest(index_dir: str | Path) -> dict[str, Any]:
 
 def serving_search_params(manifest: dict[str, Any], args: AppArgs) -> dict[str, int]:
     """nprobe / efSearch for the shards: the manifest's, overridden by the app args (validated)."""
-    from hybrid_ray.index import search_params_of
+    from hybrid_ray.index import resolve_search_params
 
-    params = dict(manifest.get("search_params") or {})
-    if args.nprobe is not None:
-        params["nprobe"] = args.nprobe
-    if args.ef_search is not None:
-        params["efSearch"] = args.ef_search
-    return search_params_of(str(manifest.get("factory", "Flat")), params)
+    return resolve_search_params(manifest, {"nprobe": args.nprobe, "efSearch": args.ef_search})
 
 
 def faiss_has_gpu() -> bool:
@@ -256,7 +251,7 @@ class ShardCore:
         import faiss
         import pyarrow.parquet as pq
 
-        from hybrid_ray.index import check_shard_files, search_params_of
+        from hybrid_ray.index import check_shard_files, resolve_search_params
 
         index_dir = Path(index_dir)
         manifest = read_manifest(index_dir)
@@ -266,7 +261,7 @@ class ShardCore:
         entry = shards[shard]
         check_shard_files(index_dir, entry, verify)
         if search_params is None:
-            search_params = search_params_of(str(manifest.get("factory", "Flat")), manifest.get("search_params"))
+            search_params = resolve_search_params(manifest)
         files = {k: index_dir / v["path"] for k, v in entry["files"].items()}
         try:
             index = faiss.read_index(str(files["faiss"]))

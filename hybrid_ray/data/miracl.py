@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 
 from hybrid_ray.data.pairs import iter_jsonl, open_text, read_jsonl
 from hybrid_ray.data.retrieval import RetrievalSet
-from hybrid_ray.data.schema import check_lang
+from hybrid_ray.data.schema import check_lang, first_blank_row
 from hybrid_ray.errors import DataError
 from hybrid_ray.io import atomic_path
 
@@ -141,10 +141,9 @@ def _check_corpus_text(table: pa.Table, path: Path) -> None:
     The check is vectorised; the file is re-scanned only to find the failing line.
     """
     for name in ("docid", "text"):
-        blank = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(table.column(name))), 0)
-        if not pc.any(blank).as_py():
+        row = first_blank_row(table.column(name))
+        if row is None:
             continue
-        row = pc.index(blank, True).as_py()
         docid = table.column("docid")[row].as_py()
         line = next((lineno for i, (lineno, _) in enumerate(iter_jsonl(path)) if i == row), None)
         raise DataError(

@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 
 from hybrid_ray.data.pairs import open_text
-from hybrid_ray.data.schema import PAIRS_SCHEMA, check_lang, validate_pairs_table
+from hybrid_ray.data.schema import PAIRS_SCHEMA, check_lang, first_null_row, validate_pairs_table
 from hybrid_ray.errors import DataError
 
 #: mMARCO language names (as used in its file names) -> ISO 639-1.
@@ -129,8 +129,9 @@ def _lookup(path: Path, ids: pa.Array, what: str) -> pa.Array:
     have = pa.concat_arrays(found_ids) if found_ids else pa.array([], pa.string())
     texts = pa.concat_arrays(found_texts) if found_texts else pa.array([], pa.string())
     idx = pc.index_in(ids, value_set=have)
-    if idx.null_count:
-        missing = ids[pc.index(pc.is_null(idx), True).as_py()].as_py()
+    row = first_null_row(idx)
+    if row is not None:
+        missing = ids[row].as_py()
         raise DataError(f"{what} id used by a triple is missing from this file", path=path, value=missing)
     out = pc.utf8_trim_whitespace(pc.take(texts, idx))
     empty = pc.equal(pc.utf8_length(out), 0)

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from hybrid_ray.data.schema import validate_pairs_table
+from hybrid_ray.data.schema import first_blank_row, first_null_row, validate_pairs_table
 from hybrid_ray.errors import DataError
 
 QUERIES_SCHEMA = pa.schema([("qid", pa.string()), ("lang", pa.string()), ("text", pa.string())])
@@ -47,6 +47,16 @@ class RetrievalSet:
     def corpus_langs(self) -> list[str]:
         return sorted(set(pc.unique(self.corpus.column("lang")).to_pylist()))
 
+    def filter_langs(self, langs: list[str]) -> RetrievalSet:
+        """The queries and candidates in ``langs``, with the judgements between them."""
+        keep = pa.array(langs, pa.string())
+        queries = self.queries.filter(pc.is_in(self.queries.column("lang"), value_set=keep))
+        corpus = self.corpus.filter(pc.is_in(self.corpus.column("lang"), value_set=keep))
+        docids = set(corpus.column("docid").to_pylist())
+        qrels = {q: {d: r for d, r in self.qrels.get(q, {}).items() if d in docids}
+                 for q in queries.column("qid").to_pylist()}
+        return RetrievalSet(self.name, queries, corpus, qrels)
+
     def validate(self, source: str | Path | None = None) -> RetrievalSet:
         """Check the set is evaluable; raise a DataError naming the offending id otherwise.
 
@@ -62,12 +72,12 @@ class RetrievalSet:
 
         for table, fname, key in ((self.queries, "queries.parquet", "qid"), (self.corpus, "corpus.parquet", "docid")):
             col = table.column(key)
-            if col.null_count:
-                row = pc.index(pc.is_null(col), True).as_py()
+            row = first_null_row(col)
+            if row is not None:
                 raise DataError(f"null {key} in row {row}", path=where(fname), field=key)
-            blank = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(col)), 0)
-            if pc.any(blank).as_py():
-                raise DataError(f"empty {key} in row {pc.index(blank, True).as_py()}", path=where(fname), field=key)
+            row = first_blank_row(col)
+            if row is not None:
+                raise DataError(f"empty {key} in row {row}", path=where(fname), field=key)
             if pc.count_distinct(col).as_py() != table.num_rows:
                 counts = pc.value_counts(col)
                 dup = next(v["values"].as_py() for v in counts if v["counts"].as_py() > 1)
@@ -159,8 +169,8 @@ class RetrievalSet:
             if missing:
                 raise DataError(f"missing column(s) {missing}", path=path / f, field=missing[0])
         for col in QRELS_SCHEMA.names:
-            if qrels_t.column(col).null_count:
-                row = pc.index(pc.is_null(qrels_t.column(col)), True).as_py()
+            row = first_null_row(qrels_t.column(col))
+            if row is not None:
                 raise DataError(f"null {col} in row {row}", path=path / "qrels.parquet", field=col)
         qrels: dict[str, dict[str, int]] = defaultdict(dict)
         for q, d, r in zip(

@@ -55,6 +55,17 @@ def check_lang(code: str, *, path: object = None, field: str = "lang", line: int
     return code
 
 
+def first_null_row(column: pa.Array | pa.ChunkedArray) -> int | None:
+    """0-based row of the first null in ``column``, or None: for errors that name the row."""
+    return pc.index(pc.is_null(column), True).as_py() if column.null_count else None
+
+
+def first_blank_row(column: pa.Array | pa.ChunkedArray) -> int | None:
+    """0-based row of the first empty or whitespace-only string in ``column``, or None."""
+    row = pc.index(pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(column)), 0), True).as_py()
+    return None if row < 0 else row
+
+
 def validate_pairs_table(table: pa.Table, *, path: object = None) -> pa.Table:
     """Check a pairs table and return it cast to ``PAIRS_SCHEMA`` (adding empty negatives).
 
@@ -73,10 +84,8 @@ def validate_pairs_table(table: pa.Table, *, path: object = None) -> pa.Table:
     table = table.select(list(PAIRS_SCHEMA.names))
     # Nulls first: casting a null to the non-nullable schema fails with an opaque ValueError.
     for name in REQUIRED_COLUMNS:
-        col = table.column(name)
-        if col.null_count:
-            row = pc.index(pc.is_null(col), True).as_py()
-            # A table row (0-based), not a file line: Parquet has no lines.
+        row = first_null_row(table.column(name))
+        if row is not None:  # a table row (0-based), not a file line: Parquet has no lines
             raise DataError(f"null value in row {row}", path=path, field=name)
     negs = table.column("negatives")
     if negs.null_count:  # a null list of negatives is an empty one
@@ -90,9 +99,8 @@ def validate_pairs_table(table: pa.Table, *, path: object = None) -> pa.Table:
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, ValueError) as exc:
         raise DataError(f"columns do not match the pairs schema {PAIRS_SCHEMA}: {exc}", path=path) from exc
     for name in ("query", "positive", "pair_id"):
-        empty = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(table.column(name))), 0)
-        if pc.any(empty).as_py():
-            row = pc.index(empty, True).as_py()
+        row = first_blank_row(table.column(name))
+        if row is not None:
             raise DataError(
                 f"empty text in row {row} (pair_id {table.column('pair_id')[row].as_py()!r})",
                 path=path, field=name, value=table.column(name)[row].as_py(),

@@ -78,24 +78,8 @@ def load_retrieval_set(path: str | Path, fmt: str = "auto", split: str | None = 
         return load_miracl(path, langs=langs, split=split or "dev")
     if fmt == "retrieval":
         rs = RetrievalSet.load(path)
-        if langs:
-            rs = _filter_langs(rs, langs)
-        return rs
+        return rs.filter_langs(langs) if langs else rs
     raise DataError(f"unknown format (expected one of {', '.join(FORMATS)})", value=fmt)
-
-
-def _filter_langs(rs: RetrievalSet, langs: list[str]) -> RetrievalSet:
-    """Keep queries and candidates of ``langs`` (and the qrels between them)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    keep = pa.array(langs, pa.string())
-    queries = rs.queries.filter(pc.is_in(rs.queries.column("lang"), value_set=keep))
-    corpus = rs.corpus.filter(pc.is_in(rs.corpus.column("lang"), value_set=keep))
-    docids = set(corpus.column("docid").to_pylist())
-    qrels = {q: {d: r for d, r in rel.items() if d in docids} for q, rel in rs.qrels.items()}
-    qids = queries.column("qid").to_pylist()
-    return RetrievalSet(rs.name, queries, corpus, {q: qrels.get(q, {}) for q in qids})
 
 
 def build_parser() -> argparse.ArgumentParser:
