@@ -396,8 +396,8 @@ def tune_spec(tmp_path):
     from tune.search import load_tune_config
 
     argv = _entrypoint_argv()
-    if argv[2] != "tune.driver":
-        pytest.skip("the RayJob runs a single training, not tune.driver")
+    # The RayJob exists to run the alpha search (issue 8): a job that no longer does is a regression.
+    assert argv[2] == "tune.driver", f"the RayJob's first step should be tune.driver, got {argv[2]!r}"
     config = _repo_path(_flag(argv, "--config"))
     text = _on_tmp(config.read_text(), tmp_path)
     for item in yaml.safe_load(text).get("train_overrides", []):  # inputs the PVC must hold

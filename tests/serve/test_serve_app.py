@@ -9,12 +9,10 @@ import json
 import shutil
 import socket
 
+import httpx
 import numpy as np
 import pyarrow as pa
 import pytest
-
-pytest.importorskip("ray.serve")
-httpx = pytest.importorskip("httpx")
 
 WORDS = ["god", "light", "day", "night", "water", "earth", "heaven", "man", "cat", "dog", "house", "red",
          "blue", "green", "one", "two", "three", "world", "hello"]
