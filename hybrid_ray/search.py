@@ -8,7 +8,9 @@ Determinism: every search returns, per query, candidates ordered by score descen
 *lower id first*, and the top-k boundary obeys the same rule (when the k-th and (k+1)-th scores
 tie, the lower id is kept). We do not rely on FAISS's internal heap tie-breaking for this (it
 differs between CPU and GPU): :func:`search` asks for one extra result and widens the search
-whenever a tie straddles the boundary. That is what makes :class:`ShardedSearcher` return exactly
+whenever a tie straddles the boundary. Every combination of candidate lists (FAISS's own
+output, shards, blocks, language sub-indexes, the serving fan-out) goes through one function,
+:func:`merge_topk`, under that order. That is what makes :class:`ShardedSearcher` return exactly
 the top-k of one unsharded exact index, ties included, and what makes evaluation runs
 reproducible.
 
@@ -104,13 +106,62 @@ def maybe_to_gpu(index: faiss.Index) -> faiss.Index:
         return index
 
 
-def _sort_rows(scores: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Order each row by score descending, then id ascending; missing results (id -1) go last."""
-    missing = ids < 0
-    key_score = np.where(missing, -np.inf, scores)
-    key_id = np.where(missing, np.iinfo(np.int64).max, ids)
-    order = np.lexsort((key_id, -key_score), axis=1)
-    return np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
+_MISSING = np.iinfo(np.uint64).max
+_SIGN = np.uint32(0x80000000)
+_MAX_ID = (1 << 32) - 2  # ids live in a key's low 32 bits; all-ones there is kept free for _MISSING
+
+
+def _order_keys(scores: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """One ``uint64`` per result whose ascending order is (score desc, id asc); id -1 sorts last.
+
+    High 32 bits: the float32 score mapped to an order-preserving unsigned integer and inverted
+    (higher score -> smaller key); low 32 bits: the id. Sorting or partitioning these keys is a
+    single cheap integer operation instead of a two-key lexsort.
+    """
+    s = np.ascontiguousarray(scores, dtype=np.float32) + np.float32(0.0)  # -0.0 -> +0.0: they tie
+    b = s.view(np.uint32)
+    u = np.where(b & _SIGN, ~b, b | _SIGN)  # monotone increasing in the score
+    ids = np.asarray(ids, dtype=np.int64)
+    keys = ((~u).astype(np.uint64) << np.uint64(32)) | (ids.astype(np.uint64) & np.uint64(0xFFFFFFFF))
+    keys[ids < 0] = _MISSING
+    return keys
+
+
+def _decode_keys(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    ids = (keys & np.uint64(0xFFFFFFFF)).astype(np.int64)
+    u = ~((keys >> np.uint64(32)).astype(np.uint32))
+    b = np.where(u & _SIGN, u ^ _SIGN, ~u)
+    scores = b.view(np.float32).copy()
+    missing = keys == _MISSING
+    ids[missing], scores[missing] = -1, -np.inf
+    return scores, ids
+
+
+def merge_topk(parts: Sequence[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The exact top-``k`` per query of the union of candidate lists: THE merge of this project.
+
+    ``parts`` are ``(scores float32 [nq, w_i], ids int64 [nq, w_i])`` pairs with the same ``nq``
+    (a shard's, a block's, a language sub-index's or one FAISS call's results; id ``-1`` = no
+    result). Returns ``(scores [nq, k'], ids [nq, k'])``, ``k' = min(k, sum w_i)``, ordered by
+    score descending, then lower id first; missing results come last as ``(-inf, -1)``. The order
+    is total, so the result does not depend on how the candidates were split into parts: that is
+    why sharded, blockwise and language-filtered searches equal one exact index, ties included.
+    ``-0.0`` and ``+0.0`` tie (and come back as ``+0.0``). Ids must be below ``2**32 - 1``.
+    """
+    parts = [(np.asarray(s, dtype=np.float32), np.asarray(i, dtype=np.int64)) for s, i in parts]
+    if not parts:
+        raise ConfigError("nothing to merge: no candidate lists", key="parts")
+    nq = parts[0][0].shape[0]
+    if any(s.ndim != 2 or s.shape != i.shape or s.shape[0] != nq for s, i in parts):
+        raise ConfigError("candidate lists must be [nq, w] score/id pairs with one nq",
+                          key="parts", value=[s.shape for s, _ in parts])
+    if any(i.size and int(i.max()) > _MAX_ID for _, i in parts):
+        raise ConfigError(f"ids must be at most {_MAX_ID} to merge", key="ids")
+    keys = np.concatenate([_order_keys(s, i) for s, i in parts], axis=1)
+    k = max(0, min(int(k), keys.shape[1]))
+    if k < keys.shape[1]:
+        keys = np.partition(keys, k - 1, axis=1)[:, :k] if k else keys[:, :0]
+    return _decode_keys(np.sort(keys, axis=1))
 
 
 def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -126,8 +177,7 @@ def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray,
     if k <= 0 or nq == 0:
         return np.zeros((nq, max(k, 0)), np.float32), np.zeros((nq, max(k, 0)), np.int64)
     kk = min(k + 1, ntotal)
-    scores, ids = index.search(queries, kk)
-    scores, ids = _sort_rows(scores, ids.astype(np.int64))
+    scores, ids = merge_topk([index.search(queries, kk)], kk)  # FAISS's own tie order varies
     if kk > k:
         # Rows whose k-th and (k+1)-th scores tie: the set at the boundary is ambiguous, so widen
         # until the tie is inside the result (or the whole index is), then cut by (score, id).
@@ -135,8 +185,7 @@ def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray,
         width = kk
         while tied.size:
             width = min(width * 2, ntotal)
-            s2, i2 = index.search(queries[tied], width)
-            s2, i2 = _sort_rows(s2, i2.astype(np.int64))
+            s2, i2 = merge_topk([index.search(queries[tied], width)], width)
             scores[tied, :kk], ids[tied, :kk] = s2[:, :kk], i2[:, :kk]
             if width >= ntotal:
                 break
@@ -197,73 +246,34 @@ class ShardedSearcher:
                 parts = list(pool.map(one, range(len(self.shards))))
         else:
             parts = [one(i) for i in range(len(self.shards))]
-        scores = np.concatenate([p[0] for p in parts], axis=1)
-        ids = np.concatenate([p[1] for p in parts], axis=1)
-        scores, ids = _sort_rows(scores, ids)
-        return np.ascontiguousarray(scores[:, :k]), np.ascontiguousarray(ids[:, :k])
+        return merge_topk(parts, k)
 
 
 # ---------------------------------------------------------------------------------------------
 # Blockwise exact search over a (memory-mapped) matrix: memory bounded by the block, not the pool.
 
-_MISSING = np.iinfo(np.uint64).max
-_SIGN = np.uint32(0x80000000)
-
-
-def _order_keys(scores: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """One ``uint64`` per result whose ascending order is (score desc, id asc); id -1 sorts last.
-
-    High 32 bits: the float32 score mapped to an order-preserving unsigned integer and inverted
-    (higher score -> smaller key); low 32 bits: the id. Sorting or partitioning these keys is a
-    single cheap integer operation instead of a two-key lexsort.
-    """
-    s = np.ascontiguousarray(scores, dtype=np.float32) + np.float32(0.0)  # -0.0 -> +0.0: they tie
-    b = s.view(np.uint32)
-    u = np.where(b & _SIGN, ~b, b | _SIGN)  # monotone increasing in the score
-    ids = np.asarray(ids, dtype=np.int64)
-    keys = ((~u).astype(np.uint64) << np.uint64(32)) | (ids.astype(np.uint64) & np.uint64(0xFFFFFFFF))
-    keys[ids < 0] = _MISSING
-    return keys
-
-
-def _decode_keys(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    ids = (keys & np.uint64(0xFFFFFFFF)).astype(np.int64)
-    u = ~((keys >> np.uint64(32)).astype(np.uint32))
-    b = np.where(u & _SIGN, u ^ _SIGN, ~u)
-    scores = b.view(np.float32).copy()
-    missing = keys == _MISSING
-    ids[missing], scores[missing] = -1, -np.inf
-    return scores, ids
-
-
 class TopK:
     """Running exact top-``k`` per query under the (score desc, id asc) order.
 
-    :meth:`push` merges any batch of ``(scores, ids)`` candidates (a block's top-k); because the
-    order is total, the result after all pushes is the top-k of everything pushed, independent of
-    how the candidates were split. Memory: ``nq x k`` keys plus one pushed batch.
+    :meth:`push` merges any batch of ``(scores, ids)`` candidates (a block's top-k) with
+    :func:`merge_topk`; because the order is total, the result after all pushes is the top-k of
+    everything pushed, independent of how the candidates were split. Memory: ``nq x k`` results
+    plus one pushed batch.
     """
 
     def __init__(self, nq: int, k: int) -> None:
         self.k = int(k)
-        self.keys = np.full((int(nq), self.k), _MISSING, dtype=np.uint64)  # unsorted; k smallest
+        self.scores = np.full((int(nq), self.k), -np.inf, dtype=np.float32)
+        self.ids = np.full((int(nq), self.k), -1, dtype=np.int64)
 
     def push(self, scores: np.ndarray, ids: np.ndarray) -> None:
         if self.k == 0 or scores.size == 0:
             return
-        new = _order_keys(scores, ids)
-        worst = self.keys.max(axis=1, keepdims=True)
-        rows = np.flatnonzero((new < worst).any(axis=1))  # rows this batch can improve
-        if rows.size == 0:
-            return
-        both = np.concatenate([self.keys[rows], new[rows]], axis=1)
-        if both.shape[1] > self.k:
-            both = np.partition(both, self.k - 1, axis=1)[:, : self.k]
-        self.keys[rows] = both
+        self.scores, self.ids = merge_topk([(self.scores, self.ids), (scores, ids)], self.k)
 
     def result(self) -> tuple[np.ndarray, np.ndarray]:
         """``(scores float32 [nq, k], ids int64 [nq, k])``, best first (id -1 / -inf = none)."""
-        return _decode_keys(np.sort(self.keys, axis=1))
+        return self.scores.copy(), self.ids.copy()
 
 
 def _block_rows(d: int, block_size: int | None) -> int:
