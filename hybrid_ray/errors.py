@@ -45,6 +45,7 @@ class ConfigError(HybridRayError, ValueError):
     def __init__(self, message: str, *, key: str | None = None, value: object = None) -> None:
         self.key = key
         self.value = value
+        self.message = message  # without the key prefix: a driver re-raises it under its flag name
         prefix = f"config key '{key}'" if key else "config"
         if value is not None:
             prefix += f" = {value!r}"

@@ -14,6 +14,10 @@ from __future__ import annotations
 import argparse
 
 from hybrid_ray.cli import run_main
+from hybrid_ray.errors import ConfigError
+
+#: The library's parameter names (ConfigError keys) -> this command's flags.
+FLAGS = {"model_dir": "--model", "shards": "--shards", "factory": "--factory", "batch_size": "--batch-size"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,18 +44,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from hybrid_ray.errors import ConfigError
     from hybrid_ray.index import build_sharded_index, read_corpus
 
     if args.batch_size < 1:
         raise ConfigError("must be >= 1", key="--batch-size", value=args.batch_size)
     corpus = read_corpus(args.corpus, args.split)
-    manifest = build_sharded_index(
-        args.model, corpus, args.out, shards=args.shards, factory=args.factory,
-        batch_size=args.batch_size, concurrency=args.concurrency, corpus_path=str(args.corpus),
-        progress=args.progress, search_params={"nprobe": args.nprobe, "efSearch": args.ef_search},
-        local=args.local,
-    )
+    try:
+        manifest = build_sharded_index(
+            args.model, corpus, args.out, shards=args.shards, factory=args.factory,
+            batch_size=args.batch_size, concurrency=args.concurrency, corpus_path=str(args.corpus),
+            progress=args.progress, search_params={"nprobe": args.nprobe, "efSearch": args.ef_search},
+            local=args.local,
+        )
+    except ConfigError as exc:
+        if exc.key not in FLAGS:
+            raise
+        raise ConfigError(exc.message, key=FLAGS[exc.key], value=exc.value) from exc
     kind = ", ".join([manifest["factory"], *(f"{k}={v}" for k, v in manifest["search_params"].items())])
     print(f"index {args.out}: {manifest['count']} passages, dim {manifest['dim']}, "
           f"{len(manifest['shards'])} shard(s) [{kind}]; built {len(manifest['built'])}, "

@@ -28,7 +28,6 @@ import logging
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -38,102 +37,22 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from hybrid_ray.data.retrieval import CORPUS_SCHEMA
 from hybrid_ray.errors import ConfigError, DataError
+from hybrid_ray.index.corpus import check_corpus, table_fingerprint
+from hybrid_ray.index.factory import check_shard_sizes, search_params_of
+from hybrid_ray.index.manifest import INDEX_FORMAT, MANIFEST, shard_name
 from hybrid_ray.io import atomic_path, sha256_file, write_json_atomic
-from hybrid_ray.search import ShardedSearcher, build_index, maybe_to_gpu
+from hybrid_ray.search import build_index
 
 log = logging.getLogger(__name__)
 
-INDEX_FORMAT = "hybrid-ray-index/1"
-MANIFEST = "manifest.json"
 
-
-# --------------------------------------------------------------------------- corpus input
-def read_corpus(path: str | Path, split: str | None = None) -> pa.Table:
-    """A ``docid, lang, text`` table from a pairs data set or a corpus Parquet / JSONL file.
-
-    Pairs (``pair_id`` column): the positives become the passages, ``docid = f"{pair_id}/{lang}"``
-    (the same ids :meth:`RetrievalSet.from_pairs` uses, so serving results line up with
-    evaluation qrels).
-    """
-    from hybrid_ray.data.pairs import is_jsonl, list_splits, read_jsonl, read_pairs
-
-    path = Path(path)
-    if not path.exists():
-        raise DataError("no such file or directory", path=path)
-    if path.is_dir():
-        if not list_splits(path):
-            raise DataError("directory holds no {split}.parquet files", path=path)
-        return _pairs_to_corpus(read_pairs(path, split))
-    if split is not None:
-        raise DataError("a single file has no splits; pass a data-set directory", path=path, value=split)
-    if path.name.endswith(".parquet"):
-        try:
-            names = pq.read_schema(path).names
-        except (pa.ArrowInvalid, OSError) as exc:
-            raise DataError(f"cannot read Parquet: {exc}", path=path) from exc
-        if "pair_id" in names:
-            return _pairs_to_corpus(read_pairs(path))
-        table = pq.read_table(path)
-    elif is_jsonl(path):
-        from hybrid_ray.data.pairs import open_text
-
-        with open_text(path) as f:
-            first = f.readline()
-        try:
-            is_pairs = "pair_id" in json.loads(first) if first.strip() else False
-        except json.JSONDecodeError as exc:
-            raise DataError(f"invalid JSON: {exc.msg}", path=path, line=1) from exc
-        if is_pairs:
-            return _pairs_to_corpus(read_pairs(path))
-        table = read_jsonl(path, CORPUS_SCHEMA, required=tuple(CORPUS_SCHEMA.names))
-    else:
-        raise DataError("unsupported corpus file (expected .parquet, .jsonl or .jsonl.gz)", path=path)
-    return _check_corpus(table, path)
-
-
-def _pairs_to_corpus(pairs: pa.Table) -> pa.Table:
-    ids = [f"{p}/{lang}" for p, lang in zip(pairs.column("pair_id").to_pylist(),
-                                             pairs.column("lang").to_pylist(), strict=True)]
-    return pa.table({"docid": ids, "lang": pairs.column("lang"), "text": pairs.column("positive")})
-
-
-def _check_corpus(table: pa.Table, path: Path) -> pa.Table:
-    missing = [c for c in CORPUS_SCHEMA.names if c not in table.column_names]
-    if missing:
-        raise DataError(f"corpus lacks column(s) {missing}; found {table.column_names}", path=path,
-                        field=missing[0])
-    table = table.select(CORPUS_SCHEMA.names).cast(CORPUS_SCHEMA)
-    for name in CORPUS_SCHEMA.names:
-        if table.column(name).null_count:
-            raise DataError("null value", path=path, field=name)
-    docids = table.column("docid").to_pylist()
-    if len(set(docids)) != len(docids):
-        seen: set[str] = set()
-        dup = next(d for d in docids if d in seen or seen.add(d))  # type: ignore[func-returns-value]
-        raise DataError("duplicate docid", path=path, field="docid", value=dup)
-    return table
-
-
-# --------------------------------------------------------------------------- fingerprints
-def table_fingerprint(table: pa.Table) -> str:
-    """sha256 of the rows (docid, lang, text): a changed corpus must not reuse old shards."""
-    h = hashlib.sha256()
-    for name in CORPUS_SCHEMA.names:
-        for chunk in table.column(name).chunks:
-            for start in range(0, len(chunk), 65536):
-                h.update("\x1e".join(chunk.slice(start, 65536).to_pylist()).encode("utf-8"))
-                h.update(b"\x1d")
-        h.update(b"\x1c")
-    return h.hexdigest()
-
-
+# --------------------------------------------------------------------------- inputs
 def model_fingerprint(model_dir: str | Path) -> str:
     """sha256 over every file of the model directory (names + contents): new weights, new index."""
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
-        raise ConfigError("model directory does not exist", key="--model", value=str(model_dir))
+        raise ConfigError("model directory does not exist", key="model_dir", value=str(model_dir))
     h = hashlib.sha256()
     for f in sorted(p for p in model_dir.rglob("*") if p.is_file()):
         h.update(str(f.relative_to(model_dir)).encode() + b"\0" + sha256_file(f).encode())
@@ -157,7 +76,7 @@ def model_config(model_dir: str | Path) -> dict[str, Any]:
 def shard_bounds(n: int, shards: int) -> list[tuple[int, int]]:
     """Contiguous, near-equal row ranges (the first ``n % shards`` shards get one more row)."""
     if shards < 1:
-        raise ConfigError("must be >= 1", key="--shards", value=shards)
+        raise ConfigError("must be >= 1", key="shards", value=shards)
     base, extra = divmod(n, shards)
     out, start = [], 0
     for i in range(shards):
@@ -165,117 +84,6 @@ def shard_bounds(n: int, shards: int) -> list[tuple[int, int]]:
         out.append((start, end))
         start = end
     return out
-
-
-# --------------------------------------------------------------------------- index types
-#: Search-time parameters an index directory may record (``faiss.ParameterSpace`` names).
-SEARCH_PARAMS = ("nprobe", "efSearch")
-
-
-def _ksub_of(obj: Any) -> int:
-    pq = getattr(obj, "pq", None)
-    return int(pq.ksub) if pq is not None else 0
-
-
-def min_train_points(factory: str, dim: int) -> tuple[int, str]:
-    """The fewest vectors a shard needs to train ``factory`` at ``dim``, and what needs them.
-
-    FAISS's k-means refuses fewer training points than centroids: an IVF index needs ``nlist``
-    vectors, a PQ codebook ``2**nbits`` (256 for ``PQ8``), OPQ the same. Flat / HNSW / SQ need
-    none (0). Known before encoding, so a too-small shard fails before any GPU/CPU time is spent.
-    """
-    try:
-        index = faiss.index_factory(int(dim), factory, faiss.METRIC_INNER_PRODUCT)
-    except RuntimeError as exc:
-        raise ConfigError(f"FAISS cannot build this index: {exc}".splitlines()[0], key="--factory",
-                          value=factory) from exc
-    need, why = 0, ""
-
-    def visit(idx: Any) -> None:
-        nonlocal need, why
-        idx = faiss.downcast_index(idx)
-        if isinstance(idx, faiss.IndexPreTransform):
-            for i in range(idx.chain.size()):
-                vt = faiss.downcast_VectorTransform(idx.chain.at(i))
-                if isinstance(vt, faiss.OPQMatrix) and 256 > need:
-                    need, why = 256, "OPQ rotation (256 PQ centroids)"
-            visit(idx.index)
-            return
-        ivf = faiss.try_extract_index_ivf(idx)
-        if ivf is not None and int(ivf.nlist) > need:
-            need, why = int(ivf.nlist), f"nlist={int(ivf.nlist)} IVF centroids"
-        storage = getattr(idx, "storage", None)  # HNSW over PQ / SQ codes
-        for obj in (idx, faiss.downcast_index(storage) if storage is not None else None):
-            ksub = _ksub_of(obj)
-            if ksub > need:
-                need, why = ksub, f"{ksub} PQ centroids per sub-quantizer"
-
-    visit(index)
-    return need, why
-
-
-def check_shard_sizes(factory: str, dim: int, counts: dict[str, int]) -> None:
-    """ConfigError naming the first shard too small to train ``factory`` (see :func:`min_train_points`)."""
-    need, why = min_train_points(factory, dim)
-    for name, n in counts.items():
-        if n < need:
-            raise ConfigError(
-                f"{name} holds {n} passages but index {factory!r} needs at least {need} to train "
-                f"({why}): use fewer shards, a smaller nlist / PQ, or --factory Flat",
-                key="--factory", value=factory)
-
-
-def search_params_of(factory: str, params: dict[str, Any] | None) -> dict[str, int]:
-    """Validated search-time parameters for an index type: nprobe (IVF), efSearch (HNSW).
-
-    Unknown names, values < 1 and a parameter the index type does not have are ConfigErrors
-    (``nprobe`` on ``Flat`` would otherwise be silently meaningless).
-    """
-    out: dict[str, int] = {}
-    for name, value in (params or {}).items():
-        if value is None:
-            continue
-        if name not in SEARCH_PARAMS:
-            raise ConfigError(f"unknown search parameter (known: {', '.join(SEARCH_PARAMS)})", key=name,
-                              value=value)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError("must be an integer >= 1", key=name, value=value)
-        if not _has_param(factory, name):
-            raise ConfigError(f"index {factory!r} has no {name} "
-                              f"({'IVF' if name == 'nprobe' else 'HNSW'} indexes only)", key=name, value=value)
-        out[name] = int(value)
-    return out
-
-
-def resolve_search_params(manifest: dict[str, Any], overrides: dict[str, Any] | None = None) -> dict[str, int]:
-    """The search parameters to serve an index with: the manifest's recorded ones, replaced by
-    every ``overrides`` entry that is not None, validated for the manifest's index type."""
-    params = dict(manifest.get("search_params") or {})
-    params.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    return search_params_of(str(manifest.get("factory", "Flat")), params)
-
-
-def _has_param(factory: str, name: str) -> bool:
-    tokens = factory.replace("_", ",").split(",")
-    if name == "nprobe":
-        return any(t.startswith("IVF") for t in tokens)
-    return any(t.startswith("HNSW") for t in tokens)
-
-
-def apply_search_params(index: Any, params: dict[str, int] | None) -> Any:
-    """Set nprobe / efSearch on a (CPU or GPU) FAISS index; returns the index."""
-    if not params:
-        return index
-    gpu_space = getattr(faiss, "GpuParameterSpace", None)
-    is_gpu = "Gpu" in type(index).__name__
-    space = gpu_space() if (is_gpu and gpu_space is not None) else faiss.ParameterSpace()
-    for name, value in params.items():
-        try:
-            space.set_index_parameter(index, name, float(value) if name != "nprobe" else int(value))
-        except RuntimeError as exc:
-            raise ConfigError(f"cannot set {name} on {type(index).__name__}: {str(exc).splitlines()[0]}",
-                              key=name, value=value) from exc
-    return index
 
 
 # --------------------------------------------------------------------------- Ray Data encoding
@@ -412,10 +220,6 @@ class _ShardWriter:
 
 
 # --------------------------------------------------------------------------- build
-def _shard_name(i: int) -> str:
-    return f"shard-{i:04d}"
-
-
 def _shard_complete(out_dir: Path, name: str, expect: dict[str, Any]) -> dict[str, Any] | None:
     """The shard's record when it is complete and built from the same input, else None."""
     rec_path = out_dir / f"{name}.json"
@@ -482,17 +286,17 @@ def build_sharded_index(
     """
     from hybrid_ray.local import init_ray
 
-    corpus = _check_corpus(corpus, Path(corpus_path or "<corpus>"))
+    corpus = check_corpus(corpus, Path(corpus_path or "<corpus>"))
     if corpus.num_rows == 0:
         raise DataError("the corpus is empty", path=corpus_path)
     if shards > corpus.num_rows:
-        raise ConfigError(f"more shards than passages ({corpus.num_rows})", key="--shards", value=shards)
+        raise ConfigError(f"more shards than passages ({corpus.num_rows})", key="shards", value=shards)
     bounds = shard_bounds(corpus.num_rows, shards)
     params = search_params_of(factory, search_params)
     config = model_config(model_dir)
     hidden = config.get("hf", {}).get("hidden_size")
     if hidden:  # else: the same check happens at FAISS training time, per shard
-        check_shard_sizes(factory, int(hidden), {_shard_name(i): e - b for i, (b, e) in enumerate(bounds)})
+        check_shard_sizes(factory, int(hidden), {shard_name(i): e - b for i, (b, e) in enumerate(bounds)})
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model_sha = model_fingerprint(model_dir)
@@ -500,7 +304,7 @@ def build_sharded_index(
     records: dict[str, dict[str, Any]] = {}
     pending: dict[str, dict[str, Any]] = {}
     for i, (start, end) in enumerate(bounds):
-        name = _shard_name(i)
+        name = shard_name(i)
         expect = {"name": name, "offset": start, "count": end - start, "factory": factory,
                   "input_sha256": table_fingerprint(corpus.slice(start, end - start)),
                   "model_sha256": model_sha}
@@ -565,107 +369,3 @@ def build_sharded_index(
     }
     write_json_atomic(out_dir / MANIFEST, manifest)
     return manifest | {"built": built, "skipped": skipped}
-
-
-# --------------------------------------------------------------------------- load
-@dataclass
-class ShardedIndex:
-    """A loaded index directory: the merged exact searcher plus per-shard passage tables."""
-
-    path: Path
-    manifest: dict[str, Any]
-    searcher: ShardedSearcher
-    tables: list[pa.Table] = field(repr=False)
-
-    @property
-    def dim(self) -> int:
-        return int(self.manifest["dim"])
-
-    @property
-    def count(self) -> int:
-        return int(self.manifest["count"])
-
-    def passages(self, ids: np.ndarray) -> list[dict[str, str]]:
-        """``docid, lang, text`` for global ids (from :meth:`search`)."""
-        offsets = np.asarray(self.searcher.offsets)
-        out = []
-        for gid in np.asarray(ids).ravel().tolist():
-            s = int(np.searchsorted(offsets, gid, side="right") - 1)
-            row = self.tables[s].slice(gid - offsets[s], 1).to_pylist()[0]
-            out.append(row)
-        return out
-
-    def search(self, queries: np.ndarray, k: int) -> list[list[dict[str, Any]]]:
-        """Top-k hits per query vector: ``[{docid, lang, text, score}, ...]`` best first."""
-        scores, ids = self.searcher.search(queries, k)
-        hits = []
-        for srow, irow in zip(scores, ids, strict=True):
-            rows = self.passages(irow[irow >= 0])
-            hits.append([r | {"score": float(s)} for r, s in zip(rows, srow, strict=False)])
-        return hits
-
-
-def read_manifest(index_dir: str | Path) -> dict[str, Any]:
-    """The index manifest, or a DataError saying why the directory is not a finished index."""
-    path = Path(index_dir) / MANIFEST
-    if not path.is_file():
-        raise DataError(f"no {MANIFEST}: not an index directory, or its build did not finish "
-                        "(rerun 'hybrid-ray index' to resume)", path=index_dir)
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise DataError(f"invalid JSON: {exc.msg}", path=path, line=exc.lineno) from exc
-    if manifest.get("format") != INDEX_FORMAT:
-        raise DataError(f"unsupported index format (expected {INDEX_FORMAT})", path=path,
-                        field="format", value=manifest.get("format"))
-    if not manifest.get("shards"):
-        raise DataError("manifest lists no shards", path=path, field="shards")
-    return manifest
-
-
-def check_shard_files(index_dir: str | Path, shard: dict[str, Any], verify: bool = True) -> None:
-    """DataError naming the shard's first missing file, or (``verify``) one whose size/sha256 differ."""
-    for info in shard["files"].values():
-        f = Path(index_dir) / info["path"]
-        if not f.is_file():
-            raise DataError(f"shard file missing (shard {shard['name']})", path=f)
-        if verify and (f.stat().st_size != info["bytes"] or sha256_file(f) != info["sha256"]):
-            raise DataError(f"shard file corrupt: sha256 does not match {MANIFEST} "
-                            f"(shard {shard['name']}; rerun 'hybrid-ray index' to rebuild it)", path=f)
-
-
-def verify_index(index_dir: str | Path, verify: bool = True) -> dict[str, Any]:
-    """The manifest, after checking every shard's files (see :func:`check_shard_files`)."""
-    manifest = read_manifest(index_dir)
-    for shard in manifest["shards"]:
-        check_shard_files(index_dir, shard, verify)
-    return manifest
-
-
-def load_sharded_index(path: str | Path, verify: bool = True, gpu: bool = True,
-                       search_params: dict[str, Any] | None = None) -> ShardedIndex:
-    """Open an index directory; with ``verify`` check every file against the manifest sha256.
-
-    Raises DataError naming the first missing or corrupt shard file, so an operator knows which
-    file to rebuild (rerunning ``hybrid-ray index`` with the same arguments repairs it).
-    ``search_params`` (nprobe / efSearch) override the manifest's recorded ones.
-    """
-    path = Path(path)
-    manifest = read_manifest(path)
-    params = resolve_search_params(manifest, search_params)
-    indexes, tables, offsets = [], [], []
-    for shard in manifest["shards"]:
-        check_shard_files(path, shard, verify)
-        fai = path / shard["files"]["faiss"]["path"]
-        try:
-            index = faiss.read_index(str(fai))
-        except RuntimeError as exc:
-            raise DataError(f"cannot read FAISS index: {str(exc).splitlines()[0]}", path=fai) from exc
-        table = pq.read_table(path / shard["files"]["parquet"]["path"])
-        if index.ntotal != shard["count"] or table.num_rows != shard["count"]:
-            raise DataError(f"shard has {index.ntotal} vectors / {table.num_rows} rows, manifest says "
-                            f"{shard['count']}", path=fai)
-        indexes.append(apply_search_params(maybe_to_gpu(index) if gpu else index, params))
-        tables.append(table)
-        offsets.append(int(shard["offset"]))
-    return ShardedIndex(path, manifest, ShardedSearcher(indexes, offsets), tables)
