@@ -4,10 +4,10 @@
 
 One run measures, with the same encoder, the same index files and the same client load:
 
-1. **serve**: the real app (``serve.app:build_app``: Retriever ingress with ``@serve.batch``,
+1. **serve**: the real app (``hybrid_ray.serving.app:build_app``: Retriever ingress with ``@serve.batch``,
    one ShardSearcher deployment per shard) on a local Ray, HTTP on 127.0.0.1.
-2. **bare**: the same FastAPI routes and validation (``serve.app.make_api``) over
-   ``serve.app.LocalRetriever`` -- encoder + every shard's FAISS index in ONE uvicorn process
+2. **bare**: the same FastAPI routes and validation (``hybrid_ray.serving.http.make_api``) over
+   ``bench.serve_baseline.LocalRetriever`` -- encoder + every shard's FAISS index in ONE uvicorn process
    (a subprocess on 127.0.0.1, started after Ray is shut down so the two never share the CPUs).
    No Ray, no batching, no inter-process hops: the ratio serve/bare is the serving layer's cost
    (or gain, once batching pays off with a large encoder).
@@ -178,7 +178,7 @@ def run_serve(index_dir: Path, args: argparse.Namespace, bodies: list[dict[str, 
     import ray
     from ray import serve
 
-    from serve.app import build_app
+    from hybrid_ray.serving.app import build_app
 
     port = free_port()
     t0 = time.perf_counter()
@@ -225,7 +225,8 @@ def bare_server(index_dir: str, port: int) -> None:
     """The baseline process: same API over in-process shards, one uvicorn worker, loopback."""
     import uvicorn
 
-    from serve.app import LocalRetriever, make_api
+    from bench.serve_baseline import LocalRetriever
+    from hybrid_ray.serving.http import make_api
 
     app = make_api(LocalRetriever({"index_dir": index_dir, "retriever_num_cpus": 1}))
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
@@ -234,7 +235,7 @@ def bare_server(index_dir: str, port: int) -> None:
 def run_direct(index_dir: Path, bodies: list[dict[str, Any]], n: int = 200) -> dict[str, Any]:
     import asyncio
 
-    from serve.app import LocalRetriever
+    from bench.serve_baseline import LocalRetriever
 
     svc = LocalRetriever({"index_dir": str(index_dir), "retriever_num_cpus": 1})
     lat = []
@@ -310,8 +311,8 @@ def markdown(r: dict[str, Any]) -> str:
         f"{s['replica_request_ms']} ms, query encoding {s['encode_batch_ms']} ms per batch, shard round "
         f"trips {s['shard_call_ms']} ms.",
         "",
-        "The bare baseline is the same FastAPI routes (`serve.app.make_api`) over "
-        "`serve.app.LocalRetriever` (encoder + all shards in one uvicorn process, no batching) in a "
+        "The bare baseline is the same FastAPI routes (`hybrid_ray.serving.http.make_api`) over "
+        "`bench.serve_baseline.LocalRetriever` (encoder + all shards in one uvicorn process, no batching) in a "
         "subprocess, run after Ray is shut down. Clients, Ray and the servers share the same cores, "
         "so absolute figures are a lower bound for a dedicated host; the ratio is the point.",
         "",

@@ -483,7 +483,7 @@ def test_serve_config_validates_against_ray_serve_schema():
     config = _serve_config()
     assert _serve_schema_errors(config) == []
     (app,) = config["applications"]
-    assert app["import_path"] == "serve.app:build_app"
+    assert app["import_path"] == "hybrid_ray.serving.app:build_app"
     assert app["route_prefix"] == "/"
     assert config["http_options"]["port"] == 8000
     for key in ("model_dir", "index_dir"):
@@ -626,15 +626,15 @@ def test_rayjob_probes():
 
 
 def test_probed_routes_exist_in_serve_app():
-    """The app routes the readiness probe calls are defined in serve/app.py."""
-    source = _module_source("serve.app").read_text()
+    """The app routes the readiness probe calls are defined in hybrid_ray/serving/http.py."""
+    source = _module_source("hybrid_ray.serving.http").read_text()
     for route in ("/health", "/ready"):
         assert re.search(rf"\.get\(\s*[\"']{re.escape(route)}[\"']", source), route
 
 
 def test_serve_args_are_app_args_fields():
     """build_app validates args with AppArgs(extra='forbid'): every key must be a field."""
-    tree = ast.parse(_module_source("serve.app").read_text())
+    tree = ast.parse(_module_source("hybrid_ray.serving.args").read_text())
     (cls,) = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "AppArgs"]
     fields = {
         i.target.id for i in cls.body if isinstance(i, ast.AnnAssign) and isinstance(i.target, ast.Name)

@@ -231,7 +231,7 @@ def _serve_and_query(index_dir: Path) -> str:
     import httpx
     from ray import serve
 
-    from serve.app import build_app
+    from hybrid_ray.serving.app import build_app
 
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})

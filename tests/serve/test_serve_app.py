@@ -58,7 +58,7 @@ def live(index_dir):
     import ray
     from ray import serve
 
-    from serve.app import build_app
+    from hybrid_ray.serving.app import build_app
 
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -241,7 +241,7 @@ def test_metrics_after_requests(live):
 
 # --------------------------------------------------------------------------- shard health (no Serve)
 def _shard_class():
-    from serve.app import ShardSearcher
+    from hybrid_ray.serving.app import ShardSearcher
 
     return ShardSearcher.func_or_class
 

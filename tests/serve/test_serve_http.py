@@ -1,4 +1,4 @@
-"""The HTTP layer without Ray: FastAPI TestClient over ``serve.app.make_api``.
+"""The HTTP layer without Ray: FastAPI TestClient over ``hybrid_ray.serving.http.make_api``.
 
 Readiness and search with a bad shard (503, never partial results), request-size limits, GPU
 'auto' planning, the ``hybrid-ray serve`` preflight on a corrupt index, and an approximate (IVF)
@@ -59,7 +59,9 @@ class ShardsOnlyService:
     """
 
     def __init__(self, index_dir, **args: Any) -> None:
-        from serve.app import AppArgs, ServeMetrics, ShardSearcher
+        from hybrid_ray.serving.app import ShardSearcher
+        from hybrid_ray.serving.args import AppArgs
+        from hybrid_ray.serving.metrics import ServeMetrics
 
         self.args = AppArgs.parse({"index_dir": str(index_dir), **args})
         self.metrics = ServeMetrics()
@@ -80,7 +82,7 @@ class ShardsOnlyService:
 
 
 def _client(service) -> TestClient:
-    from serve.app import RetrievalService, make_api
+    from hybrid_ray.serving.http import RetrievalService, make_api
 
     # languages() (the readiness gate of /search) comes from the real base class
     service.languages = RetrievalService.languages.__get__(service)
@@ -128,7 +130,8 @@ def test_missing_shard_file_is_named(index_dir, tmp_path):
 
 
 def test_healthy_index_is_ready_and_searchable(index_dir):
-    from serve.app import LocalRetriever, make_api
+    from bench.serve_baseline import LocalRetriever
+    from hybrid_ray.serving.http import make_api
 
     client = _client(ShardsOnlyService(index_dir))
     r = client.get("/ready")
@@ -167,7 +170,7 @@ def test_request_body_size_limit(index_dir):
 
 # --------------------------------------------------------------------------- GPU auto
 def test_plan_gpus():
-    from serve.app import plan_gpus
+    from hybrid_ray.serving.args import plan_gpus
 
     # no GPU in the cluster: CPU everywhere
     assert plan_gpus("auto", "auto", 2, 0.0, True) == (0.0, 0.0)
@@ -185,7 +188,7 @@ def test_plan_gpus():
 
 
 def test_build_app_resolves_auto_from_cluster_resources(index_dir, monkeypatch):
-    import serve.app as app_mod
+    import hybrid_ray.serving.app as app_mod
 
     def deployments(app):
         retr = app._bound_deployment
@@ -223,7 +226,7 @@ def test_serve_driver_fails_cleanly_on_corrupt_index(broken_index, capsys, monke
 
 
 def test_deploy_error_keeps_the_shard_message():
-    from serve.driver import deploy_error
+    from hybrid_ray.driver.serve import deploy_error
 
     exc = RuntimeError(
         "Deploying application hybrid-ray failed: Deploying app 'hybrid-ray' failed with exception:\n"
@@ -241,9 +244,10 @@ def test_deploy_error_keeps_the_shard_message():
 def test_ivf_index_serves_with_nprobe(model_dir, tmp_path):
     import faiss
 
+    from bench.serve_baseline import LocalRetriever
     from hybrid_ray.index import build_sharded_index
     from hybrid_ray.modeling.encoder import DualEncoder
-    from serve.app import LocalRetriever, ShardCore, merge_topk
+    from hybrid_ray.serving.shard import ShardCore, merge_hits
 
     flat, ivf = tmp_path / "flat", tmp_path / "ivf"
     build_sharded_index(model_dir, _corpus(), flat, shards=2, local=True)
@@ -256,8 +260,8 @@ def test_ivf_index_serves_with_nprobe(model_dir, tmp_path):
     # nprobe = nlist visits every list: the IVF answer must equal the exact one.
     full = [ShardCore.load(ivf, i, search_params={"nprobe": 4}) for i in range(2)]
     exact = [ShardCore.load(flat, i) for i in range(2)]
-    got = merge_topk([c.search(q, 7) for c in full], 7)
-    want = merge_topk([c.search(q, 7) for c in exact], 7)
+    got = merge_hits([c.search(q, 7) for c in full], 7)
+    want = merge_hits([c.search(q, 7) for c in exact], 7)
     assert [[h["docid"] for h in r] for r in got] == [[h["docid"] for h in r] for r in want]
     # app-level override of the manifest's nprobe, validated against the index type
     svc = LocalRetriever({"index_dir": str(ivf), "nprobe": 3})
@@ -271,8 +275,8 @@ def test_ivf_index_serves_with_nprobe(model_dir, tmp_path):
 def test_local_ray_declares_enough_cpus_for_the_app(index_dir, monkeypatch):
     import os
 
+    from hybrid_ray.driver.serve import app_args, local_num_cpus, parse_args, preflight
     from hybrid_ray.errors import ConfigError
-    from serve.driver import app_args, local_num_cpus, parse_args, preflight
 
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     need = preflight(app_args(parse_args(["--index", str(index_dir)])), local=True)

@@ -7,7 +7,7 @@ import pyarrow as pa
 import pytest
 
 from hybrid_ray.search import build_index, search
-from serve.app import ShardCore, merge_topk
+from hybrid_ray.serving.shard import ShardCore, merge_hits
 
 LANGS = ("en", "de", "fr")
 
@@ -56,7 +56,7 @@ def test_merge_equals_unsharded_exact(bounds, k):
     rng = np.random.default_rng(1)
     q = np.concatenate([_unit(rng, 5, 16), x[[3, 5]]])  # the last two hit the duplicated vectors
     cores = _cores(x, langs, bounds)
-    merged = merge_topk([c.search(q, k) for c in cores], k)
+    merged = merge_hits([c.search(q, k) for c in cores], k)
     ref_s, ref_i = search(build_index(x), q, k)
     for row, hits in enumerate(merged):
         assert [h["docid"] for h in hits] == [f"d{i}" for i in ref_i[row]]
@@ -73,7 +73,7 @@ def test_language_filter_returns_k_exact_filtered_results(filt):
     q = np.concatenate([_unit(rng, 4, 16), x[[3]]])
     keep = np.isin(np.asarray(langs), filt)
     for k in (1, 7, 20):
-        merged = merge_topk([c.search(q, k, filt) for c in _cores(x, langs, [17, 40])], k)
+        merged = merge_hits([c.search(q, k, filt) for c in _cores(x, langs, [17, 40])], k)
         ref = _brute(x, q, k, keep)
         for row, hits in enumerate(merged):
             assert len(hits) == min(k, int(keep.sum()))  # k filtered results, not "k then filter"
@@ -86,10 +86,10 @@ def test_filter_language_missing_from_one_shard_and_empty_parts():
     langs = ["en"] * 6 + ["de"] * 6  # shard 0 has no "de", shard 1 no "en"
     cores = _cores(x, langs, [6])
     q = x[[0, 9]]
-    hits = merge_topk([c.search(q, 3, ("de",)) for c in cores], 3)
+    hits = merge_hits([c.search(q, 3, ("de",)) for c in cores], 3)
     assert all(h["lang"] == "de" for row in hits for h in row) and [len(r) for r in hits] == [3, 3]
     assert hits[1][0]["docid"] == "d9" and hits[1][0]["score"] == pytest.approx(1.0, abs=1e-6)
-    assert merge_topk([], 3) == []
+    assert merge_hits([], 3) == []
 
 
 def test_serve_config_yaml_is_a_valid_serve_config():
@@ -98,13 +98,13 @@ def test_serve_config_yaml_is_a_valid_serve_config():
     import yaml
     from ray.serve.schema import ServeDeploySchema
 
-    from serve.app import AppArgs
+    from hybrid_ray.serving.args import AppArgs
 
     cfg = yaml.safe_load((Path(__file__).parents[2] / "serve" / "config.yaml").read_text())
     schema = ServeDeploySchema.model_validate(cfg)  # what `serve run` / `serve deploy` do with it
     assert schema.http_options.host == "127.0.0.1"
     (app,) = schema.applications
-    assert app.import_path == "serve.app:build_app" and app.route_prefix == "/"
+    assert app.import_path == "hybrid_ray.serving.app:build_app" and app.route_prefix == "/"
     args = AppArgs.parse(app.args)  # every key is a known build_app argument
     assert args.num_gpus_per_shard == "auto" and args.retriever_num_gpus == "auto"
     assert args.max_ongoing_requests >= args.max_batch_size  # else Serve caps the batches
@@ -112,7 +112,7 @@ def test_serve_config_yaml_is_a_valid_serve_config():
 
 def test_app_args_reject_unknown_and_bad_values():
     from hybrid_ray.errors import ConfigError
-    from serve.app import AppArgs
+    from hybrid_ray.serving.args import AppArgs
 
     with pytest.raises(ConfigError, match="k_limt"):
         AppArgs.parse({"index_dir": "x", "k_limt": 5})
@@ -124,7 +124,7 @@ def test_app_args_reject_unknown_and_bad_values():
 
 def test_build_app_on_missing_index_is_a_clear_error(tmp_path):
     from hybrid_ray.errors import DataError
-    from serve.app import build_app
+    from hybrid_ray.serving.app import build_app
 
     with pytest.raises(DataError, match="no manifest.json"):
         build_app({"index_dir": str(tmp_path)})
@@ -132,7 +132,7 @@ def test_build_app_on_missing_index_is_a_clear_error(tmp_path):
 
 def test_driver_args_examples_and_clean_error(tmp_path, capsys):
     from hybrid_ray.cli import main as cli_main
-    from serve.driver import app_args, examples, parse_args
+    from hybrid_ray.driver.serve import app_args, examples, parse_args
 
     ns = parse_args(["--index", str(tmp_path), "--port", "8123", "--no-blocking", "--k-limit", "50"])
     assert ns.host == "127.0.0.1" and ns.blocking is False

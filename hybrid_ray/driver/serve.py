@@ -1,7 +1,7 @@
 """``hybrid-ray serve --index DIR``: run the retrieval app on a local Ray (loopback) until Ctrl-C.
 
 Same application as ``serve run serve/config.yaml`` and the KubeRay RayService
-(``serve.app:build_app``); this driver only adds the local-cluster defaults (127.0.0.1, Ray via
+(``hybrid_ray.serving.app:build_app``); this driver only adds the local-cluster defaults (127.0.0.1, Ray via
 :func:`hybrid_ray.local.init_ray`), prints ready-to-paste curl commands and shuts down cleanly.
 
 ``--no-blocking`` deploys, waits until ``/ready`` answers and returns: on a real cluster
@@ -101,8 +101,8 @@ def preflight(args: dict[str, Any], local: bool) -> float:
 
     Returns the CPUs the app reserves (shard replicas + retriever replicas).
     """
-    from hybrid_ray.index import verify_index
-    from serve.app import AppArgs, read_manifest, serving_search_params
+    from hybrid_ray.index import read_manifest, verify_index
+    from hybrid_ray.serving.args import AppArgs, serving_search_params
 
     a = AppArgs.parse(args)
     manifest = verify_index(a.index_dir, a.verify) if local else read_manifest(a.index_dir)
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     from ray import serve
 
     from hybrid_ray.local import init_ray, on_cluster
-    from serve.app import build_app
+    from hybrid_ray.serving.app import build_app
 
     args = app_args(ns)
     local = not on_cluster()
