@@ -53,6 +53,18 @@ def test_shard_bounds():
     assert shard_bounds(2, 2) == [(0, 1), (1, 2)]
 
 
+def test_library_errors_name_parameters_and_the_driver_names_flags(pairs_file, tmp_path):
+    from hybrid_ray.driver.index import main
+    from hybrid_ray.errors import ConfigError
+
+    with pytest.raises(ConfigError) as lib:
+        shard_bounds(10, 0)
+    assert lib.value.key == "shards"
+    with pytest.raises(ConfigError, match="must be >= 1") as cli:
+        main(["--model", str(tmp_path), "--corpus", str(pairs_file), "--shards", "0", "--out", str(tmp_path / "i")])
+    assert cli.value.key == "--shards" and cli.value.value == 0
+
+
 def test_read_corpus_formats(tmp_path, pairs_file):
     corpus = read_corpus(pairs_file)
     assert corpus.column_names == ["docid", "lang", "text"] and corpus.num_rows == 30

@@ -17,6 +17,7 @@ from hybrid_ray.search import (
     exact_ranks,
     exact_search,
     maybe_to_gpu,
+    merge_topk,
     search,
 )
 
@@ -208,6 +209,34 @@ def test_topk_merge_is_independent_of_block_order():
     acc.push(np.array([[-0.0, 0.0, -1.0]], np.float32), np.array([[1, 2, 0]]))
     acc.push(np.array([[0.0]], np.float32), np.array([[0]]))
     assert acc.result()[1].tolist() == [[0, 1, 2]]
+
+
+def test_merge_topk_equals_one_sort_whatever_the_split():
+    """The one merge: any split of the candidates (ties, -1 padding, empty parts) gives the top-k
+    of one (score desc, id asc) sort of everything; padding comes last as (-inf, -1)."""
+    x, q = _tie_data(12, n=90, nq=9)
+    scores = q @ x.T
+    ids = np.broadcast_to(np.arange(len(x)), scores.shape)
+    ref = _brute(x, q, len(x))
+    rng = np.random.default_rng(4)
+    for _ in range(5):
+        cuts = np.sort(rng.choice(np.arange(1, len(x)), 4, replace=False))
+        perm = rng.permutation(len(x))  # candidate order inside a part must not matter either
+        parts = [(scores[:, perm[a:b]], ids[:, perm[a:b]]) for a, b in zip([0, *cuts], [*cuts, len(x)], strict=True)]
+        parts.append((np.full((len(q), 3), 7.0, np.float32), np.full((len(q), 3), -1)))  # padding, even if scored
+        parts.append((np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)))
+        for k in (1, 10, 90, 200):
+            s, i = merge_topk(parts, k)
+            assert i.shape == (len(q), min(k, len(x) + 3))
+            real = min(k, len(x))
+            np.testing.assert_array_equal(i[:, :real], ref[:, :real])
+            np.testing.assert_array_equal(s[:, :real], np.take_along_axis(scores, ref, 1)[:, :real])
+            if k > len(x):
+                assert (i[:, len(x):] == -1).all() and np.isneginf(s[:, len(x):]).all()
+    with pytest.raises(ConfigError):
+        merge_topk([(scores, ids), (scores[:2], ids[:2])], 3)  # disagreeing query counts
+    with pytest.raises(ConfigError):
+        merge_topk([(scores[:, :1], np.full((len(q), 1), 1 << 40))], 1)  # ids beyond the key's 32 bits
 
 
 @pytest.mark.parametrize(("max_scores", "block_size"), [(1, 1), (7, 3), (100, None), (1 << 24, None)])
