@@ -316,7 +316,7 @@ def _lareqa(
     q_lang = dict(zip(enc.qids.tolist(), enc.q_lang.tolist(), strict=True))
     by_lang = {}
     for metric in metrics_over("languages"):
-        by_lang[metric.name] = language_bias(ranks, q_lang, per_query=metric.per_query)
+        by_lang[metric.name] = language_bias(ranks, q_lang, spread=metric.per_query)
         by_lang[metric.name].pop("per_query")
     return {
         "pairs": pairs,

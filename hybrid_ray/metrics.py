@@ -150,7 +150,7 @@ def evaluate_run(
 def language_bias(
     ranks: Mapping[str, Sequence[int] | np.ndarray],
     query_lang: Mapping[str, str] | None = None,
-    per_query: PerQuery = rank_spread,
+    spread: PerQuery = rank_spread,
 ) -> dict[str, object]:
     """Language bias (Huang et al. 2023): how far apart a query's parallel answers are ranked.
 
@@ -160,7 +160,7 @@ def language_bias(
     regardless of language. Queries with fewer than two relevant candidates carry no information
     and are skipped. The result is the mean over queries within each query language and the
     macro average over languages (lower is better); without ``query_lang`` all queries form one
-    group. ``per_query`` is the metric table's callable (``rank_spread`` for language bias), so
+    group. ``spread`` is the metric table's per-query callable (``rank_spread`` for language bias), so
     any ``over="languages"`` metric aggregates the same way.
     """
     per_lang: dict[str, list[float]] = defaultdict(list)
@@ -169,7 +169,7 @@ def language_bias(
         r = np.asarray(r)
         if r.size < 2:
             continue
-        bias = float(per_query(r, r.size))
+        bias = float(spread(r, r.size))
         per_query[qid] = bias
         lang = query_lang[qid] if query_lang is not None else "all"
         per_lang[lang].append(bias)

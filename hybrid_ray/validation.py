@@ -63,10 +63,19 @@ def lower_is_better() -> frozenset[str]:
     return frozenset(keys | {m.name for m in metrics_over("training") if m.mode == "min"})
 
 
-#: The keys of the built-in table, for code that needs constants (Tune's metric checks).
-MIRACL_KEYS: tuple[str, ...] = miracl_keys()
-PAIRS_KEYS: tuple[str, ...] = pairs_keys()
-LOWER_IS_BETTER: frozenset[str] = lower_is_better()
+_LIVE_NAMES = {"MIRACL_KEYS": miracl_keys, "PAIRS_KEYS": pairs_keys, "LOWER_IS_BETTER": lower_is_better}
+
+
+def __getattr__(name: str) -> Any:
+    """``MIRACL_KEYS``, ``PAIRS_KEYS``, ``LOWER_IS_BETTER``: the functions' values at access time.
+
+    Module attributes rather than import-time constants, so they never disagree with the table
+    depending on whether a metric was registered before or after this module was first imported.
+    Code that runs long after importing (Tune) should call the functions instead.
+    """
+    if name in _LIVE_NAMES:
+        return _LIVE_NAMES[name]()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 # (kind, path, split, langs, max_queries) -> subsampled RetrievalSet. Per worker process: a
 # training run validates several times against the same files.

@@ -72,7 +72,7 @@ def describe(path: str | Path) -> dict[str, Any]:
     ``{"path", "format", "kind": "pairs"|"retrieval", "splits": {split: stats}, "meta"}``.
     """
     path = Path(path)
-    fmt = formats.detect_format(path, "read")
+    fmt = formats.resolve_format(path, "auto", "read")
     # A format that reads as training pairs is described as pairs (row counts, parallelism).
     as_pairs = fmt.load_pairs is not None
     splits: dict[str, dict[str, Any]] = {}
