@@ -29,6 +29,11 @@ LAReQA setting (XQuAD-R, MLQA-R, our parallel pairs), as in the paper:
 
 MIRACL setting (monolingual per language): nDCG@10, Recall@100 and mAP per language and mean.
 
+Which metrics each setting reports (and their labels) is the metric table,
+:mod:`hybrid_ray.metric_registry`, read at every call: a metric registered there with
+``settings={"lareqa": ..}`` is computed for every language pair and setting like mAP, one
+``over="languages"`` is aggregated like language bias. The lists above are the built-in rows.
+
 Search depth: LAReQA mAP depends on the whole candidate list. Each search uses
 ``k = pool size`` when the pool has at most ``max_k`` candidates (exact mAP), otherwise
 ``k = max_k``: relevant candidates ranked below ``max_k`` then contribute 0 to AP, which lowers
@@ -314,7 +319,7 @@ def _lareqa(
     multi = setting(list(multi_lang.values())) | {"per_lang": multi_lang}
     # Language-level metrics (language bias) from the exact pool ranks, one result entry each.
     q_lang = dict(zip(enc.qids.tolist(), enc.q_lang.tolist(), strict=True))
-    by_lang = {}
+    by_lang: dict[str, dict[str, Any]] = {}
     for metric in metrics_over("languages"):
         by_lang[metric.name] = language_bias(ranks, q_lang, spread=metric.per_query)
         by_lang[metric.name].pop("per_query")
@@ -425,7 +430,7 @@ def format_table(results: dict[str, Any]) -> str:
     cap = s["max_k"] if isinstance(s["max_k"], int) else DEFAULT_MAX_K
     depth = "full ranking" if not s["truncated"] else f"top-{cap} (truncated)"
     if results["setting"] == "miracl":
-        ms = list(results["mean"])  # the metrics this evaluation computed, in table order
+        ms = list(results["mean"])  # the metrics this evaluation computed, in column order
         lines += ["| lang | " + " | ".join(get_metric(m).label for m in ms) + " | queries |",
                   "|---|" + "---:|" * (len(ms) + 1)]
         for lang, cell in results["per_lang"].items():
