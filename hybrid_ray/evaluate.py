@@ -29,6 +29,11 @@ LAReQA setting (XQuAD-R, MLQA-R, our parallel pairs), as in the paper:
 
 MIRACL setting (monolingual per language): nDCG@10, Recall@100 and mAP per language and mean.
 
+Which metrics each setting reports (and their labels) is the metric table,
+:mod:`hybrid_ray.metric_registry`, read at every call: a metric registered there with
+``settings={"lareqa": ..}`` is computed for every language pair and setting like mAP, one
+``over="languages"`` is aggregated like language bias. The lists above are the built-in rows.
+
 Search depth: LAReQA mAP depends on the whole candidate list. Each search uses
 ``k = pool size`` when the pool has at most ``max_k`` candidates (exact mAP), otherwise
 ``k = max_k``: relevant candidates ranked below ``max_k`` then contribute 0 to AP, which lowers
@@ -56,19 +61,24 @@ import pyarrow as pa
 from hybrid_ray.data.retrieval import RetrievalSet
 from hybrid_ray.encode import Encoder, encode_texts, encode_to_memmap_cached
 from hybrid_ray.errors import ConfigError, DataError
+from hybrid_ray.metric_registry import get_metric, metrics_for, metrics_over
 from hybrid_ray.metrics import evaluate_run, language_bias, macro, run_from_ranking
 from hybrid_ray.search import TopK, exact_search
 from hybrid_ray.search import exact_ranks as _exact_ranks
 
-LAREQA_METRICS: tuple[str, ...] = ("map", "recall_1", "recall_10")
-MIRACL_METRICS: tuple[str, ...] = ("ndcg_cut_10", "recall_100", "map")
-METRIC_LABELS = {
-    "map": "mAP", "recall_1": "R@1", "recall_10": "R@10", "recall_100": "R@100", "ndcg_cut_10": "nDCG@10",
-}
 DEFAULT_MAX_K = 1000
 #: With ``max_k="auto"``, pools up to this size are ranked fully (exact mAP), larger ones to DEFAULT_MAX_K.
 AUTO_FULL_POOL = 10_000
 MaxK = int | str | None
+
+
+def setting_metrics(setting: str) -> tuple[str, ...]:
+    """Names of the ranking metrics the metric table lists for ``setting`` (lareqa / miracl), in order.
+
+    Read at every evaluation, not at import, so a metric registered later (a plug-in, a test) is
+    computed and reported like the built-in ones.
+    """
+    return tuple(m.name for m in metrics_for(setting))
 
 
 def _max_cut(metrics: Sequence[str]) -> int:
@@ -271,6 +281,7 @@ def _lareqa(
     # The multilingual top-k is the merge of the per-language lists: each must hold at least the
     # part of the pooled top-k that falls in its language.
     k_search = [max(kp, min(p, k_multi)) for kp, p in zip(k_pair, pool_y, strict=True)]
+    metrics = setting_metrics("lareqa")
     pairs: dict[str, dict[str, dict[str, float]]] = {}
     multi_lang: dict[str, dict[str, float]] = {}
     ranks: dict[str, np.ndarray] = {}
@@ -286,10 +297,10 @@ def _lareqa(
             scores, glob = exact_search(q, enc.c_emb, k_search[j], rows=rows, block_size=block_size,
                                         use_gpu=use_gpu)
             merged.push(scores, glob)
-            res = _score_ranking(enc, q_rows, glob[:, : k_pair[j]], rs.qrels, LAREQA_METRICS, lang=y)
+            res = _score_ranking(enc, q_rows, glob[:, : k_pair[j]], rs.qrels, metrics, lang=y)
             pairs[x][y] = {**res["mean"], "n_queries": res["n_queries"]}
         _, glob = merged.result()
-        res = _score_ranking(enc, q_rows, glob, rs.qrels, LAREQA_METRICS)
+        res = _score_ranking(enc, q_rows, glob, rs.qrels, metrics)
         multi_lang[x] = {**res["mean"], "n_queries": res["n_queries"]}
         for q, r in zip(q_rows.tolist(), _bias_ranks(enc, q_rows, glob), strict=True):
             rel = enc.rel_rows[q]
@@ -301,17 +312,21 @@ def _lareqa(
 
     def setting(cells: list[dict[str, float]]) -> dict[str, float]:
         cells = [c for c in cells if c["n_queries"] > 0]
-        return {m: macro(c[m] for c in cells) for m in LAREQA_METRICS} | {"n_settings": len(cells)}
+        return {m: macro(c[m] for c in cells) for m in metrics} | {"n_settings": len(cells)}
 
     mono = setting([pairs[x][x] for x in q_langs if x in pairs[x]])
     cross = setting([pairs[x][y] for x in q_langs for y in c_langs if x != y])
     multi = setting(list(multi_lang.values())) | {"per_lang": multi_lang}
-    bias = language_bias(ranks, dict(zip(enc.qids.tolist(), enc.q_lang.tolist(), strict=True)))
-    bias.pop("per_query")
+    # Language-level metrics (language bias) from the exact pool ranks, one result entry each.
+    q_lang = dict(zip(enc.qids.tolist(), enc.q_lang.tolist(), strict=True))
+    by_lang: dict[str, dict[str, Any]] = {}
+    for metric in metrics_over("languages"):
+        by_lang[metric.name] = language_bias(ranks, q_lang, spread=metric.per_query)
+        by_lang[metric.name].pop("per_query")
     return {
         "pairs": pairs,
         "settings": {"mono": mono, "cross": cross, "multilingual": multi},
-        "language_bias": bias,
+        **by_lang,
         "depths": depths,
         "truncated": truncated,
     }
@@ -320,20 +335,21 @@ def _lareqa(
 def _miracl(
     enc: _Encoded, rs: RetrievalSet, max_k: MaxK, use_gpu: bool, block_size: int | None = None
 ) -> dict[str, Any]:
+    metrics = setting_metrics("miracl")
     per_lang: dict[str, dict[str, float]] = {}
     depths, truncated = [], False
-    cut = _max_cut(MIRACL_METRICS)
+    cut = _max_cut(metrics)
     cap = max_k if max_k is None or max_k == "auto" else max(int(max_k), cut)
     for x in sorted(set(enc.q_lang.tolist())):
         c_rows = np.flatnonzero(enc.c_lang == x)
         q_rows = np.flatnonzero(enc.q_lang == x)
-        res, k = _score_subset(enc, q_rows, c_rows, rs.qrels, MIRACL_METRICS, cap, use_gpu, lang=x,
+        res, k = _score_subset(enc, q_rows, c_rows, rs.qrels, metrics, cap, use_gpu, lang=x,
                                block_size=block_size)
         depths.append(k)
         truncated |= k < len(c_rows)
         per_lang[x] = {**res["mean"], "n_queries": res["n_queries"]}
     cells = [c for c in per_lang.values() if c["n_queries"] > 0]
-    mean = {m: macro(c[m] for c in cells) for m in MIRACL_METRICS}
+    mean = {m: macro(c[m] for c in cells) for m in metrics}
     return {"per_lang": per_lang, "mean": mean, "depths": sorted(set(depths)), "truncated": truncated}
 
 
@@ -414,24 +430,30 @@ def format_table(results: dict[str, Any]) -> str:
     cap = s["max_k"] if isinstance(s["max_k"], int) else DEFAULT_MAX_K
     depth = "full ranking" if not s["truncated"] else f"top-{cap} (truncated)"
     if results["setting"] == "miracl":
-        ms = MIRACL_METRICS
-        lines += ["| lang | " + " | ".join(METRIC_LABELS[m] for m in ms) + " | queries |",
+        ms = list(results["mean"])  # the metrics this evaluation computed, in column order
+        lines += ["| lang | " + " | ".join(get_metric(m).label for m in ms) + " | queries |",
                   "|---|" + "---:|" * (len(ms) + 1)]
         for lang, cell in results["per_lang"].items():
             lines.append(f"| {lang} | " + " | ".join(_fmt(cell[m]) for m in ms) + f" | {cell['n_queries']} |")
         lines.append("| **mean** | " + " | ".join(_fmt(results["mean"][m]) for m in ms) + " | |")
         lines += ["", f"Search: exact inner product, {depth}."]
         return "\n".join(lines) + "\n"
-    ms = LAREQA_METRICS
-    lines += ["| setting | " + " | ".join(METRIC_LABELS[m] for m in ms) + " | settings |",
+    ms = [m for m in results["settings"]["mono"] if m != "n_settings"]
+    lines += ["| setting | " + " | ".join(get_metric(m).label for m in ms) + " | settings |",
               "|---|" + "---:|" * (len(ms) + 1)]
     for name, cell in results["settings"].items():
         n = cell["n_settings"] if name != "multilingual" else f"{cell['n_settings']} query langs"
         lines.append(f"| {name} | " + " | ".join(_fmt(cell[m]) for m in ms) + f" | {n} |")
-    bias = results["language_bias"]
-    lines += ["", f"Language bias (max rank - min rank of parallel answers, lower is better): "
-              f"**{_fmt(bias['macro']).rstrip('0').rstrip('.') if bias['n_queries'] else '-'}** "
-              f"macro over {len(bias['per_lang'])} query languages, {bias['n_queries']} queries", ""]
+    lines.append("")
+    for metric in metrics_over("languages"):
+        bias = results.get(metric.name)
+        if bias is None:
+            continue
+        direction = "higher" if metric.higher_is_better else "lower"
+        lines += [f"{metric.label} ({metric.description}, {direction} is better): "
+                  f"**{_fmt(bias['macro']).rstrip('0').rstrip('.') if bias['n_queries'] else '-'}** "
+                  f"macro over {len(bias['per_lang'])} query languages, {bias['n_queries']} queries"]
+    lines.append("")
     mat, qls, cls_ = map_matrix(results)
     lines += ["mAP, query language (rows) x candidate language (columns):", "",
               "| q \\ c | " + " | ".join(cls_) + " |", "|---|" + "---:|" * len(cls_)]

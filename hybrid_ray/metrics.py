@@ -1,4 +1,9 @@
-"""Ranking metrics through trec_eval (``pytrec_eval``) plus the language-bias metric.
+"""Ranking metrics through trec_eval (``pytrec_eval``), registered per-query metrics, language bias.
+
+Which metrics exist, their labels and directions is the metric table
+(:mod:`hybrid_ray.metric_registry`); this module computes them. :func:`evaluate_run` takes any
+registered ranking metric (a trec_eval measure or a ``per_query`` callable over the ranks of the
+relevant documents) and, as before, any raw trec_eval measure name.
 
 Why pytrec_eval: it is the trec_eval C code behind Python bindings, so our MAP / Recall@k /
 nDCG@10 are the numbers every IR paper reports, and the ``pytrec-eval-terrier`` wheel installs and
@@ -32,8 +37,10 @@ import numpy as np
 import pytrec_eval
 
 from hybrid_ray.errors import ConfigError
+from hybrid_ray.metric_registry import PerQuery, find_metric, metrics_over, rank_spread
 
-DEFAULT_METRICS: tuple[str, ...] = ("map", "recall_1", "recall_10", "recall_100", "ndcg_cut_10")
+#: The trec_eval metrics of the table, in table order (the default of :func:`evaluate_run`).
+DEFAULT_METRICS: tuple[str, ...] = tuple(m.name for m in metrics_over("ranking") if m.trec_measure)
 
 Qrels = Mapping[str, Mapping[str, int]]
 Run = Mapping[str, Mapping[str, float]]
@@ -47,15 +54,41 @@ def _measure_family(metric: str) -> str:
     return metric
 
 
-def _check_metrics(metrics: Sequence[str]) -> None:
+def _resolve_metrics(metrics: Sequence[str]) -> tuple[dict[str, str], dict[str, PerQuery]]:
+    """Split ``metrics`` into ``{name: trec_eval measure}`` and ``{name: per-query callable}``.
+
+    Registered ranking metrics come from the table; any other name must be a trec_eval measure
+    (family plus optional ``_k`` cut-off), else a ConfigError lists both.
+    """
+    trec: dict[str, str] = {}
+    custom: dict[str, PerQuery] = {}
     supported = pytrec_eval.supported_measures
     for m in metrics:
-        if _measure_family(m) not in supported:
+        metric = find_metric(m)
+        if metric is not None and metric.over != "ranking":
+            raise ConfigError(f"not a ranking metric (computed over {metric.over})", key="metrics", value=m)
+        if metric is not None and metric.per_query is not None:
+            custom[m] = metric.per_query
+        elif metric is not None and metric.trec_measure is not None:
+            trec[m] = metric.trec_measure
+        elif _measure_family(m) in supported:
+            trec[m] = m
+        else:
             raise ConfigError(
                 f"unknown metric (trec_eval measures: {', '.join(sorted(supported))}; "
-                "add '_k' for a cut-off, e.g. recall_10)",
+                "add '_k' for a cut-off, e.g. recall_10; registered metrics: "
+                f"{', '.join(mt.name for mt in metrics_over('ranking'))})",
                 key="metrics", value=m,
             )
+    return trec, custom
+
+
+def _relevant_ranks(run_q: Mapping[str, float], relevant: set[str]) -> np.ndarray:
+    """1-based ranks (ascending) of ``relevant`` in a run, in the order trec_eval evaluates it:
+    score descending, ties by docid descending (a run from :func:`run_from_ranking` has no ties)."""
+    order = sorted(run_q, reverse=True)  # docid descending ...
+    order.sort(key=lambda d: -float(run_q[d]))  # ... then a stable sort by score descending
+    return np.asarray([i + 1 for i, d in enumerate(order) if d in relevant], dtype=np.int64)
 
 
 def run_from_ranking(ranking: Mapping[str, Sequence[str]]) -> dict[str, dict[str, float]]:
@@ -86,7 +119,7 @@ def evaluate_run(
     least one relevant document (relevance >= 1); those missing from the run count as 0.
     """
     metrics = tuple(metrics)
-    _check_metrics(metrics)
+    trec, custom = _resolve_metrics(metrics)
     judged = {
         qid: {d: int(r) for d, r in rel.items()}
         for qid, rel in qrels.items()
@@ -95,13 +128,21 @@ def evaluate_run(
     skipped = sorted(q for q in qrels if q not in judged)
     per_query: dict[str, dict[str, float]] = {}
     if judged:
-        evaluator = pytrec_eval.RelevanceEvaluator(judged, set(metrics))  # "recall_1" = family + cut
+        raw: dict[str, dict[str, float]] = {}
         # Only pass judged queries: trec_eval would ignore the others anyway.
         sub_run = {q: {d: float(s) for d, s in run[q].items()} for q in judged if q in run and run[q]}
-        raw = evaluator.evaluate(sub_run) if sub_run else {}
+        if trec and sub_run:
+            evaluator = pytrec_eval.RelevanceEvaluator(judged, set(trec.values()))  # "recall_1" = family + cut
+            raw = evaluator.evaluate(sub_run)
         for qid in judged:
             values = raw.get(qid)
-            per_query[qid] = {m: float(values[m]) if values else 0.0 for m in metrics}
+            row = {m: float(values[trec[m]]) if values else 0.0 for m in trec}
+            if custom:
+                relevant = {d for d, r in judged[qid].items() if r >= 1}
+                ranks = _relevant_ranks(sub_run[qid], relevant) if qid in sub_run else None
+                for m, fn in custom.items():
+                    row[m] = float(fn(ranks, len(relevant))) if ranks is not None else 0.0
+            per_query[qid] = {m: row[m] for m in metrics}
     mean = {m: (float(np.mean([v[m] for v in per_query.values()])) if per_query else 0.0) for m in metrics}
     return {"per_query": per_query, "mean": mean, "n_queries": len(per_query), "skipped": skipped}
 
@@ -109,6 +150,7 @@ def evaluate_run(
 def language_bias(
     ranks: Mapping[str, Sequence[int] | np.ndarray],
     query_lang: Mapping[str, str] | None = None,
+    spread: PerQuery = rank_spread,
 ) -> dict[str, object]:
     """Language bias (Huang et al. 2023): how far apart a query's parallel answers are ranked.
 
@@ -118,7 +160,8 @@ def language_bias(
     regardless of language. Queries with fewer than two relevant candidates carry no information
     and are skipped. The result is the mean over queries within each query language and the
     macro average over languages (lower is better); without ``query_lang`` all queries form one
-    group.
+    group. ``spread`` is the metric table's per-query callable (``rank_spread`` for language bias), so
+    any ``over="languages"`` metric aggregates the same way.
     """
     per_lang: dict[str, list[float]] = defaultdict(list)
     per_query: dict[str, float] = {}
@@ -126,7 +169,7 @@ def language_bias(
         r = np.asarray(r)
         if r.size < 2:
             continue
-        bias = float(r.max() - r.min())
+        bias = float(spread(r, r.size))
         per_query[qid] = bias
         lang = query_lang[qid] if query_lang is not None else "all"
         per_lang[lang].append(bias)

@@ -5,12 +5,16 @@
 passes to ``ray.train.report``; through ``TuneReportCallback`` they reach Ray Tune, whose searcher
 and ASHA scheduler act on them (``val_miracl_map`` by default).
 
-Two validation sets, both optional:
+Two validation sets, both optional, read through the format registry
+(:mod:`hybrid_ray.data.formats`); the keys come from the metric table
+(:mod:`hybrid_ray.metric_registry`: every metric with a ``val_name``), so with the built-in table:
 
 * MIRACL format (topics / qrels / corpus, monolingual per language): ``val_miracl_map``,
   ``val_miracl_ndcg10``, ``val_miracl_recall100``, each the macro mean over languages;
 * parallel pairs (LAReQA-like, :meth:`RetrievalSet.from_pairs`): ``val_mono_map``,
   ``val_cross_map``, ``val_multi_map`` and ``val_lang_bias`` (lower is better).
+
+Tune code looks a key's direction up with :func:`hybrid_ray.metric_registry.metric_mode`.
 
 Why the result is a flat ``{str: float}`` dict: Tune logs, plots and compares scalar metrics only,
 and a flat key is what ``TuneConfig(metric=...)`` names.
@@ -27,13 +31,51 @@ import time
 from pathlib import Path
 from typing import Any
 
+from hybrid_ray.data.formats import get_format
 from hybrid_ray.data.retrieval import RetrievalSet
+from hybrid_ray.metric_registry import Metric, metric_mode, metrics_for, metrics_over, val_key
 
-#: Metric names produced by :func:`validate`, by the eval source that produces them.
-MIRACL_KEYS: tuple[str, ...] = ("val_miracl_map", "val_miracl_ndcg10", "val_miracl_recall100")
-PAIRS_KEYS: tuple[str, ...] = ("val_mono_map", "val_cross_map", "val_multi_map", "val_lang_bias")
-#: Metrics where lower is better (everything else: higher is better).
-LOWER_IS_BETTER: frozenset[str] = frozenset({"val_lang_bias", "loss"})
+#: Evaluation settings of the pairs set -> the scope of their keys (``val_mono_map``, ...).
+PAIRS_SCOPES: dict[str, str] = {"mono": "mono", "cross": "cross", "multilingual": "multi"}
+
+
+def _validated(metrics: list[Metric]) -> list[Metric]:
+    return [m for m in metrics if m.val_name]
+
+
+def miracl_keys() -> tuple[str, ...]:
+    """Keys :func:`validate` reports for the MIRACL set, sorted (independent of registration order)."""
+    return tuple(sorted(val_key(m, "miracl") for m in _validated(metrics_for("miracl"))))
+
+
+def pairs_keys() -> tuple[str, ...]:
+    """Keys for the pairs set: per setting (mono, cross, multilingual), then the language metrics."""
+    per_setting = [
+        val_key(m, scope) for scope in PAIRS_SCOPES.values()
+        for m in sorted(_validated(metrics_for("lareqa")), key=lambda m: m.val_name or "")
+    ]
+    return (*per_setting, *(val_key(m) for m in _validated(metrics_over("languages"))))
+
+
+def lower_is_better() -> frozenset[str]:
+    """Reported keys where lower is better (everything else: higher is better), plus training ones."""
+    keys = {k for k in (*miracl_keys(), *pairs_keys()) if metric_mode(k) == "min"}
+    return frozenset(keys | {m.name for m in metrics_over("training") if m.mode == "min"})
+
+
+_LIVE_NAMES = {"MIRACL_KEYS": miracl_keys, "PAIRS_KEYS": pairs_keys, "LOWER_IS_BETTER": lower_is_better}
+
+
+def __getattr__(name: str) -> Any:
+    """``MIRACL_KEYS``, ``PAIRS_KEYS``, ``LOWER_IS_BETTER``: the functions' values at access time.
+
+    Module attributes rather than import-time constants, so they never disagree with the table
+    depending on whether a metric was registered before or after this module was first imported.
+    Code that runs long after importing (Tune) should call the functions instead.
+    """
+    if name in _LIVE_NAMES:
+        return _LIVE_NAMES[name]()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 # (kind, path, split, langs, max_queries) -> subsampled RetrievalSet. Per worker process: a
 # training run validates several times against the same files.
@@ -46,12 +88,13 @@ def _langs_key(langs: Any) -> tuple[str, ...] | None:
 
 def miracl_set(path: str | Path, langs: list[str] | None, split: str, max_per_lang: int | None) -> RetrievalSet:
     """The MIRACL-format validation set (cached), first ``max_per_lang`` queries per language."""
-    from hybrid_ray.data.miracl import load_miracl
     from hybrid_ray.evaluate import subsample_queries
 
     key = ("miracl", str(path), split, _langs_key(langs), max_per_lang)
     if key not in _CACHE:
-        rs = load_miracl(path, langs=list(langs) if langs else None, split=split, name=f"miracl-{split}")
+        load = get_format("miracl", "retrieval").load_retrieval
+        assert load is not None  # get_format checked the capability
+        rs = load(Path(path), split, list(langs) if langs else None)  # named f"miracl-{split}"
         _CACHE[key] = subsample_queries(rs, max_per_lang)
     return _CACHE[key]
 
@@ -66,13 +109,11 @@ def pairs_set(path: str | Path, split: str | None, langs: list[str] | None, max_
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from hybrid_ray.data.pairs import read_pairs
-
     key = ("pairs", str(path), split, _langs_key(langs), max_per_lang)
     if key not in _CACHE:
-        table = read_pairs(path, split=split if Path(path).is_dir() else None)
-        if langs:
-            table = table.filter(pc.is_in(table.column("lang"), value_set=pa.array(list(langs), pa.string())))
+        load = get_format("pairs", "pairs").load_pairs
+        assert load is not None  # get_format checked the capability
+        table = load(Path(path), split if Path(path).is_dir() else None, list(langs) if langs else None)
         if max_per_lang:
             # Keep the first N pair ids (file order) and all their languages: same effect as
             # subsample_queries on the queries, but the candidates shrink with them.
@@ -89,11 +130,29 @@ def _float(x: Any) -> float:
         return math.nan
 
 
+def miracl_values(res: dict[str, Any]) -> dict[str, float]:
+    """The MIRACL-set keys of an ``evaluate_retrieval(setting="miracl")`` result (macro means)."""
+    values = {val_key(m, "miracl"): _float(res["mean"][m.name]) for m in _validated(metrics_for("miracl"))}
+    return {k: values[k] for k in miracl_keys()}
+
+
+def pairs_values(res: dict[str, Any]) -> dict[str, float]:
+    """The pairs-set keys of an ``evaluate_retrieval(setting="lareqa")`` result."""
+    values: dict[str, float] = {}
+    for setting, scope in PAIRS_SCOPES.items():
+        for m in _validated(metrics_for("lareqa")):
+            values[val_key(m, scope)] = _float(res["settings"][setting][m.name])
+    for m in _validated(metrics_over("languages")):
+        agg = res[m.name]
+        values[val_key(m)] = _float(agg["macro"]) if agg.get("n_queries") else math.nan
+    return {k: values[k] for k in pairs_keys()}
+
+
 def validate(encoder_dir: str | Path, eval_cfg: dict[str, Any]) -> dict[str, float]:
     """Load the encoder exported at a checkpoint and score it on the configured validation sets.
 
     ``eval_cfg`` is the ``eval`` section of the training config (:class:`hybrid_ray.config.EvalConfig`).
-    Returns the keys of :data:`MIRACL_KEYS` and/or :data:`PAIRS_KEYS` plus ``val_time_s``.
+    Returns the keys of :func:`miracl_keys` and/or :func:`pairs_keys` plus ``val_time_s``.
     """
     import torch
 
@@ -114,18 +173,10 @@ def validate(encoder_dir: str | Path, eval_cfg: dict[str, Any]) -> dict[str, flo
     if eval_cfg.get("miracl_path"):
         rs = miracl_set(eval_cfg["miracl_path"], langs, eval_cfg.get("miracl_split") or "dev", max_q)
         res = evaluate_retrieval(encoder, rs, setting="miracl", batch_size=batch_size, use_gpu=use_gpu)
-        mean = res["mean"]
-        out["val_miracl_map"] = _float(mean["map"])
-        out["val_miracl_ndcg10"] = _float(mean["ndcg_cut_10"])
-        out["val_miracl_recall100"] = _float(mean["recall_100"])
+        out.update(miracl_values(res))
     if eval_cfg.get("pairs_path"):
         rs = pairs_set(eval_cfg["pairs_path"], eval_cfg.get("pairs_split"), langs, max_q)
         res = evaluate_retrieval(encoder, rs, setting="lareqa", batch_size=batch_size, use_gpu=use_gpu)
-        s = res["settings"]
-        out["val_mono_map"] = _float(s["mono"]["map"])
-        out["val_cross_map"] = _float(s["cross"]["map"])
-        out["val_multi_map"] = _float(s["multilingual"]["map"])
-        bias = res["language_bias"]
-        out["val_lang_bias"] = _float(bias["macro"]) if bias.get("n_queries") else math.nan
+        out.update(pairs_values(res))
     out["val_time_s"] = time.perf_counter() - t0
     return out

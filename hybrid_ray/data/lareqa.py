@@ -22,6 +22,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from hybrid_ray.data.formats import DataFormat, register_format
 from hybrid_ray.data.retrieval import RetrievalSet
 from hybrid_ray.data.schema import check_lang
 from hybrid_ray.errors import DataError
@@ -196,3 +197,24 @@ def load_lareqa(path: str | Path, langs: list[str] | None = None, name: str | No
     )
     src = Path(path)
     return RetrievalSet(name=name or src.stem, queries=queries, corpus=corpus, qrels=qrels)
+
+
+def _is_lareqa(path: Path) -> bool:
+    if path.is_file():
+        return path.suffix == ".json"
+    return path.is_dir() and any(
+        p for p in path.glob("*.json") if p.name != "meta.json" and not p.name.startswith(".")
+    )
+
+
+register_format(DataFormat(
+    name="lareqa",
+    label="LAReQA",
+    description="XQuAD-R / MLQA-R: one SQuAD-style {lang}.json per language (evaluation only)",
+    kind="retrieval",
+    detect=_is_lareqa,
+    load_retrieval=lambda path, split, langs: load_lareqa(path, langs=langs),
+    convert=lambda path, opts: load_lareqa(path, opts.langs),
+    splits=lambda path: {path.stem: None},
+    priority=40,
+))

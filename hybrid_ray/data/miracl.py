@@ -26,6 +26,7 @@ from typing import BinaryIO
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from hybrid_ray.data.formats import DataFormat, register_format
 from hybrid_ray.data.pairs import iter_jsonl, open_text, read_jsonl
 from hybrid_ray.data.retrieval import RetrievalSet
 from hybrid_ray.data.schema import check_lang, first_blank_row
@@ -279,3 +280,21 @@ def write_miracl(
             row = {"docid": doc["docid"], "title": doc.get("title", ""), "text": doc["text"]}
             f.write((json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8"))
     return paths
+
+
+def _is_miracl(path: Path) -> bool:
+    return path.is_dir() and next(path.rglob("topics.miracl-v1.0-*.tsv"), None) is not None
+
+
+register_format(DataFormat(
+    name="miracl",
+    label="MIRACL",
+    description="MIRACL topics / qrels / corpus (monolingual retrieval per language; evaluation only)",
+    kind="retrieval",
+    detect=_is_miracl,
+    load_retrieval=lambda path, split, langs: load_miracl(path, langs=langs, split=split or "dev"),
+    convert=lambda path, opts: load_miracl(path, opts.langs, split=opts.split or "dev",
+                                           judged_only=opts.judged_only),
+    splits=lambda path: {s: s for s in miracl_splits(path)},
+    priority=30,  # after pairs: a pairs data set may carry its dev split in MIRACL format in a subfolder
+))

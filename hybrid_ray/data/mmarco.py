@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 
+from hybrid_ray.data.formats import DataFormat, register_format
 from hybrid_ray.data.pairs import open_text
 from hybrid_ray.data.schema import PAIRS_SCHEMA, check_lang, first_null_row, validate_pairs_table
 from hybrid_ray.errors import DataError
@@ -195,3 +196,16 @@ def load_mmarco(
             )
         )
     return validate_pairs_table(pa.concat_tables(tables), path=root)
+
+
+register_format(DataFormat(
+    name="mmarco",
+    label="mMARCO",
+    description="mMARCO collections / queries / triples TSVs (training; convert to pairs first)",
+    kind="pairs",
+    detect=lambda path: path.is_dir() and (path / "collections").is_dir(),
+    convert=lambda path, opts: load_mmarco(path, opts.langs, split=opts.split or "train",
+                                           max_triples=opts.max_triples,
+                                           negatives_per_pair=opts.negatives_per_pair),
+    priority=50,
+))

@@ -16,16 +16,20 @@ import gzip
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pj
 import pyarrow.parquet as pq
 
+from hybrid_ray.data.formats import DataFormat, register_format
 from hybrid_ray.data.schema import LANGUAGES, PAIRS_SCHEMA, REQUIRED_COLUMNS, validate_pairs_table
 from hybrid_ray.errors import DataError
 from hybrid_ray.io import atomic_path
+
+if TYPE_CHECKING:
+    from hybrid_ray.data.retrieval import RetrievalSet
 
 #: Conventional split order; other split names sort after these, alphabetically.
 SPLIT_ORDER = ("train", "dev", "test")
@@ -256,3 +260,50 @@ def write_pairs(table: pa.Table, path: str | Path) -> Path:
     else:
         raise DataError("unsupported output type (expected .parquet, .jsonl or .jsonl.gz)", path=path)
     return path
+
+
+# ------------------------------------------------------------------------- format registration
+def filter_langs(table: pa.Table, langs: list[str] | None) -> pa.Table:
+    """The rows of ``table`` in ``langs`` (all rows when None or empty)."""
+    if not langs:
+        return table
+    return table.filter(pc.is_in(table.column("lang"), value_set=pa.array(list(langs), pa.string())))
+
+
+def _is_pairs(path: Path) -> bool:
+    if path.is_file():
+        return path.name.endswith(".parquet") or is_jsonl(path)
+    return path.is_dir() and bool(list_splits(path))
+
+
+def _load_pairs(path: Path, split: str | None, langs: list[str] | None) -> pa.Table:
+    return filter_langs(read_pairs(path, split), langs)
+
+
+def _load_retrieval(path: Path, split: str | None, langs: list[str] | None) -> RetrievalSet:
+    """Parallel pairs as a LAReQA-like evaluation set; a directory defaults to its ``test`` split."""
+    from hybrid_ray.data.retrieval import RetrievalSet
+
+    if path.is_dir() and split is None and "test" in list_splits(path):
+        split = "test"  # evaluation defaults to the held-out split, not train
+    table = filter_langs(read_pairs(path, split if path.is_dir() else None), langs)
+    return RetrievalSet.from_pairs(table, name=f"{path.name}{'/' + split if split else ''}")
+
+
+def _splits(path: Path) -> dict[str, str | None]:
+    return {s: s for s in list_splits(path)} if path.is_dir() else {path.name: None}
+
+
+register_format(DataFormat(
+    name="pairs",
+    aliases=("jsonl",),
+    label="pairs",
+    description="parallel pairs: a directory of {split}.parquet files or one .parquet / .jsonl(.gz) file",
+    kind="pairs",
+    detect=_is_pairs,
+    load_pairs=_load_pairs,
+    load_retrieval=_load_retrieval,
+    convert=lambda path, opts: filter_langs(read_pairs(path), opts.langs),
+    splits=_splits,
+    priority=20,
+))

