@@ -267,6 +267,15 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] | Mappi
     return _finish(_merge_overrides(node, overrides or []))
 
 
+def config_from_dict(data: Mapping[str, Any]) -> TrainConfig:
+    """A validated ``TrainConfig`` from a plain nested dict (``to_dict``'s output, e.g. sent as JSON)."""
+    try:
+        node = OmegaConf.merge(OmegaConf.structured(TrainConfig), dict(data))
+    except OmegaConfBaseException as exc:
+        raise _wrap(exc, "a config mapping") from exc
+    return _finish(node)
+
+
 def apply_overrides(cfg: TrainConfig, overrides: Sequence[str] | Mapping[str, Any]) -> TrainConfig:
     """A new, re-validated ``TrainConfig``: ``cfg`` with dotted overrides applied (``cfg`` is unchanged).
 

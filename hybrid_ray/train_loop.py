@@ -16,7 +16,6 @@ resumed run repeats the uninterrupted run's steps exactly, not just its batches.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -274,7 +273,7 @@ def _report_with_checkpoint(engine, encoder, sampler, cfg: TrainConfig, metrics,
             if cfg.eval.enabled:
                 from hybrid_ray.validation import validate
 
-                metrics = {**metrics, **validate(tmp_path / ENCODER_DIR, asdict(cfg.eval))}
+                metrics = {**metrics, **validate(tmp_path / ENCODER_DIR, cfg.eval)}
                 print(f"[hybrid-ray] step {global_step} validation: "
                       + " ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k.startswith("val_")),
                       flush=True)

@@ -25,9 +25,12 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hybrid_ray.data.retrieval import RetrievalSet
+
+if TYPE_CHECKING:
+    from hybrid_ray.config import EvalConfig
 
 #: Metric names produced by :func:`validate`, by the eval source that produces them.
 MIRACL_KEYS: tuple[str, ...] = ("val_miracl_map", "val_miracl_ndcg10", "val_miracl_recall100")
@@ -89,7 +92,7 @@ def _float(x: Any) -> float:
         return math.nan
 
 
-def validate(encoder_dir: str | Path, eval_cfg: dict[str, Any]) -> dict[str, float]:
+def validate(encoder_dir: str | Path, eval_cfg: EvalConfig) -> dict[str, float]:
     """Load the encoder exported at a checkpoint and score it on the configured validation sets.
 
     ``eval_cfg`` is the ``eval`` section of the training config (:class:`hybrid_ray.config.EvalConfig`).
@@ -102,24 +105,24 @@ def validate(encoder_dir: str | Path, eval_cfg: dict[str, Any]) -> dict[str, flo
 
     t0 = time.perf_counter()
     out: dict[str, float] = {}
-    if not (eval_cfg.get("miracl_path") or eval_cfg.get("pairs_path")):
+    if not (eval_cfg.miracl_path or eval_cfg.pairs_path):
         return out
     use_gpu = torch.cuda.is_available()
     encoder = DualEncoder.from_pretrained(encoder_dir)
     if use_gpu:
         encoder = encoder.to("cuda")
-    batch_size = int(eval_cfg.get("batch_size") or 64)
-    langs = eval_cfg.get("langs")
-    max_q = eval_cfg.get("max_queries_per_lang")
-    if eval_cfg.get("miracl_path"):
-        rs = miracl_set(eval_cfg["miracl_path"], langs, eval_cfg.get("miracl_split") or "dev", max_q)
+    batch_size = int(eval_cfg.batch_size or 64)
+    langs = eval_cfg.langs
+    max_q = eval_cfg.max_queries_per_lang
+    if eval_cfg.miracl_path:
+        rs = miracl_set(eval_cfg.miracl_path, langs, eval_cfg.miracl_split or "dev", max_q)
         res = evaluate_retrieval(encoder, rs, setting="miracl", batch_size=batch_size, use_gpu=use_gpu)
         mean = res["mean"]
         out["val_miracl_map"] = _float(mean["map"])
         out["val_miracl_ndcg10"] = _float(mean["ndcg_cut_10"])
         out["val_miracl_recall100"] = _float(mean["recall_100"])
-    if eval_cfg.get("pairs_path"):
-        rs = pairs_set(eval_cfg["pairs_path"], eval_cfg.get("pairs_split"), langs, max_q)
+    if eval_cfg.pairs_path:
+        rs = pairs_set(eval_cfg.pairs_path, eval_cfg.pairs_split, langs, max_q)
         res = evaluate_retrieval(encoder, rs, setting="lareqa", batch_size=batch_size, use_gpu=use_gpu)
         s = res["settings"]
         out["val_mono_map"] = _float(s["mono"]["map"])

