@@ -119,8 +119,10 @@ def preflight(cfg: TrainConfig) -> None:
     data cannot satisfy (a language with fewer pairs than the global batch) with a clear error,
     instead of a traceback from inside a Ray worker.
     """
+    from hybrid_ray.losses import build_loss
     from hybrid_ray.train_loop import build_sampler, load_training_pairs
 
+    build_loss(cfg.loss.name, cfg.model.temperature, dict(cfg.loss.kwargs))  # bad loss.kwargs fail here
     pairs = load_training_pairs(cfg.data)
     sampler = build_sampler(cfg, pairs)
     sampler.batch(0, 0)
