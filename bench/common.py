@@ -19,6 +19,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from hybrid_ray.errors import ConfigError
 from hybrid_ray.io import write_json_atomic, write_text_atomic
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -115,7 +116,7 @@ def model_arg(name: str) -> Path:
         return e5_small_dir()
     path = Path(name).expanduser()
     if not path.exists():
-        raise SystemExit(f"model dir {path} not found (or use --model e5-small)")
+        raise ConfigError("model dir not found (or use --model e5-small)", key="--model", value=str(path))
     return path
 
 

@@ -28,9 +28,10 @@ threads) uses the same 2 cores in two different ways: it is a scaling comparison
 Measurement: "steady" = steps ``warmup+1 .. warmup+steps`` (the first steps pay lazy allocations and
 DeepSpeed's first-step setup). Single-process contenders time each step with ``perf_counter``
 (batch assembly + tokenisation + forward + backward + optimizer step). hybrid-ray steps are timed
-from outside the workers: the driver polls the per-rank trace (``run.trace_dir``, one flushed JSON
-line per finished step) every 20 ms and timestamps each new line, so the figure includes Ray Train's
-per-step work (metric reports every ``run.log_every`` steps) as a user would see it. End-to-end wall
+from outside the workers: the driver polls the per-rank trace (a ``hybrid_ray.hooks.BatchTrace``
+step hook, one flushed JSON line per finished step) every 20 ms and timestamps each new line, so the
+figure includes Ray Train's per-step work (metric reports every ``run.log_every`` steps) as a user
+would see it. End-to-end wall
 time covers the whole process: imports, Ray start, worker start, DeepSpeed init, model load,
 training and the final checkpoint + export. Peak memory: the orchestrator samples, every 0.25 s,
 the RSS of the contender's process and all its descendants (Ray's GCS, raylet, workers) with
@@ -56,6 +57,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import RESULTS, command, demo_data, loadavg, machine, model_arg, versions, write_results
+from hybrid_ray.config import TrainConfig, apply_overrides, config_from_dict, to_dict
+from hybrid_ray.errors import DataError
 
 # name -> (kind, torch threads per process, Ray Train workers)
 CONTENDERS: dict[str, tuple[str, int, int]] = {
@@ -78,9 +81,9 @@ MEM_POLL_S = 0.25
 
 
 # --------------------------------------------------------------------------------------------- config
-def build_config(args: argparse.Namespace, model_dir: str, data_path: str, workdir: Path) -> dict[str, Any]:
+def build_config(args: argparse.Namespace, model_dir: str, data_path: str, workdir: Path) -> TrainConfig:
     """The resolved hybrid-ray config every contender reads its settings from (demo.yaml + overrides)."""
-    from hybrid_ray.config import load_config, to_dict
+    from hybrid_ray.config import load_config
 
     overrides = [
         f"data.path={data_path}",
@@ -99,7 +102,7 @@ def build_config(args: argparse.Namespace, model_dir: str, data_path: str, workd
         "run.checkpoint_every=0",
         "run.ray_num_cpus=2",
     ]
-    return to_dict(load_config("demo.yaml", overrides))
+    return load_config("demo.yaml", overrides)
 
 
 def prepare_inputs(args: argparse.Namespace, workdir: Path) -> tuple[str, str, str]:
@@ -118,7 +121,7 @@ def prepare_inputs(args: argparse.Namespace, workdir: Path) -> tuple[str, str, s
     if args.data:
         data = Path(args.data).expanduser().resolve()
         if not data.exists():
-            raise SystemExit(f"data {data} not found (omit --data to use the demo data, built on first use)")
+            raise DataError("not found (omit --data to use the demo data, built on first use)", path=data)
     elif args.model == "tiny":
         data = workdir / "pairs.parquet"
         _synthetic_pairs(data)
@@ -150,30 +153,30 @@ def _synthetic_pairs(path: Path, n: int = 64, langs: tuple[str, ...] = ("de", "e
 
 
 # --------------------------------------------------------------------------------------------- contenders
-def _pairs_and_sampler(cfg: dict[str, Any]):
+def _pairs_and_sampler(cfg: TrainConfig):
     from hybrid_ray.train_loop import build_sampler, load_training_pairs
 
-    pairs = load_training_pairs(cfg["data"])
+    pairs = load_training_pairs(cfg.data)
     return pairs, build_sampler(cfg, pairs)
 
 
-def _bare(cfg: dict[str, Any], n_steps: int) -> dict[str, Any]:
+def _bare(cfg: TrainConfig, n_steps: int) -> dict[str, Any]:
     """The hybrid-ray math without Ray or DeepSpeed: what the framework overhead is measured against."""
     import torch
 
     from hybrid_ray.collator import HybridCollator
-    from hybrid_ray.loss import DistributedInfoNCE
+    from hybrid_ray.losses import build_loss
     from hybrid_ray.train_loop import _lr_lambda, build_encoder
 
     pairs, sampler = _pairs_and_sampler(cfg)
-    encoder = build_encoder(cfg["model"])
+    encoder = build_encoder(cfg.model)
     encoder.train()
-    opt_cfg = cfg["optim"]
+    opt_cfg = cfg.optim
     params = [p for p in encoder.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=opt_cfg["lr"], weight_decay=opt_cfg["weight_decay"])
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(opt_cfg["warmup_steps"], n_steps))
-    collator = HybridCollator(encoder, num_negatives=cfg["data"]["num_negatives"])
-    loss_fn = DistributedInfoNCE(temperature=cfg["model"]["temperature"])
+    optimizer = torch.optim.AdamW(params, lr=opt_cfg.lr, weight_decay=opt_cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(opt_cfg.warmup_steps, n_steps))
+    collator = HybridCollator(encoder, num_negatives=cfg.data.num_negatives)
+    loss_fn = build_loss(cfg.loss.name, cfg.model.temperature, dict(cfg.loss.kwargs))
     t_ready = time.perf_counter()
     step_ends, losses = [], []
     for step in range(n_steps):
@@ -182,7 +185,7 @@ def _bare(cfg: dict[str, Any], n_steps: int) -> dict[str, Any]:
         p_emb = encoder(**features["passage"])
         loss = loss_fn(q_emb, p_emb, logit_scale=scale)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, opt_cfg["grad_clip"])
+        torch.nn.utils.clip_grad_norm_(params, opt_cfg.grad_clip)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -191,7 +194,7 @@ def _bare(cfg: dict[str, Any], n_steps: int) -> dict[str, Any]:
     return {"t_ready": t_ready, "step_ends": step_ends, "losses": losses}
 
 
-def _st(cfg: dict[str, Any], n_steps: int) -> dict[str, Any]:
+def _st(cfg: TrainConfig, n_steps: int) -> dict[str, Any]:
     """sentence-transformers 6.x: Transformer + mean Pooling, MultipleNegativesRankingLoss, manual loop."""
     import torch
     from sentence_transformers import SentenceTransformer
@@ -200,32 +203,32 @@ def _st(cfg: dict[str, Any], n_steps: int) -> dict[str, Any]:
 
     from hybrid_ray.collator import HybridCollator
 
-    mc, opt_cfg = cfg["model"], cfg["optim"]
+    mc, opt_cfg = cfg.model, cfg.optim
     pairs, sampler = _pairs_and_sampler(cfg)
     # No BERT pooler: we mean-pool, exactly like DualEncoder (which also drops it).
-    word = Transformer(mc["name_or_path"], model_kwargs={"add_pooling_layer": False},
-                       max_seq_length=mc["max_length"])
+    word = Transformer(mc.name_or_path, model_kwargs={"add_pooling_layer": False},
+                       max_seq_length=mc.max_length)
     model = SentenceTransformer(modules=[word, Pooling(word.auto_model.config.hidden_size, pooling_mode="mean")],
                                 device="cpu")
-    if mc["freeze_embeddings"]:
+    if mc.freeze_embeddings:
         word.auto_model.get_input_embeddings().weight.requires_grad_(False)
     model.train()
-    loss_fn = MultipleNegativesRankingLoss(model, scale=1.0 / mc["temperature"])
+    loss_fn = MultipleNegativesRankingLoss(model, scale=1.0 / mc.temperature)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=opt_cfg["lr"], weight_decay=opt_cfg["weight_decay"])
-    n_neg = cfg["data"]["num_negatives"]
+    optimizer = torch.optim.AdamW(params, lr=opt_cfg.lr, weight_decay=opt_cfg.weight_decay)
+    n_neg = cfg.data.num_negatives
     collator = HybridCollator(lambda texts, kind: {}, num_negatives=n_neg)  # texts only; ST tokenises
     t_ready = time.perf_counter()
     step_ends, losses = [], []
     for step in range(n_steps):
         queries, passages = collator.texts(sampler.batch(0, step), pairs)
         b = len(queries)
-        columns = [[mc["query_prefix"] + t for t in queries], [mc["passage_prefix"] + t for t in passages[:b]]]
+        columns = [[mc.query_prefix + t for t in queries], [mc.passage_prefix + t for t in passages[:b]]]
         for j in range(n_neg):  # collator layout: query-major (query 0's n negatives, then query 1's, ...)
-            columns.append([mc["passage_prefix"] + passages[b + i * n_neg + j] for i in range(b)])
+            columns.append([mc.passage_prefix + passages[b + i * n_neg + j] for i in range(b)])
         loss = loss_fn([model.preprocess(col) for col in columns], None)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, opt_cfg["grad_clip"])
+        torch.nn.utils.clip_grad_norm_(params, opt_cfg.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(float(loss.detach()))
@@ -258,23 +261,23 @@ class _TracePoller(threading.Thread):
         return self.stamps
 
 
-def _ray(cfg: dict[str, Any], n_steps: int, workdir: Path) -> dict[str, Any]:
+def _ray(cfg: TrainConfig, n_steps: int, workdir: Path) -> dict[str, Any]:
     """hybrid-ray end to end: ``init_ray`` + ``run_training`` (which exports the encoder at the end)."""
     import ray
 
+    from hybrid_ray.hooks import BatchTrace
     from hybrid_ray.local import init_ray
     from hybrid_ray.train import run_training
 
     trace = workdir / "trace"
-    cfg["run"]["trace_dir"] = str(trace)
     t = time.perf_counter()
-    init_ray(num_cpus=cfg["run"]["ray_num_cpus"], log_to_driver=False)
+    init_ray(num_cpus=cfg.run.ray_num_cpus, log_to_driver=False)
     ray_init_s = time.perf_counter() - t
     poller = _TracePoller(trace / "rank0.jsonl")
     poller.start()
     t_fit = time.perf_counter()
     try:
-        result, _ = run_training(cfg)
+        result, _ = run_training(cfg, step_hooks=[BatchTrace(trace)])
     finally:
         stamps = poller.stop()
     fit_s = time.perf_counter() - t_fit
@@ -290,16 +293,15 @@ def run_contender(spec: dict[str, Any]) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     kind, threads, workers = CONTENDERS[spec["name"]]
-    cfg, n_steps = spec["cfg"], spec["warmup"] + spec["steps"]
+    cfg, n_steps = config_from_dict(spec["cfg"]), spec["warmup"] + spec["steps"]
     if kind == "ray":
-        cfg["scaling"]["num_workers"] = workers
-        cfg["run"]["name"] = spec["name"]
+        cfg = apply_overrides(cfg, {"scaling.num_workers": workers, "run.name": spec["name"]})
         raw = _ray(cfg, n_steps, Path(spec["workdir"]) / spec["name"])
     else:
         import torch
 
         torch.set_num_threads(threads)
-        torch.manual_seed(cfg["sampler"]["seed"])
+        torch.manual_seed(cfg.sampler.seed)
         raw = _bare(cfg, n_steps) if kind == "bare" else _st(cfg, n_steps)
     if kind != "ray":
         import torch
@@ -354,11 +356,12 @@ class _MemSampler(threading.Thread):
         self.join()
 
 
-def launch(name: str, cfg: dict[str, Any], args: argparse.Namespace, workdir: Path, rnd: int) -> dict[str, Any]:
+def launch(name: str, cfg: TrainConfig, args: argparse.Namespace, workdir: Path, rnd: int) -> dict[str, Any]:
     """Run one contender in a fresh process (clean threads, clean memory) and summarise it."""
     spec_path = workdir / f"{name}-r{rnd}.spec.json"
     out_path = workdir / f"{name}-r{rnd}.out.json"
-    spec = {"name": name, "cfg": cfg, "warmup": args.warmup, "steps": args.steps, "workdir": str(workdir / f"r{rnd}")}
+    spec = {"name": name, "cfg": to_dict(cfg), "warmup": args.warmup, "steps": args.steps,
+            "workdir": str(workdir / f"r{rnd}")}
     spec_path.write_text(json.dumps(spec))
     env = dict(os.environ)
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -588,9 +591,9 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {"model": args.model, "model_desc": desc, "data": data, "batch": args.batch,
                      "max_length": args.max_length, "alpha": args.alpha, "warmup": args.warmup,
                      "steps": args.steps, "rounds": args.rounds, "contenders": names,
-                     "zero_stage": cfg["deepspeed"]["zero_stage"], "lr": cfg["optim"]["lr"],
-                     "temperature": cfg["model"]["temperature"], "num_negatives": cfg["data"]["num_negatives"],
-                     "log_every": cfg["run"]["log_every"], "cpus_per_worker": cfg["scaling"]["cpus_per_worker"]},
+                     "zero_stage": cfg.deepspeed.zero_stage, "lr": cfg.optim.lr,
+                     "temperature": cfg.model.temperature, "num_negatives": cfg.data.num_negatives,
+                     "log_every": cfg.run.log_every, "cpus_per_worker": cfg.scaling.cpus_per_worker},
         "runs": runs,
         "summary": summary(runs),
     }

@@ -19,7 +19,7 @@ _LAZY = {
     "EncoderConfig": "hybrid_ray.modeling.encoder",
     "HybridBatchSampler": "hybrid_ray.sampler",
     "GlobalBatch": "hybrid_ray.sampler",
-    "DistributedInfoNCE": "hybrid_ray.loss",
+    "DistributedInfoNCE": "hybrid_ray.losses",
     "RetrievalSet": "hybrid_ray.data.retrieval",
     "ParallelPairs": "hybrid_ray.data.parallel",
     "read_pairs": "hybrid_ray.data.pairs",

@@ -20,7 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("hybrid_ray.train", "hybrid-batch training with Ray Train + DeepSpeed ZeRO"),
     "eval": ("hybrid_ray.driver.evaluate", "mono/cross/multilingual mAP, language bias, MIRACL metrics"),
     "index": ("hybrid_ray.driver.index", "encode a corpus and build sharded FAISS indexes"),
-    "tune": ("tune.driver", "Ray Tune search over the mixing ratio alpha"),
+    "tune": ("hybrid_ray.driver.tune", "Ray Tune search over the mixing ratio alpha"),
     "serve": ("hybrid_ray.driver.serve", "Ray Serve retrieval endpoint over sharded indexes"),
     "bench": ("bench.driver", "reproducible benchmarks"),
     "demo": ("hybrid_ray.driver.demo", "the whole pipeline on the embedded default"),

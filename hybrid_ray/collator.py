@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from hybrid_ray.errors import DataError
+from hybrid_ray.errors import ConfigError, DataError
 from hybrid_ray.sampler import GlobalBatch
 
 TokenizeFn = Callable[[list[str], str], dict[str, torch.Tensor]]
@@ -53,7 +53,7 @@ class HybridCollator:
         negatives_column: str = "negatives",
     ) -> None:
         if num_negatives < 0:
-            raise ValueError(f"num_negatives must be >= 0, got {num_negatives}")
+            raise ConfigError("must be >= 0", key="data.num_negatives", value=num_negatives)
         self.tokenize: TokenizeFn = encoder.tokenize if hasattr(encoder, "tokenize") else encoder
         self.num_negatives = int(num_negatives)
         self.query_column = query_column

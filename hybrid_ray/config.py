@@ -1,13 +1,22 @@
-"""Training configuration: a typed OmegaConf structured config, YAML files, dotted overrides.
+"""Training configuration: one typed ``TrainConfig`` dataclass, from YAML + dotted overrides to the workers.
 
 Why OmegaConf: it merges YAML files with ``key=value`` command-line overrides, checks types and
-rejects unknown keys against a dataclass schema, and names the offending key in its errors, so
-a bad config fails on the driver before any Ray worker starts. ``validate`` adds the checks a
-schema cannot express (ZeRO stage range, batch divisibility, data path existence).
+rejects unknown keys against the dataclass schema, and names the offending key in its errors, so a
+bad config fails on the driver before any Ray worker starts. ``load_config`` then turns the merge
+into a plain ``TrainConfig`` instance (``OmegaConf.to_object``): the driver, the Ray Train workers
+(it travels pickled in ``train_loop_config``), Tune trials, the demo and the benchmarks all read
+attributes of that one object; nothing downstream sees a dict.
+
+Each section checks its own values (``<Section>.check()``; the model section's are
+``EncoderConfig.__post_init__``, which ``ModelConfig`` inherits); ``validate`` runs them plus the
+checks that span sections (batch divisibility by the worker count). ``apply_overrides`` derives a
+new, re-validated config from an existing one: what Tune trials and the demo use.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +25,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from hybrid_ray.errors import ConfigError
+from hybrid_ray.modeling.encoder_config import EncoderConfig
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -27,18 +37,46 @@ class DataConfig:
     num_negatives: int = 0  # hard negatives per pair used in the loss (from the 'negatives' column)
     langs: list[str] | None = None  # train on this subset of languages (default: all)
 
+    def check(self) -> None:
+        if self.num_negatives < 0:
+            raise ConfigError("must be >= 0", key="data.num_negatives", value=self.num_negatives)
+        if not Path(self.path).exists():
+            raise ConfigError("data path does not exist", key="data.path", value=str(self.path))
+
 
 @dataclass
-class ModelConfig:
-    name_or_path: str = MISSING  # HF model dir or hub name; "tiny" builds a tiny random BERT
-    pooling: str = "mean"
-    normalize: bool = True
-    query_prefix: str = "Query: "
-    passage_prefix: str = "Passage: "
-    max_length: int = 128
-    temperature: float = 0.05
-    learn_temperature: bool = False
+class ModelConfig(EncoderConfig):
+    """The encoder's own settings (pooling, prefixes, max_length, temperature, ...: inherited from
+    ``EncoderConfig``, so they are declared and validated once) + where the weights come from."""
+
+    name_or_path: str = MISSING  # HF model dir or hub name, or a registered builder ("tiny")
     freeze_embeddings: bool = False  # freeze the word embeddings (most of a multilingual model's size)
+
+    def encoder_config(self) -> EncoderConfig:
+        """The ``EncoderConfig`` part (what travels with the saved weights)."""
+        return EncoderConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(EncoderConfig)})
+
+    def check(self) -> None:
+        from hybrid_ray.modeling.builders import is_registered
+
+        name = self.name_or_path
+        if not is_registered(name) and name.startswith((".", "/", "~")) and not Path(name).expanduser().exists():
+            raise ConfigError("model directory does not exist", key="model.name_or_path", value=name)
+
+
+@dataclass
+class LossConfig:
+    """Which registered loss trains the encoder (``hybrid_ray.losses``) and its keyword arguments."""
+
+    name: str = "infonce"
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def check(self) -> None:
+        from hybrid_ray.losses import LOSSES
+
+        if self.name not in LOSSES:
+            raise ConfigError(f"unknown loss (registered: {', '.join(sorted(LOSSES))})", key="loss.name",
+                              value=self.name)
 
 
 @dataclass
@@ -49,6 +87,17 @@ class SamplerConfig:
     lang_temperature: float = 1.0
     lang_weights: dict[str, float] | None = None
     steps_per_epoch: int | None = None
+
+    def check(self) -> None:
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ConfigError("must be in [0, 1]", key="sampler.alpha", value=self.alpha)
+        if self.lang_sampling not in ("uniform", "temperature", "weights"):
+            raise ConfigError("must be uniform, temperature or weights", key="sampler.lang_sampling",
+                              value=self.lang_sampling)
+        if not self.lang_temperature > 0:
+            raise ConfigError("must be > 0", key="sampler.lang_temperature", value=self.lang_temperature)
+        if self.lang_sampling == "weights" and not self.lang_weights:
+            raise ConfigError("lang_sampling=weights needs sampler.lang_weights", key="sampler.lang_weights")
 
 
 @dataclass
@@ -61,6 +110,12 @@ class OptimConfig:
     warmup_steps: int = 0
     grad_clip: float = 1.0
 
+    def check(self) -> None:
+        if not self.lr > 0:
+            raise ConfigError("must be > 0", key="optim.lr", value=self.lr)
+        if self.weight_decay < 0:
+            raise ConfigError("must be >= 0", key="optim.weight_decay", value=self.weight_decay)
+
 
 @dataclass
 class ScalingConfigSchema:
@@ -69,6 +124,10 @@ class ScalingConfigSchema:
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 1.0
 
+    def check(self) -> None:
+        if self.num_workers < 1:
+            raise ConfigError("must be >= 1", key="scaling.num_workers", value=self.num_workers)
+
 
 @dataclass
 class DeepSpeedConfig:
@@ -76,6 +135,12 @@ class DeepSpeedConfig:
     bf16: str = "auto"  # auto (on GPU only) | true | false
     offload_optimizer: bool = False
     extra: dict[str, Any] = field(default_factory=dict)  # merged into the DeepSpeed JSON config
+
+    def check(self) -> None:
+        if self.zero_stage not in (0, 1, 2, 3):
+            raise ConfigError("ZeRO stage must be 0, 1, 2 or 3", key="deepspeed.zero_stage", value=self.zero_stage)
+        if str(self.bf16).lower() not in ("auto", "true", "false"):
+            raise ConfigError("must be auto, true or false", key="deepspeed.bf16", value=self.bf16)
 
 
 @dataclass
@@ -90,8 +155,20 @@ class RunConfigSchema:
     tensorboard: bool = True
     ray_num_cpus: int | None = None  # logical CPUs for a local cluster
     resume_from: str | None = None  # a checkpoint dir (or URI) to start from (CLI: --resume-from)
-    trace_dir: str | None = None  # testing: per-rank JSONL of every batch trained on
-    fail_at_step: int | None = None  # testing: crash rank 1 once at this step (fault-tolerance drills)
+
+    @property
+    def run_dir(self) -> Path:
+        """``<storage_path>/<name>`` (local storage only)."""
+        return Path(self.storage_path).expanduser() / self.name
+
+    def check(self) -> None:
+        resume = self.resume_from
+        if resume and "://" not in resume:
+            if not Path(resume).is_dir():
+                raise ConfigError("checkpoint directory does not exist", key="run.resume_from", value=resume)
+            if not (Path(resume) / "trainer_state.json").is_file() or not (Path(resume) / "deepspeed").is_dir():
+                raise ConfigError("not a hybrid-ray checkpoint (needs trainer_state.json and deepspeed/)",
+                                  key="run.resume_from", value=resume)
 
 
 @dataclass
@@ -106,11 +183,16 @@ class EvalConfig:
     max_queries_per_lang: int | None = 100
     batch_size: int = 64
 
+    @property
+    def enabled(self) -> bool:
+        return bool(self.miracl_path or self.pairs_path)
+
 
 @dataclass
 class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     scaling: ScalingConfigSchema = field(default_factory=ScalingConfigSchema)
@@ -119,44 +201,95 @@ class TrainConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
+SECTIONS = tuple(f.name for f in dataclasses.fields(TrainConfig))
+
+
 def _wrap(exc: OmegaConfBaseException, source: str) -> ConfigError:
     key = getattr(exc, "full_key", None) or None
     msg = str(exc).splitlines()[0]
     return ConfigError(f"{msg} (in {source})", key=key)
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> DictConfig:
-    """Merge schema defaults <- YAML file <- ``key=value`` overrides, then validate."""
-    cfg = OmegaConf.structured(TrainConfig)
-    if path is not None:
-        path = Path(path)
-        if not path.exists():
-            builtin = CONFIG_DIR / path.name
-            if builtin.exists():
-                path = builtin
-            else:
-                raise ConfigError(f"config file {str(path)!r} not found", key="--config")
-        try:
-            cfg = OmegaConf.merge(cfg, OmegaConf.load(path))
-        except OmegaConfBaseException as exc:
-            raise _wrap(exc, str(path)) from exc
-    for item in overrides or []:
+def _find_file(path: str | Path) -> Path:
+    path = Path(path)
+    if path.exists():
+        return path
+    builtin = CONFIG_DIR / path.name
+    if builtin.exists():
+        return builtin
+    raise ConfigError(f"config file {str(path)!r} not found", key="--config")
+
+
+def _merge_overrides(node: DictConfig, overrides: Sequence[str] | Mapping[str, Any]) -> DictConfig:
+    """Dotted ``key=value`` strings (YAML values) or a ``{dotted key: value}`` mapping, in order."""
+    if isinstance(overrides, Mapping):
+        for key, value in overrides.items():
+            try:
+                OmegaConf.update(node, key, value, merge=False)
+            except OmegaConfBaseException as exc:
+                raise _wrap(exc, f"override {key}={value!r}") from exc
+        return node
+    for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key=value", key=item)
         try:
-            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([item]))
+            node = OmegaConf.merge(node, OmegaConf.from_dotlist([item]))
         except OmegaConfBaseException as exc:
             raise _wrap(exc, f"override {item!r}") from exc
+    return node
+
+
+def _finish(node: DictConfig) -> TrainConfig:
+    """Merged OmegaConf node -> validated ``TrainConfig`` instance (paths resolved)."""
+    missing = sorted(OmegaConf.missing_keys(node))
+    if missing:
+        raise ConfigError("is required", key=missing[0])
+    try:
+        cfg = OmegaConf.to_object(node)  # runs ModelConfig's (EncoderConfig's) __post_init__ checks
+    except OmegaConfBaseException as exc:
+        raise _wrap(exc, "the merged config") from exc
+    assert isinstance(cfg, TrainConfig)
     _resolve_paths(cfg)
     validate(cfg)
     return cfg
 
 
+def load_config(path: str | Path | None = None, overrides: Sequence[str] | Mapping[str, Any] | None = None
+                ) -> TrainConfig:
+    """Merge schema defaults <- YAML file <- overrides, validate, return the ``TrainConfig``."""
+    node = OmegaConf.structured(TrainConfig)
+    if path is not None:
+        src = _find_file(path)
+        try:
+            node = OmegaConf.merge(node, OmegaConf.load(src))
+        except OmegaConfBaseException as exc:
+            raise _wrap(exc, str(src)) from exc
+    return _finish(_merge_overrides(node, overrides or []))
+
+
+def config_from_dict(data: Mapping[str, Any]) -> TrainConfig:
+    """A validated ``TrainConfig`` from a plain nested dict (``to_dict``'s output, e.g. sent as JSON)."""
+    try:
+        node = OmegaConf.merge(OmegaConf.structured(TrainConfig), dict(data))
+    except OmegaConfBaseException as exc:
+        raise _wrap(exc, "a config mapping") from exc
+    return _finish(node)
+
+
+def apply_overrides(cfg: TrainConfig, overrides: Sequence[str] | Mapping[str, Any]) -> TrainConfig:
+    """A new, re-validated ``TrainConfig``: ``cfg`` with dotted overrides applied (``cfg`` is unchanged).
+
+    ``overrides`` is a list of ``key=value`` strings (as on the command line) or a mapping
+    ``{"sampler.alpha": 0.25, "run.name": "t1"}`` (values as they are, ``None`` allowed).
+    """
+    return _finish(_merge_overrides(OmegaConf.structured(cfg), overrides))
+
+
 _PATH_KEYS = ("data.path", "model.name_or_path", "eval.miracl_path", "eval.pairs_path", "run.storage_path",
-              "run.export_dir", "run.trace_dir", "run.resume_from")
+              "run.export_dir", "run.resume_from")
 
 
-def _resolve_paths(cfg: DictConfig) -> None:
+def _resolve_paths(cfg: TrainConfig) -> None:
     """Expand ``~`` and, for local runs, make relative paths absolute.
 
     Ray workers do not share the driver's working directory, so a local run passes them
@@ -164,68 +297,42 @@ def _resolve_paths(cfg: DictConfig) -> None:
     kept: there every worker's working directory is the job's uploaded ``--working-dir``.
     """
     from hybrid_ray.local import on_cluster
+    from hybrid_ray.modeling.builders import is_registered
 
     for key in _PATH_KEYS:
-        value = OmegaConf.select(cfg, key)
-        if not isinstance(value, str) or value in ("tiny", "???") or "://" in value:
+        section, name = key.split(".")
+        owner = getattr(cfg, section)
+        value = getattr(owner, name)
+        if not isinstance(value, str) or "://" in value:
             continue
         path = Path(value).expanduser()
-        if key == "model.name_or_path" and not (value.startswith((".", "/", "~")) or path.exists()):
-            continue  # a hub name such as "intfloat/multilingual-e5-small"
+        if key == "model.name_or_path" and (is_registered(value) or not (value.startswith((".", "/", "~"))
+                                                                         or path.exists())):
+            continue  # a registered builder ("tiny") or a hub name such as "intfloat/multilingual-e5-small"
         if not path.is_absolute() and not on_cluster():
             path = path.resolve()
-        OmegaConf.update(cfg, key, str(path))
+        setattr(owner, name, str(path))
 
 
-def validate(cfg: DictConfig) -> None:
-    """Checks a schema cannot express. Raises ConfigError naming the key."""
-    missing = sorted(OmegaConf.missing_keys(cfg))
-    if missing:
-        raise ConfigError("is required", key=missing[0])
-    if cfg.deepspeed.zero_stage not in (0, 1, 2, 3):
-        raise ConfigError("ZeRO stage must be 0, 1, 2 or 3", key="deepspeed.zero_stage", value=cfg.deepspeed.zero_stage)
-    if str(cfg.deepspeed.bf16).lower() not in ("auto", "true", "false"):
-        raise ConfigError("must be auto, true or false", key="deepspeed.bf16", value=cfg.deepspeed.bf16)
-    n = cfg.scaling.num_workers
-    if n < 1:
-        raise ConfigError("must be >= 1", key="scaling.num_workers", value=n)
-    b = cfg.optim.global_batch_size
+def validate(cfg: TrainConfig) -> None:
+    """Every section's own checks, then those spanning sections. Raises ConfigError naming the key."""
+    for section in SECTIONS:
+        check = getattr(getattr(cfg, section), "check", None)
+        if check is not None:
+            check()
+    n, b = cfg.scaling.num_workers, cfg.optim.global_batch_size
     if b < 1 or b % n:
         raise ConfigError(
             f"must be a positive multiple of scaling.num_workers={n} (each worker takes B/{n})",
             key="optim.global_batch_size", value=b,
         )
-    if not 0.0 <= cfg.sampler.alpha <= 1.0:
-        raise ConfigError("must be in [0, 1]", key="sampler.alpha", value=cfg.sampler.alpha)
-    if cfg.sampler.lang_sampling not in ("uniform", "temperature", "weights"):
-        raise ConfigError("must be uniform, temperature or weights", key="sampler.lang_sampling",
-                          value=cfg.sampler.lang_sampling)
-    if cfg.sampler.lang_sampling == "weights" and not cfg.sampler.lang_weights:
-        raise ConfigError("lang_sampling=weights needs sampler.lang_weights", key="sampler.lang_weights")
-    if cfg.model.pooling not in ("mean", "cls"):
-        raise ConfigError("must be mean or cls", key="model.pooling", value=cfg.model.pooling)
-    if cfg.data.num_negatives < 0:
-        raise ConfigError("must be >= 0", key="data.num_negatives", value=cfg.data.num_negatives)
-    if cfg.optim.lr <= 0:
-        raise ConfigError("must be > 0", key="optim.lr", value=cfg.optim.lr)
-    data_path = Path(cfg.data.path)
-    if not data_path.exists():
-        raise ConfigError("data path does not exist", key="data.path", value=str(data_path))
-    resume = cfg.run.resume_from
-    if resume and "://" not in resume:
-        if not Path(resume).is_dir():
-            raise ConfigError("checkpoint directory does not exist", key="run.resume_from", value=resume)
-        if not (Path(resume) / "trainer_state.json").is_file() or not (Path(resume) / "deepspeed").is_dir():
-            raise ConfigError("not a hybrid-ray checkpoint (needs trainer_state.json and deepspeed/)",
-                              key="run.resume_from", value=resume)
-    name = cfg.model.name_or_path
-    if name != "tiny" and name.startswith((".", "/", "~")) and not Path(name).expanduser().exists():
-        raise ConfigError("model directory does not exist", key="model.name_or_path", value=name)
 
 
-def to_yaml(cfg: DictConfig) -> str:
-    return OmegaConf.to_yaml(cfg, resolve=True)
+def to_yaml(cfg: TrainConfig) -> str:
+    """The config as YAML (what ``load_config`` reads back to an equal ``TrainConfig``)."""
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
 
 
-def to_dict(cfg: DictConfig) -> dict[str, Any]:
-    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+def to_dict(cfg: TrainConfig) -> dict[str, Any]:
+    """A plain nested dict, for JSON records (results files, logs); code reads the dataclass."""
+    return dataclasses.asdict(cfg)

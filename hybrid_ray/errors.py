@@ -45,8 +45,20 @@ class ConfigError(HybridRayError, ValueError):
     def __init__(self, message: str, *, key: str | None = None, value: object = None) -> None:
         self.key = key
         self.value = value
-        self.message = message  # without the key prefix: a driver re-raises it under its flag name
+        self.message = message  # without the key prefix: callers that re-key an error reuse it
         prefix = f"config key '{key}'" if key else "config"
         if value is not None:
             prefix += f" = {value!r}"
         super().__init__(f"{prefix}: {message}")
+
+
+class CheckpointError(HybridRayError):
+    """A checkpoint to resume from is missing or incomplete. Names the checkpoint directory."""
+
+
+class TrainingError(HybridRayError, RuntimeError):
+    """A training run ended without what it must produce (e.g. no checkpoint to export)."""
+
+
+class ModelError(HybridRayError):
+    """A model directory or name that cannot be loaded. Names the path."""

@@ -1,16 +1,23 @@
-"""Tiny offline models for tests and examples: no hub download, seconds to build.
+"""Tiny offline models and test-only hooks: no hub download, seconds to build.
 
 ``tiny_encoder()`` builds a 2-layer BERT from a config with a word-level tokenizer whose vocabulary
-is fixed here, so tests are deterministic and never touch the network.
+is fixed here, so tests are deterministic and never touch the network. Importing this module
+registers it as the model builder ``"tiny"`` (``model.name_or_path: tiny``, see
+``hybrid_ray.modeling.builders``). ``CrashOnce`` is the fault-tolerance drill, a step hook
+(``hybrid_ray.hooks``) that tests pass to ``run_training(..., step_hooks=[...])``.
 """
 
 from __future__ import annotations
 
+import os
 import string
+import time
 from pathlib import Path
 
 import torch
 
+from hybrid_ray.hooks import StepHook
+from hybrid_ray.modeling.builders import register_model_builder
 from hybrid_ray.modeling.encoder import DualEncoder, EncoderConfig
 
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -74,6 +81,36 @@ def tiny_encoder(
     if path is not None:
         encoder.save_pretrained(path)
     return encoder
+
+
+@register_model_builder("tiny")
+def _tiny_builder(config: EncoderConfig) -> DualEncoder:
+    return tiny_encoder(config=config)
+
+
+class CrashOnce(StepHook):
+    """Fault-tolerance drill: kill rank 1 (rank 0 with one worker) once, before step ``at_step + 1``.
+
+    A marker file ``<run dir>/.crashed-once`` keeps the restarted worker group from crashing again.
+    Waits a few seconds first: Ray Train's controller commits a reported checkpoint when it next
+    polls the workers (every ``RAY_TRAIN_HEALTH_CHECK_INTERVAL_S``, 2 s by default), so a crash
+    within that window would resume from the checkpoint before; the drill checks the common case.
+    """
+
+    def __init__(self, at_step: int) -> None:
+        self.at_step = int(at_step)
+
+    def before_step(self, global_step: int) -> None:
+        if global_step != self.at_step or self.rank != min(1, self.world_size - 1):
+            return
+        marker = self.cfg.run.run_dir / ".crashed-once"
+        if marker.exists():
+            return
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text("crashed\n")
+        time.sleep(2.5 * float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "2")))
+        print("[hybrid-ray] CrashOnce: killing this worker to exercise FailureConfig", flush=True)
+        os._exit(1)
 
 
 def signature_pairs(n: int, seed: int = 0, langs: tuple[str, ...] = ("de", "en", "es"), id_prefix: str = "p"):

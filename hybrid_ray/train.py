@@ -15,13 +15,19 @@ to the run (``<storage>/<name>/config.yaml``).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from hybrid_ray.cli import run_main
-from hybrid_ray.config import load_config, to_dict, to_yaml
+from hybrid_ray.config import TrainConfig, load_config, to_yaml
+from hybrid_ray.errors import TrainingError
 from hybrid_ray.io import write_text_atomic
+
+if TYPE_CHECKING:
+    from hybrid_ray.hooks import StepHook
 
 METRICS_LOG = "metrics.jsonl"
 
@@ -48,13 +54,22 @@ def _report_log_callback(path: Path):
     return ReportLog(str(path))
 
 
-def build_trainer(cfg: dict[str, Any], *, resume_from: str | None = None, callbacks=None):
+def loop_config(cfg: TrainConfig, step_hooks: Sequence[StepHook] | None = None) -> dict:
+    """``train_loop_config`` of the TorchTrainer: the typed config itself plus the step hooks."""
+    from hybrid_ray.train_loop import LOOP_CONFIG_KEY
+
+    return {LOOP_CONFIG_KEY: cfg, "step_hooks": list(step_hooks or [])}
+
+
+def build_trainer(cfg: TrainConfig, *, resume_from: str | None = None, callbacks=None,
+                  step_hooks: Sequence[StepHook] | None = None):
     """A Ray Train V2 ``TorchTrainer`` running ``hybrid_ray.train_loop.train_loop`` per worker.
 
     ``resume_from`` (or ``run.resume_from``): a checkpoint directory to start from. Train V2
     rejects ``TorchTrainer(resume_from_checkpoint=...)`` (it raises a DeprecationWarning), so the
     path travels in the loop config and the workers load it when Ray has no newer checkpoint of
     this run (``ray.train.get_checkpoint()``: after a worker failure, or a restored run).
+    ``step_hooks``: observers of every step (``hybrid_ray.hooks``), e.g. a batch trace.
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -63,28 +78,26 @@ def build_trainer(cfg: dict[str, Any], *, resume_from: str | None = None, callba
     from hybrid_ray.train_loop import train_loop
 
     if resume_from:
-        cfg = {**cfg, "run": {**cfg["run"], "resume_from": resume_from}}
-    sc = cfg["scaling"]
-    resources = {"CPU": sc["cpus_per_worker"]}
-    if sc["use_gpu"]:
-        resources["GPU"] = sc["gpus_per_worker"]
-    storage = cfg["run"]["storage_path"]
+        cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, resume_from=resume_from))
+    sc, run = cfg.scaling, cfg.run
+    resources = {"CPU": sc.cpus_per_worker}
+    if sc.use_gpu:
+        resources["GPU"] = sc.gpus_per_worker
+    storage = run.storage_path
     callbacks = list(callbacks or [])
     if "://" not in storage:
         storage = str(Path(storage).expanduser().resolve())
-        callbacks.append(_report_log_callback(Path(storage) / cfg["run"]["name"] / METRICS_LOG))
+        callbacks.append(_report_log_callback(Path(storage) / run.name / METRICS_LOG))
     return TorchTrainer(
         train_loop_per_worker=train_loop,
-        train_loop_config=cfg,
-        torch_config=TorchConfig(backend="nccl" if sc["use_gpu"] else "gloo"),
-        scaling_config=ScalingConfig(
-            num_workers=sc["num_workers"], use_gpu=sc["use_gpu"], resources_per_worker=resources
-        ),
+        train_loop_config=loop_config(cfg, step_hooks),
+        torch_config=TorchConfig(backend="nccl" if sc.use_gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=sc.num_workers, use_gpu=sc.use_gpu, resources_per_worker=resources),
         run_config=RunConfig(
-            name=cfg["run"]["name"],
+            name=run.name,
             storage_path=storage,
-            failure_config=FailureConfig(max_failures=cfg["run"]["max_failures"]),
-            checkpoint_config=CheckpointConfig(num_to_keep=cfg["run"]["num_to_keep"]),
+            failure_config=FailureConfig(max_failures=run.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=run.num_to_keep),
             callbacks=callbacks,
             # Train V2 patches print() in workers to tee into its logger, which shows every
             # progress line twice on the driver; our lines are already rank-0 only.
@@ -93,42 +106,45 @@ def build_trainer(cfg: dict[str, Any], *, resume_from: str | None = None, callba
     )
 
 
-def export_dir(cfg: dict[str, Any]) -> Path:
-    if cfg["run"]["export_dir"]:
-        return Path(cfg["run"]["export_dir"]).expanduser()
-    return Path(cfg["run"]["storage_path"]).expanduser() / cfg["run"]["name"] / "encoder"
+def export_dir(cfg: TrainConfig) -> Path:
+    if cfg.run.export_dir:
+        return Path(cfg.run.export_dir).expanduser()
+    return cfg.run.run_dir / "encoder"
 
 
-def preflight(cfg: dict[str, Any]) -> None:
+def preflight(cfg: TrainConfig) -> None:
     """Fail on the driver, before any worker starts: read the data and plan the first epoch.
 
     Catches a bad data set (missing split, bad rows, unknown language) and sampler settings the
     data cannot satisfy (a language with fewer pairs than the global batch) with a clear error,
     instead of a traceback from inside a Ray worker.
     """
+    from hybrid_ray.losses import build_loss
     from hybrid_ray.train_loop import build_sampler, load_training_pairs
 
-    pairs = load_training_pairs(cfg["data"])
+    build_loss(cfg.loss.name, cfg.model.temperature, dict(cfg.loss.kwargs))  # bad loss.kwargs fail here
+    pairs = load_training_pairs(cfg.data)
     sampler = build_sampler(cfg, pairs)
     sampler.batch(0, 0)
 
 
-def run_training(cfg: dict[str, Any], *, resume_from: str | None = None, callbacks=None):
+def run_training(cfg: TrainConfig, *, resume_from: str | None = None, callbacks=None,
+                 step_hooks: Sequence[StepHook] | None = None):
     """Fit, then copy the final checkpoint's HF encoder to the export directory.
 
     Returns ``(result, export_dir)``.
     """
     import shutil
 
+    from hybrid_ray.checkpoint import ENCODER_DIR
     from hybrid_ray.io import atomic_dir
-    from hybrid_ray.train_loop import ENCODER_DIR
 
     preflight(cfg)
-    result = build_trainer(cfg, resume_from=resume_from, callbacks=callbacks).fit()
+    result = build_trainer(cfg, resume_from=resume_from, callbacks=callbacks, step_hooks=step_hooks).fit()
     if result.error is not None:
         raise result.error
     if result.checkpoint is None:
-        raise RuntimeError("training finished without a checkpoint")
+        raise TrainingError(f"training run {cfg.run.name!r} finished without a checkpoint")
     out = export_dir(cfg)
     with result.checkpoint.as_directory() as ckpt, atomic_dir(out) as tmp:
         shutil.copytree(Path(ckpt) / ENCODER_DIR, tmp, dirs_exist_ok=True)
@@ -145,24 +161,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, step_hooks: Sequence[StepHook] | None = None) -> int:
+    """The CLI; ``step_hooks`` lets an in-process caller (tests) observe the run's steps."""
     args = build_parser().parse_args(argv)
     overrides = [*args.overrides, *args.more]
     if args.resume_from:
         overrides.append(f"run.resume_from={args.resume_from}")
-    cfg_obj = load_config(args.config, overrides)
+    cfg = load_config(args.config, overrides)
     if args.print_config:
-        print(to_yaml(cfg_obj))
+        print(to_yaml(cfg))
         return 0
-    cfg = to_dict(cfg_obj)
 
     from hybrid_ray.local import init_ray
 
-    init_ray(num_cpus=cfg["run"]["ray_num_cpus"])
-    run_dir = Path(cfg["run"]["storage_path"]).expanduser() / cfg["run"]["name"]
-    if "://" not in cfg["run"]["storage_path"]:
-        write_text_atomic(run_dir / "config.yaml", to_yaml(cfg_obj))
-    result, out = run_training(cfg)
+    init_ray(num_cpus=cfg.run.ray_num_cpus)
+    if "://" not in cfg.run.storage_path:
+        write_text_atomic(cfg.run.run_dir / "config.yaml", to_yaml(cfg))
+    result, out = run_training(cfg, step_hooks=step_hooks)
     m = result.metrics or {}
     print(f"[hybrid-ray] done: step {m.get('step')} loss {m.get('loss', float('nan')):.4f}; "
           f"encoder exported to {out}; checkpoint {result.checkpoint.path}")

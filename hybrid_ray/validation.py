@@ -29,11 +29,14 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hybrid_ray.data.formats import get_format
 from hybrid_ray.data.retrieval import RetrievalSet
 from hybrid_ray.metric_registry import Metric, metric_mode, metrics_for, metrics_over, val_key
+
+if TYPE_CHECKING:
+    from hybrid_ray.config import EvalConfig
 
 #: Evaluation settings of the pairs set -> the scope of their keys (``val_mono_map``, ...).
 PAIRS_SCOPES: dict[str, str] = {"mono": "mono", "cross": "cross", "multilingual": "multi"}
@@ -148,7 +151,7 @@ def pairs_values(res: dict[str, Any]) -> dict[str, float]:
     return {k: values[k] for k in pairs_keys()}
 
 
-def validate(encoder_dir: str | Path, eval_cfg: dict[str, Any]) -> dict[str, float]:
+def validate(encoder_dir: str | Path, eval_cfg: EvalConfig) -> dict[str, float]:
     """Load the encoder exported at a checkpoint and score it on the configured validation sets.
 
     ``eval_cfg`` is the ``eval`` section of the training config (:class:`hybrid_ray.config.EvalConfig`).
@@ -161,21 +164,21 @@ def validate(encoder_dir: str | Path, eval_cfg: dict[str, Any]) -> dict[str, flo
 
     t0 = time.perf_counter()
     out: dict[str, float] = {}
-    if not (eval_cfg.get("miracl_path") or eval_cfg.get("pairs_path")):
+    if not (eval_cfg.miracl_path or eval_cfg.pairs_path):
         return out
     use_gpu = torch.cuda.is_available()
     encoder = DualEncoder.from_pretrained(encoder_dir)
     if use_gpu:
         encoder = encoder.to("cuda")
-    batch_size = int(eval_cfg.get("batch_size") or 64)
-    langs = eval_cfg.get("langs")
-    max_q = eval_cfg.get("max_queries_per_lang")
-    if eval_cfg.get("miracl_path"):
-        rs = miracl_set(eval_cfg["miracl_path"], langs, eval_cfg.get("miracl_split") or "dev", max_q)
+    batch_size = int(eval_cfg.batch_size or 64)
+    langs = eval_cfg.langs
+    max_q = eval_cfg.max_queries_per_lang
+    if eval_cfg.miracl_path:
+        rs = miracl_set(eval_cfg.miracl_path, langs, eval_cfg.miracl_split or "dev", max_q)
         res = evaluate_retrieval(encoder, rs, setting="miracl", batch_size=batch_size, use_gpu=use_gpu)
         out.update(miracl_values(res))
-    if eval_cfg.get("pairs_path"):
-        rs = pairs_set(eval_cfg["pairs_path"], eval_cfg.get("pairs_split"), langs, max_q)
+    if eval_cfg.pairs_path:
+        rs = pairs_set(eval_cfg.pairs_path, eval_cfg.pairs_split, langs, max_q)
         res = evaluate_retrieval(encoder, rs, setting="lareqa", batch_size=batch_size, use_gpu=use_gpu)
         out.update(pairs_values(res))
     out["val_time_s"] = time.perf_counter() - t0

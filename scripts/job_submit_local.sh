@@ -4,7 +4,7 @@
 #
 #   scripts/job_submit_local.sh                        # default entry: the tiny training run (below)
 #   scripts/job_submit_local.sh -- python -c 'import hybrid_ray; print(hybrid_ray.__file__)'
-#   NUM_CPUS=4 scripts/job_submit_local.sh -- python -m tune.driver --config tune/configs/tiny.yaml
+#   NUM_CPUS=4 scripts/job_submit_local.sh -- python -m hybrid_ray.driver.tune --config tune/configs/tiny.yaml
 #
 # What it does:
 #   1. `ray start --head --block` bound to 127.0.0.1 on free ports, with its own --temp-dir, in a

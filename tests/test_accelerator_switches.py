@@ -10,7 +10,7 @@ import faiss
 import numpy as np
 import pytest
 
-from hybrid_ray.config import load_config, to_dict
+from hybrid_ray.config import load_config
 from hybrid_ray.errors import ConfigError
 from hybrid_ray.search import maybe_to_gpu
 from hybrid_ray.train_loop import deepspeed_config
@@ -22,8 +22,8 @@ def _data(tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
 
 
-def _cfg(*overrides: str) -> dict:
-    return to_dict(load_config("tiny.yaml", ["data.path=pairs.parquet", *overrides]))
+def _cfg(*overrides: str):
+    return load_config("tiny.yaml", ["data.path=pairs.parquet", *overrides])
 
 
 @pytest.mark.parametrize(

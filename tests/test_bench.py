@@ -144,8 +144,9 @@ def test_encode_bench_smoke(tmp_path: Path) -> None:
 
 def test_encode_bench_rejects_a_missing_model(tmp_path: Path) -> None:
     from bench import encode
+    from hybrid_ray.errors import ConfigError
 
-    with pytest.raises(SystemExit, match="not found"):
+    with pytest.raises(ConfigError, match="not found"):
         encode.main(["--model", str(tmp_path / "nope"), "--out", str(tmp_path)])
     assert not (tmp_path / "encode.json").exists()
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from hybrid_ray.errors import ConfigError, HybridRayError
-from hybrid_ray.loss import DistributedInfoNCE
+from hybrid_ray.losses import DistributedInfoNCE
 from hybrid_ray.modeling.encoder import ENCODER_FILE, DualEncoder, EncoderConfig
 from hybrid_ray.testing import tiny_encoder
 

@@ -9,7 +9,7 @@
 * Project wiring: the RayJob entrypoint is one command for the submitter's shell; each of its steps
   (tune -> MIRACL corpus -> index) names a driver that exists and whose own argparse parser accepts
   the step's arguments; its `--set` keys are fields of the schema of the program named (tune or
-  train); the tune config loads through ``tune.search.load_tune_config``; the encoder the job
+  train); the tune config loads through ``hybrid_ray.tuning.config.load_tune_config``; the encoder the job
   exports and the index it builds are exactly the RayService's ``model_dir`` / ``index_dir``;
   config files named in entrypoints exist in the image layout.
 * Policy: GPU limits + tolerations on GPU groups, probes on both heads and the service workers,
@@ -284,7 +284,7 @@ def _entrypoint_argv() -> list[str]:
 
 def test_entrypoint_parser_catches_bare_chains():
     with pytest.raises(AssertionError, match="top level"):
-        _entrypoint_steps("python -m tune.driver --config x.yaml && python -m hybrid_ray.driver.index")
+        _entrypoint_steps("python -m hybrid_ray.driver.tune --config x.yaml && python -m hybrid_ray.driver.index")
     assert _entrypoint_steps("bash -ec 'python -m a && python -m b --x \"y z\"'") == [
         ["python", "-m", "a"], ["python", "-m", "b", "--x", "y z"]]
     assert _entrypoint_steps("python -m a --b c") == [["python", "-m", "a", "--b", "c"]]
@@ -302,7 +302,7 @@ def test_rayjob_entrypoint_steps_exist_and_parse():
     """Every step is `python -m <module>` of a driver with main(argv), and the driver's own argparse
     parser accepts the step's arguments (an unknown flag or a missing required one fails here)."""
     steps = _entrypoint_steps()
-    assert steps[0][2] in ("tune.driver", "hybrid_ray.train"), steps[0]
+    assert steps[0][2] in ("hybrid_ray.driver.tune", "hybrid_ray.train"), steps[0]
     for argv in steps:
         assert argv[:2] == ["python", "-m"], argv
         functions = _top_level_functions(_module_source(argv[2]))
@@ -344,7 +344,7 @@ def _config_fields(path: Path) -> dict[str, dict[str, str]]:
 
 #: entrypoint module -> (file holding its config schema, root schema class)
 CONFIG_SCHEMAS = {
-    "tune.driver": (ROOT / "tune" / "search.py", "TuneSchema"),
+    "hybrid_ray.driver.tune": (ROOT / "hybrid_ray" / "tuning" / "config.py", "TuneSchema"),
     "hybrid_ray.train": (ROOT / "hybrid_ray" / "config.py", "TrainConfig"),
 }
 
@@ -369,7 +369,8 @@ def _unknown_override_keys(module: str, overrides: list[str]) -> list[str]:
 
 def test_rayjob_overrides_name_config_fields():
     """Every `--set a.b=v` key is a field of the config schema of the program the entrypoint runs
-    (tune.driver: TuneSchema in tune/search.py; hybrid_ray.train: TrainConfig in hybrid_ray/config.py)."""
+    (hybrid_ray.driver.tune: TuneSchema in hybrid_ray/tuning/config.py; hybrid_ray.train: TrainConfig in
+    hybrid_ray/config.py)."""
     argv = _entrypoint_argv()
     assert _overrides(argv)
     assert _unknown_override_keys(argv[2], _overrides(argv)) == []
@@ -377,11 +378,11 @@ def test_rayjob_overrides_name_config_fields():
 
 def test_override_key_check_uses_the_named_programs_schema():
     # training keys are not tune keys, and the other way round
-    assert _unknown_override_keys("tune.driver", ["optim.lr=1", "run.checkpoint_every=5"]) == [
+    assert _unknown_override_keys("hybrid_ray.driver.tune", ["optim.lr=1", "run.checkpoint_every=5"]) == [
         "optim.lr=1", "run.checkpoint_every=5"]
     assert _unknown_override_keys("hybrid_ray.train", ["run.checkpoint_every=5", "num_samples=2"]) == [
         "num_samples=2"]
-    assert _unknown_override_keys("tune.driver", ["run.export_dir=/x", "num_samples=2"]) == []
+    assert _unknown_override_keys("hybrid_ray.driver.tune", ["run.export_dir=/x", "num_samples=2"]) == []
 
 
 def _on_tmp(value: str, tmp: Path) -> str:
@@ -390,14 +391,15 @@ def _on_tmp(value: str, tmp: Path) -> str:
 
 @pytest.fixture
 def tune_spec(tmp_path):
-    """The RayJob's tune config + `--set` overrides through tune.search.load_tune_config: the tune
+    """The RayJob's tune config + `--set` overrides through hybrid_ray.tuning.config.load_tune_config: the tune
     schema and all its checks, and the training config it names with its train_overrides, with
     /mnt/shared mapped to a temp dir holding the inputs the volume must provide."""
-    from tune.search import load_tune_config
+    from hybrid_ray.tuning.config import load_tune_config
 
     argv = _entrypoint_argv()
     # The RayJob exists to run the alpha search (issue 8): a job that no longer does is a regression.
-    assert argv[2] == "tune.driver", f"the RayJob's first step should be tune.driver, got {argv[2]!r}"
+    assert argv[2] == "hybrid_ray.driver.tune", (
+        f"the RayJob's first step should be hybrid_ray.driver.tune, got {argv[2]!r}")
     config = _repo_path(_flag(argv, "--config"))
     text = _on_tmp(config.read_text(), tmp_path)
     for item in yaml.safe_load(text).get("train_overrides", []):  # inputs the PVC must hold
@@ -413,7 +415,7 @@ def tune_spec(tmp_path):
 
 def test_rayjob_tune_config_loads(tune_spec, tmp_path):
     assert tune_spec.exp_dir.is_relative_to(tmp_path / "shared")
-    assert tune_spec.train_base["scaling"]["use_gpu"] is True
+    assert tune_spec.train_base.scaling.use_gpu is True
 
 
 def test_pipeline_paths_match_rayservice(tune_spec, tmp_path):
@@ -426,11 +428,11 @@ def test_pipeline_paths_match_rayservice(tune_spec, tmp_path):
     assert _flag(index, "--out") == args["index_dir"]
     convert = _step("hybrid_ray.driver.data")
     modules = [s[2] for s in _entrypoint_steps()]
-    assert modules.index("tune.driver") < modules.index("hybrid_ray.driver.data") < modules.index(
+    assert modules.index("hybrid_ray.driver.tune") < modules.index("hybrid_ray.driver.data") < modules.index(
         "hybrid_ray.driver.index"), modules
     assert _flag(index, "--corpus") == _flag(convert, "--out") + "/corpus.parquet"
     # the data step reads the MIRACL set the trials validate on
-    assert _on_tmp(_flag(convert, "--input"), tmp_path) == tune_spec.train_base["eval"]["miracl_path"]
+    assert _on_tmp(_flag(convert, "--input"), tmp_path) == tune_spec.train_base.eval.miracl_path
     # the shard count fits the RayService's GPUs (retriever replicas + one deployment per shard)
     gpus = sum(g["replicas"] * int(g["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"])
                for g in _cluster_spec(_load(RAYSERVICE))["workerGroupSpecs"])

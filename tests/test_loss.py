@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hybrid_ray.distributed import gather_with_grad, rank, world_size
-from hybrid_ray.loss import DistributedInfoNCE
+from hybrid_ray.losses import DistributedInfoNCE
 
 B_LOCAL, WORLD, SEQ, VOCAB, N_NEGS = 3, 2, 5, 50, (0, 2)
 # (n_neg, learn_temperature); a learned temperature starts away from the loss's fixed 0.05 so

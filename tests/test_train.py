@@ -23,10 +23,11 @@ import pyarrow as pa
 import pytest
 import torch
 
-from hybrid_ray.config import load_config, to_dict
+from hybrid_ray.config import TrainConfig, load_config, to_dict
 from hybrid_ray.data.pairs import write_pairs
 from hybrid_ray.errors import ConfigError
-from hybrid_ray.testing import signature_pairs
+from hybrid_ray.hooks import BatchTrace
+from hybrid_ray.testing import CrashOnce, signature_pairs
 
 LANGS = ["de", "en", "es"]
 LOSS_TOL = {"rel": 1e-5, "abs": 1e-6}
@@ -55,23 +56,26 @@ def ray_local():
 
 
 def _overrides(data_path: Path, tmp: Path, name: str, *extra: str) -> list[str]:
-    return [f"data.path={data_path}", f"run.storage_path={tmp}", f"run.name={name}",
-            f"run.trace_dir={tmp / name / 'trace'}", *extra]
+    return [f"data.path={data_path}", f"run.storage_path={tmp}", f"run.name={name}", *extra]
 
 
-def _cfg(data_path: Path, tmp: Path, name: str, *extra: str) -> dict:
-    return to_dict(load_config("tiny.yaml", _overrides(data_path, tmp, name, *extra)))
+def _cfg(data_path: Path, tmp: Path, name: str, *extra: str) -> TrainConfig:
+    return load_config("tiny.yaml", _overrides(data_path, tmp, name, *extra))
 
 
-def _trace(cfg: dict, rank: int = 0) -> list[dict]:
-    path = Path(cfg["run"]["trace_dir"]) / f"rank{rank}.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()]
+def _tracer(cfg: TrainConfig) -> BatchTrace:
+    """The per-rank batch trace of a run (a step hook, not a config key)."""
+    return BatchTrace(cfg.run.run_dir / "trace")
 
 
-def _reports(cfg: dict) -> list[dict]:
+def _trace(cfg: TrainConfig, rank: int = 0) -> list[dict]:
+    return _tracer(cfg).read(rank)
+
+
+def _reports(cfg: TrainConfig) -> list[dict]:
     from hybrid_ray.train import METRICS_LOG
 
-    path = Path(cfg["run"]["storage_path"]) / cfg["run"]["name"] / METRICS_LOG
+    path = cfg.run.run_dir / METRICS_LOG
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
@@ -177,10 +181,10 @@ def test_resume_from_reaches_the_workers_without_deprecated_api(data_path: Path,
     (ckpt / "trainer_state.json").write_text("{}")
     cfg = _cfg(data_path, tmp_path, "r")
     trainer = build_trainer(cfg, resume_from=str(ckpt))
-    assert trainer.train_loop_config["run"]["resume_from"] == str(ckpt)
-    assert cfg["run"]["resume_from"] is None  # the caller's dict is not modified
-    via_cfg = to_dict(load_config("tiny.yaml", [f"data.path={data_path}", f"run.resume_from={ckpt}"]))
-    assert build_trainer(via_cfg).train_loop_config["run"]["resume_from"] == str(ckpt)
+    assert trainer.train_loop_config["cfg"].run.resume_from == str(ckpt)
+    assert cfg.run.resume_from is None  # the caller's config is not modified
+    via_cfg = load_config("tiny.yaml", [f"data.path={data_path}", f"run.resume_from={ckpt}"])
+    assert build_trainer(via_cfg).train_loop_config["cfg"].run.resume_from == str(ckpt)
 
 
 # --------------------------------------------------------------------------- Ray Train runs
@@ -191,7 +195,7 @@ def ref_run(data_path: Path, tmp_path_factory, ray_local) -> dict:
 
     tmp = tmp_path_factory.mktemp("ref")
     cfg = _cfg(data_path, tmp, "ref", "run.num_to_keep=3")
-    result, exported = run_training(cfg)
+    result, exported = run_training(cfg, step_hooks=[_tracer(cfg)])
     return {"cfg": cfg, "result": result, "exported": exported,
             "trace": [_trace(cfg, 0), _trace(cfg, 1)], "reports": _reports(cfg)}
 
@@ -216,7 +220,7 @@ def test_reported_metrics(ref_run: dict) -> None:
     from hybrid_ray.train_loop import _lr_lambda
 
     cfg, reports = ref_run["cfg"], ref_run["reports"]
-    lr_at = _lr_lambda(cfg["optim"]["warmup_steps"], 24)
+    lr_at = _lr_lambda(cfg.optim.warmup_steps, 24)
     assert [r["metrics"][0]["step"] for r in reports] == [4, 8, 12, 16, 20, 24]
     for report in reports:
         assert len(report["metrics"]) == 2  # one dict per rank
@@ -229,7 +233,7 @@ def test_reported_metrics(ref_run: dict) -> None:
             assert m["loss"] == pytest.approx(sum(window) / 4, rel=1e-6)
             assert m["batch_kind"] == trace[step - 1]["kind"]
             assert m["samples_per_s"] > 0
-            assert m["lr"] == pytest.approx(cfg["optim"]["lr"] * lr_at(step), abs=1e-12)
+            assert m["lr"] == pytest.approx(cfg.optim.lr * lr_at(step), abs=1e-12)
     # The Result carries the last checkpointed report.
     final = ref_run["result"].metrics
     assert {"loss", "batch_kind", "samples_per_s", "lr", "step"} <= final.keys()
@@ -259,16 +263,16 @@ def test_resume_from_checkpoint_then_worker_kill_repeat_the_reference(
     from hybrid_ray.train import main
 
     ckpt8 = next(Path(r["checkpoint"]) for r in ref_run["reports"] if r["metrics"][0]["step"] == 8)
-    overrides = _overrides(data_path, tmp_path, "resumed", "run.checkpoint_every=4", "run.fail_at_step=14",
-                           "run.max_failures=1")
-    assert main(["--config", "tiny.yaml", *overrides, "--resume-from", str(ckpt8)]) == 0
+    overrides = _overrides(data_path, tmp_path, "resumed", "run.checkpoint_every=4", "run.max_failures=1")
     cfg = _cfg(data_path, tmp_path, "resumed")
+    assert main(["--config", "tiny.yaml", *overrides, "--resume-from", str(ckpt8)],
+                step_hooks=[_tracer(cfg), CrashOnce(at_step=14)]) == 0
 
     # The resolved config is recorded, reflects the CLI overrides and round-trips through load_config.
     recorded = tmp_path / "resumed" / "config.yaml"
     raw = yaml.safe_load(recorded.read_text())
     assert raw["run"]["resume_from"] == str(ckpt8)
-    assert raw["run"]["fail_at_step"] == 14 and raw["run"]["checkpoint_every"] == 4
+    assert raw["run"]["checkpoint_every"] == 4 and raw["run"]["max_failures"] == 1
     assert raw["data"]["path"] == str(data_path) and raw["model"]["name_or_path"] == "tiny"
     assert raw["optim"]["max_steps"] == 24  # from tiny.yaml
     assert to_dict(reload(recorded)) == raw
@@ -305,7 +309,7 @@ def test_zero_stage_trains_and_exports(stage: int, ref_run: dict, data_path: Pat
 
     cfg = _cfg(data_path, tmp_path, f"zero{stage}", f"deepspeed.zero_stage={stage}", "optim.max_steps=4",
                "run.checkpoint_every=0", "run.log_every=2")
-    result, exported = run_training(cfg)
+    result, exported = run_training(cfg, step_hooks=[_tracer(cfg)])
     trace0 = _trace(cfg, 0)
     assert [r["global_step"] for r in trace0] == [1, 2, 3, 4]
     for rank in (0, 1):

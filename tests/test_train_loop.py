@@ -17,16 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from hybrid_ray.train_loop import (
-    CHECKPOINT_STATE,
-    DS_DIR,
-    DS_TAG,
-    CheckpointError,
-    _eta,
-    load_deepspeed_state,
-    read_trainer_state,
-    step_seed,
-)
+from hybrid_ray.checkpoint import CHECKPOINT_STATE, DS_DIR, DS_TAG, load_deepspeed_state, read_trainer_state
+from hybrid_ray.errors import CheckpointError
+from hybrid_ray.train_loop import _eta, step_seed
 
 
 def test_eta_from_the_rate_since_start() -> None:
@@ -66,9 +59,10 @@ def engine(tmp_path_factory):
     import deepspeed
     import torch.distributed as dist
 
-    from hybrid_ray.config import load_config, to_dict
+    from hybrid_ray.config import load_config
+    from hybrid_ray.deepspeed_config import deepspeed_config
     from hybrid_ray.testing import tiny_encoder
-    from hybrid_ray.train_loop import _lr_lambda, deepspeed_config
+    from hybrid_ray.train_loop import _lr_lambda
 
     env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "RANK": "0", "WORLD_SIZE": "1",
            "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1"}
@@ -76,7 +70,7 @@ def engine(tmp_path_factory):
     os.environ.update(env)
     data = tmp_path_factory.mktemp("ds-data") / "pairs.parquet"
     data.touch()
-    cfg = to_dict(load_config("tiny.yaml", [f"data.path={data}", "scaling.num_workers=1"]))
+    cfg = load_config("tiny.yaml", [f"data.path={data}", "scaling.num_workers=1"])
     try:
         deepspeed.init_distributed(dist_backend="gloo")
         encoder = tiny_encoder()

@@ -77,15 +77,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _train_cfg(data: Path, out: Path, name: str, steps: int, batch: int, alpha: float) -> dict[str, Any]:
-    from hybrid_ray.config import load_config, to_dict
+def _train_cfg(data: Path, out: Path, name: str, steps: int, batch: int, alpha: float, *extra: str):
+    """The demo's ``TrainConfig`` (``extra``: more dotted overrides, validated with the rest)."""
+    from hybrid_ray.config import load_config
 
-    return to_dict(load_config("demo.yaml", [
+    return load_config("demo.yaml", [
         f"data.path={data}", f"run.storage_path={out / 'train'}", f"run.name={name}",
         f"optim.max_steps={steps}", f"optim.global_batch_size={batch}", f"sampler.alpha={alpha}",
         f"optim.warmup_steps={max(1, steps // 10)}", f"run.checkpoint_every={steps}",
-        "data.num_negatives=0", "model.max_length=48", "run.log_every=5",
-    ]))
+        "data.num_negatives=0", "model.max_length=48", "run.log_every=5", *extra,
+    ])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -135,9 +136,8 @@ def _pipeline(args, st: Stages, data: Path, out: Path, base_model: Path, langs: 
     st.start(f"fine-tune with hybrid batches (alpha=0.5, {args.steps} steps, 2 workers, ZeRO-2)")
     from hybrid_ray.train import run_training
 
-    cfg = _train_cfg(data, out, "hybrid", args.steps, args.batch_size, 0.5)
-    cfg["model"]["name_or_path"] = str(base_model)
-    cfg["run"]["export_dir"] = str(out / "models" / "hybrid")
+    cfg = _train_cfg(data, out, "hybrid", args.steps, args.batch_size, 0.5,
+                     f"model.name_or_path={base_model}", f"run.export_dir={out / 'models' / 'hybrid'}")
     _, hybrid_model = run_training(cfg)
     st.done(f"encoder exported to {hybrid_model}")
 
@@ -180,7 +180,7 @@ def _pipeline(args, st: Stages, data: Path, out: Path, base_model: Path, langs: 
 
 def _run_tune(args, data: Path, out: Path, base_model: Path) -> dict[str, Any] | None:
     """The small search: ``tune/configs/demo.yaml`` pointed at this run's data, model and output."""
-    from tune.search import run_search_from_config  # noqa: PLC0415
+    from hybrid_ray.tuning.search import run_search_from_config  # noqa: PLC0415
 
     alphas = [float(a) for a in args.alphas.split(",")]
     # train_overrides are applied in order, so these (appended last) win over the config's own.

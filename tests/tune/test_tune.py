@@ -65,7 +65,7 @@ def _overrides(data: dict[str, Path], tmp: Path, *extra: str) -> list[str]:
 def test_config_errors_before_ray(data: dict[str, Path], tmp_path: Path) -> None:
     import ray
 
-    from tune.search import load_tune_config
+    from hybrid_ray.tuning.config import load_tune_config
 
     def bad(match: str, *extra: str) -> None:
         with pytest.raises(ConfigError, match=match):
@@ -92,7 +92,7 @@ def test_config_errors_before_ray(data: dict[str, Path], tmp_path: Path) -> None
     with pytest.raises(ConfigError, match=r"--config.*not found"):
         load_tune_config(tmp_path / "missing.yaml")
     # The CLI turns these into one clean line and exit code 2, still before Ray starts.
-    from tune.driver import main
+    from hybrid_ray.driver.tune import main
 
     with pytest.raises(ConfigError):
         main(["--config", "tiny.yaml", *_overrides(data, tmp_path, "search_space.alpha=[2.0]")])
@@ -109,7 +109,8 @@ def test_optuna_and_asha_are_built(data: dict[str, Path], tmp_path: Path) -> Non
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import ConcurrencyLimiter
 
-    from tune.search import build_scheduler, build_searcher, load_tune_config, param_space
+    from hybrid_ray.tuning.config import load_tune_config
+    from hybrid_ray.tuning.search import build_scheduler, build_searcher, param_space
 
     spec = load_tune_config("tiny.yaml", _overrides(
         data, tmp_path, "searcher=optuna", "num_samples=4", "scheduler.type=asha", "scheduler.grace_period=1",
@@ -124,13 +125,14 @@ def test_optuna_and_asha_are_built(data: dict[str, Path], tmp_path: Path) -> Non
 
 
 def test_max_concurrent_trials_from_cluster() -> None:
-    from tune.search import derive_max_concurrent
+    from hybrid_ray.config import ScalingConfigSchema
+    from hybrid_ray.tuning.search import derive_max_concurrent
 
-    one = {"num_workers": 1, "cpus_per_worker": 0.9, "use_gpu": False, "gpus_per_worker": 1}
+    one = ScalingConfigSchema(num_workers=1, cpus_per_worker=0.9, use_gpu=False, gpus_per_worker=1)
     assert derive_max_concurrent({"CPU": 2.0}, one) == 2
-    assert derive_max_concurrent({"CPU": 2.0}, {**one, "num_workers": 2}) == 1
+    assert derive_max_concurrent({"CPU": 2.0}, ScalingConfigSchema(num_workers=2, cpus_per_worker=0.9)) == 1
     assert derive_max_concurrent({"CPU": 0.5}, one) == 1  # at least one
-    gpu = {"num_workers": 1, "cpus_per_worker": 4, "use_gpu": True, "gpus_per_worker": 1}
+    gpu = ScalingConfigSchema(num_workers=1, cpus_per_worker=4, use_gpu=True, gpus_per_worker=1)
     assert derive_max_concurrent({"CPU": 16.0, "GPU": 2.0}, gpu) == 2
 
 
@@ -139,7 +141,8 @@ def test_tiny_search_picks_best_and_exports(data: dict[str, Path], tmp_path: Pat
 
     from hybrid_ray.local import init_ray
     from hybrid_ray.modeling.encoder import DualEncoder
-    from tune.search import load_tune_config, run_search
+    from hybrid_ray.tuning.config import load_tune_config
+    from hybrid_ray.tuning.search import run_search
 
     spec = load_tune_config("tiny.yaml", _overrides(data, tmp_path, "run.verbose=0"))
     init_ray(num_cpus=2)
@@ -234,12 +237,13 @@ def _fake_grid(tmp: Path) -> tuple[list, Path, Path]:
 def _spec_stub():
     from types import SimpleNamespace
 
-    return SimpleNamespace(train_base={"sampler": {"alpha": 0.5, "lang_temperature": 1.0},
-                                       "optim": {"lr": 3e-5, "weight_decay": 0.01}, "model": {"temperature": 0.05}})
+    return SimpleNamespace(train_base=SimpleNamespace(
+        sampler=SimpleNamespace(alpha=0.5, lang_temperature=1.0),
+        optim=SimpleNamespace(lr=3e-5, weight_decay=0.01), model=SimpleNamespace(temperature=0.05)))
 
 
 def test_collect_rows_statuses_and_encoder_fallback(tmp_path: Path) -> None:
-    from tune.search import collect_rows
+    from hybrid_ray.tuning.search import collect_rows
 
     grid, export, ckpt_encoder = _fake_grid(tmp_path)
     rows = collect_rows(grid, _spec_stub())
@@ -259,7 +263,8 @@ def test_collect_rows_statuses_and_encoder_fallback(tmp_path: Path) -> None:
 
 def test_pick_best_among_finished_stopped_and_errored(tmp_path: Path) -> None:
     from hybrid_ray.errors import HybridRayError
-    from tune.search import collect_rows, pick_best
+    from hybrid_ray.tuning.results import pick_best
+    from hybrid_ray.tuning.search import collect_rows
 
     grid, _, ckpt_encoder = _fake_grid(tmp_path)
     rows = collect_rows(grid, _spec_stub())

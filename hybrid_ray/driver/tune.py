@@ -3,11 +3,11 @@
 Locally (starts a loopback-only Ray cluster)::
 
     hybrid-ray tune --config tune/configs/demo.yaml
-    python -m tune.driver --config tiny.yaml train_overrides+=[data.path=/tmp/pairs] --set num_samples=2
+    python -m hybrid_ray.driver.tune --config tiny.yaml train_overrides+=[data.path=/tmp/pairs] --set num_samples=2
 
 On a cluster (the same program; the RayJob in k8s/rayjob-train-tune.yaml runs this)::
 
-    ray job submit --working-dir . -- python -m tune.driver --config tune/configs/miracl.yaml \\
+    ray job submit --working-dir . -- python -m hybrid_ray.driver.tune --config tune/configs/miracl.yaml \\
         --set run.storage_path=/mnt/shared/ray_results
 
 Overrides are ``key=value`` (YAML value, replaces) or ``key+=value`` (appends to a list such as
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from omegaconf import OmegaConf
 
-    from tune.search import load_tune_config, run_search
+    from hybrid_ray.tuning import load_tune_config, run_search
 
     overrides = [*args.overrides, *args.more]
     if args.dashboard:

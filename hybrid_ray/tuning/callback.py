@@ -1,7 +1,7 @@
 """Stream a Ray Train run's validated reports to the Ray Tune trial that runs it.
 
 Kept in its own module because it imports Ray Tune's Train V2 integration at import time; the
-config checks in :mod:`tune.search` must not pay for that.
+config checks in :mod:`hybrid_ray.tuning.config` must not pay for that.
 """
 
 from __future__ import annotations

@@ -17,8 +17,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from hybrid_ray.distributed import gather_with_grad, rank
+from hybrid_ray.errors import ConfigError, DataError
+from hybrid_ray.losses.registry import register_loss
 
 
+@register_loss("infonce")
 class DistributedInfoNCE(nn.Module):
     """InfoNCE over (query, positive, hard negatives) with in-batch negatives from all ranks.
 
@@ -28,10 +31,12 @@ class DistributedInfoNCE(nn.Module):
     Embeddings are expected L2-normalised (cosine similarity, as in the paper).
     """
 
+    needs_encoder = False  # called on embeddings (see hybrid_ray.losses.registry)
+
     def __init__(self, temperature: float = 0.05) -> None:
         super().__init__()
         if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
+            raise ConfigError("must be > 0", key="model.temperature", value=temperature)
         self.temperature = float(temperature)
 
     def scores_and_labels(
@@ -44,7 +49,7 @@ class DistributedInfoNCE(nn.Module):
         """
         b, m = q.shape[0], p.shape[0]
         if b == 0 or m % b:
-            raise ValueError(
+            raise DataError(
                 f"passages ({m}) must be b positives + b * n_neg negatives for b = {b} queries"
             )
         all_p = gather_with_grad(p)

@@ -1,0 +1,10 @@
+"""Contrastive losses, selected by ``loss.name`` (see :mod:`hybrid_ray.losses.registry`).
+
+Importing the package registers the built-in losses.
+"""
+
+from hybrid_ray.losses import infonce as _infonce  # noqa: F401  (registers "infonce")
+from hybrid_ray.losses.infonce import DistributedInfoNCE
+from hybrid_ray.losses.registry import LOSSES, Loss, build_loss, get_loss, register_loss
+
+__all__ = ["LOSSES", "DistributedInfoNCE", "Loss", "build_loss", "get_loss", "register_loss"]
