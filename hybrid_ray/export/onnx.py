@@ -81,6 +81,8 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path | None = None, *, int
     _quiet_exporter_logs()
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # pytree deprecation inside torch.export
+        # Both inputs share the batch / sequence Dims, which is the point; the exporter says so per axis.
+        warnings.filterwarnings("ignore", message=".*shares the same shape constraints")
         torch.onnx.export(backbone, args, str(path), dynamo=True, input_names=list(INPUTS),
                           output_names=["last_hidden_state"], dynamic_shapes=dims, external_data=external,
                           opset_version=opset, optimize=True, verbose=False)

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import re
-import tomllib
 from pathlib import Path
 
 import pytest
 
 from hybrid_ray.errors import HybridRayError
 from hybrid_ray.faiss_check import check_single_faiss, installed_faiss_distributions
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10: pytest itself depends on tomli there
+    import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parents[2]
 
