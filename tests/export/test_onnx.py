@@ -49,6 +49,8 @@ def test_export_all_layout(full_export):
                 "1_Pooling/config.json", "onnx/model.onnx", "onnx/model_int8.onnx", "README.md"):
         assert (full_export / rel).is_file(), rel
     assert (full_export / "onnx/model_int8.onnx").stat().st_size < (full_export / "onnx/model.onnx").stat().st_size
+    info = json.loads((full_export / "onnx/export.json").read_text())
+    assert info["int8"]["per_channel"] is True and info["max_abs_diff_vs_torch"] < 1e-3
 
 
 def test_load_encoder_backends(full_export, mean_dir, monkeypatch):
