@@ -121,14 +121,14 @@ def render_model_card(model_dir: str | Path, *, train_cfg: Any = None,
                     "multilingual", "hybrid-ray"]
     if datasets:
         meta["datasets"] = datasets
-    meta["license"] = "apache-2.0"
     title = name or model_dir.name
     alpha = sampler_s.get("alpha")
     out = ["---", yaml.safe_dump(meta, sort_keys=False, allow_unicode=True).rstrip(), "---", "",
            f"# {title}", "",
-           "A multilingual dense retriever (dual encoder, shared weights) trained with "
-           "hybrid-ray's hybrid batch training: each global batch is monolingual with "
-           "probability alpha, else cross-lingual (arXiv 2408.10536).", "",
+           ("A multilingual dense retriever (dual encoder, shared weights) trained with hybrid-ray's hybrid "
+            "batch training: each global batch is monolingual with probability alpha, else cross-lingual "
+            "(arXiv 2408.10536)." if train_cfg else
+            "A multilingual dense retriever (dual encoder, shared weights) exported by hybrid-ray."), "",
            "## Usage", "",
            "Prefixes, pooling and normalisation are part of the model; sentence-transformers applies them "
            "through the prompts below (plain `encode` uses the `passage` prompt):", "",
