@@ -10,7 +10,7 @@ export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -c constraints.txt -e '.[test,assets,bench]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[cpu,test,assets,bench]'
 	rm -f $(VENV)/.installed-* && touch $@
 
 env: $(STAMP)

@@ -20,6 +20,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "sampler": ("bench.sampler", "hybrid batch sampler cost at 10M pairs x 10 languages"),
     "search": ("bench.search", "FAISS Flat / sharded / IVF / HNSW: build time, QPS, recall@10"),
     "encode": ("bench.encode", "passage encoding: Ray Data actor pool vs one process"),
+    "backends": ("bench.encode_backends", "CPU encoding: eager PyTorch vs ONNX Runtime vs ONNX int8 (+ cosine)"),
     "serve": ("bench.serve_load", "Ray Serve retrieval app under closed-loop HTTP load vs a bare server"),
 }
 

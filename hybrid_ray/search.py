@@ -32,10 +32,10 @@ import mmap
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-import faiss
 import numpy as np
 
 from hybrid_ray.errors import ConfigError
+from hybrid_ray.faiss_check import faiss  # raises if no FAISS build or several are installed
 
 log = logging.getLogger(__name__)
 
