@@ -143,17 +143,18 @@ def default_table_path() -> Path:
     return Path(str(importlib.resources.files("hybrid_ray") / "configs" / "languages.csv"))
 
 
-@lru_cache(maxsize=8)
-def _load(path: str | None) -> dict[str, LanguageInfo]:
-    table = _read_table(default_table_path())
-    if path is not None:
-        table.update(_read_table(Path(path).expanduser()))
-    return table
+@lru_cache(maxsize=1)
+def _default() -> dict[str, LanguageInfo]:
+    return _read_table(default_table_path())
 
 
 def load_language_table(path: str | Path | None = None) -> dict[str, LanguageInfo]:
-    """The shipped table, with the rows of the user CSV ``path`` (same columns) replacing or adding codes."""
-    return dict(_load(None if path is None else str(path)))
+    """The shipped table, with the rows of the user CSV ``path`` (same columns) replacing or adding
+    codes. The shipped file is read once per process; a user file at every call (it may change)."""
+    table = dict(_default())
+    if path is not None:
+        table.update(_read_table(Path(path).expanduser()))
+    return table
 
 
 def _display_name(code: str) -> str:
@@ -173,7 +174,7 @@ def _likely_script(code: str) -> str | None:
 def language_info(code: str, table: dict[str, LanguageInfo] | None = None) -> LanguageInfo:
     """Metadata of ``code`` (normalised first); a valid language missing from the table is ``unclassified``."""
     norm = normalize_lang(code)
-    known = (table if table is not None else _load(None)).get(norm)
+    known = (table if table is not None else _default()).get(norm)
     if known is not None:
         return known
     return LanguageInfo(norm, _display_name(norm), None, "unclassified", None, _likely_script(norm))
