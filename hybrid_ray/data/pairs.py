@@ -24,7 +24,7 @@ import pyarrow.json as pj
 import pyarrow.parquet as pq
 
 from hybrid_ray.data.formats import DataFormat, register_format
-from hybrid_ray.data.schema import LANGUAGES, PAIRS_SCHEMA, REQUIRED_COLUMNS, validate_pairs_table
+from hybrid_ray.data.schema import PAIRS_SCHEMA, REQUIRED_COLUMNS, check_lang, validate_pairs_table
 from hybrid_ray.errors import DataError
 from hybrid_ray.io import atomic_path
 
@@ -121,12 +121,7 @@ def _read_pairs_jsonl(file: Path) -> pa.Table:
 
     def check(row: dict[str, Any], line: int) -> None:
         """Per-row version of validate_pairs_table, used only to locate an error's line."""
-        lang = row["lang"]
-        if lang not in LANGUAGES:
-            raise DataError(
-                f"unknown language code (expected one of {', '.join(sorted(LANGUAGES))})",
-                path=file, field="lang", value=lang, line=line,
-            )
+        lang = check_lang(row["lang"], path=file, line=line)
         for name in ("pair_id", "query", "positive"):
             if not row[name].strip():
                 raise DataError("empty text", path=file, field=name, value=row[name], line=line)

@@ -6,7 +6,7 @@ and cross-lingual ones (query row in one language, passage row of the same pair 
 
 Columns
   pair_id    string         shared across languages; unique per (pair_id, lang)
-  lang       string         ISO 639-1 code (see ``LANGUAGES``)
+  lang       string         normalised ISO 639 base tag (``hybrid_ray.languages.normalize_lang``)
   query      string         non-empty
   positive   string         non-empty, the relevant passage, in ``lang``
   negatives  list<string>   hard negatives in ``lang``; may be empty
@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from hybrid_ray.errors import DataError
+from hybrid_ray.languages import is_valid_lang, load_language_table, normalize_lang
 
 PAIRS_SCHEMA = pa.schema(
     [
@@ -33,26 +34,20 @@ PAIRS_SCHEMA = pa.schema(
 )
 REQUIRED_COLUMNS = ("pair_id", "lang", "query", "positive")
 
-# Languages we know by ISO 639-1 code: the paper's (ar zh en de hi ru es th tr el vi), MIRACL's,
-# LAReQA's and the embedded Bible set's. An unknown code is almost always a typo or a locale tag.
-LANGUAGES: dict[str, str] = {
-    "ar": "Arabic", "bn": "Bengali", "de": "German", "el": "Greek", "en": "English",
-    "es": "Spanish", "fa": "Persian", "fi": "Finnish", "fr": "French", "hi": "Hindi",
-    "id": "Indonesian", "it": "Italian", "ja": "Japanese", "ko": "Korean", "nl": "Dutch",
-    "pl": "Polish", "pt": "Portuguese", "ro": "Romanian", "ru": "Russian", "sw": "Swahili",
-    "te": "Telugu", "th": "Thai", "tl": "Tagalog", "tr": "Turkish", "uk": "Ukrainian",
-    "ur": "Urdu", "vi": "Vietnamese", "yo": "Yoruba", "zh": "Chinese",
-}
+#: Names of the languages with shipped metadata (``hybrid_ray/configs/languages.csv``). Not the
+#: accepted set: every valid ISO 639-1 / 639-3 code is accepted (:func:`check_lang`).
+LANGUAGES: dict[str, str] = {code: info.name for code, info in load_language_table().items()}
+
+
+_UNKNOWN = "unknown language code: not a valid ISO 639-1/639-3 language (BCP-47 tag; e.g. en, ny, am, qu)"
 
 
 def check_lang(code: str, *, path: object = None, field: str = "lang", line: int | None = None) -> str:
-    """Return ``code`` if it is a known language, else raise a DataError naming it."""
-    if code not in LANGUAGES:
-        raise DataError(
-            f"unknown language code (expected one of {', '.join(sorted(LANGUAGES))})",
-            path=path, field=field, value=code, line=line,
-        )
-    return code
+    """The normalised base tag of ``code`` (``EN`` -> ``en``, ``nya`` -> ``ny``), or a DataError naming
+    the file, line, field and value when it is not a valid ISO 639 language (``xx``, ``xx-bogus``)."""
+    if not is_valid_lang(code):
+        raise DataError(_UNKNOWN, path=path, field=field, value=code, line=line)
+    return normalize_lang(code)
 
 
 def first_null_row(column: pa.Array | pa.ChunkedArray) -> int | None:
@@ -69,7 +64,8 @@ def first_blank_row(column: pa.Array | pa.ChunkedArray) -> int | None:
 def validate_pairs_table(table: pa.Table, *, path: object = None) -> pa.Table:
     """Check a pairs table and return it cast to ``PAIRS_SCHEMA`` (adding empty negatives).
 
-    Raises DataError for: missing columns, unknown language codes, empty query/passage text,
+    Language codes are normalised (``EN``/``eng``/``en-US`` -> ``en``, so their rows are one
+    language). Raises DataError for: missing columns, invalid language codes, empty query/passage text,
     duplicate (pair_id, lang) rows. All checks are vectorised (pyarrow.compute).
     """
     missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
@@ -105,9 +101,7 @@ def validate_pairs_table(table: pa.Table, *, path: object = None) -> pa.Table:
                 f"empty text in row {row} (pair_id {table.column('pair_id')[row].as_py()!r})",
                 path=path, field=name, value=table.column(name)[row].as_py(),
             )
-    langs = pc.unique(table.column("lang")).to_pylist()
-    for code in langs:
-        check_lang(code, path=path)
+    table = _normalize_lang_column(table, path)
     if table.num_rows:
         keys = pc.binary_join_element_wise(table.column("pair_id"), table.column("lang"), "\x1f")
         if len(pc.unique(keys)) != table.num_rows:
@@ -119,3 +113,21 @@ def validate_pairs_table(table: pa.Table, *, path: object = None) -> pa.Table:
                 path=path, field="pair_id", value=pid,
             )
     return table
+
+
+def _normalize_lang_column(table: pa.Table, path: object) -> pa.Table:
+    """``lang`` rewritten to normalised base tags; DataError (naming the first row) for an invalid code."""
+    column = table.column("lang")
+    codes = pc.unique(column).to_pylist()
+    normal = {}
+    for code in codes:
+        if not is_valid_lang(code):
+            row = pc.index(column, code).as_py()
+            raise DataError(f"{_UNKNOWN} (first in row {row})", path=path, field="lang", value=code)
+        normal[code] = normalize_lang(code)
+    if all(k == v for k, v in normal.items()):
+        return table
+    encoded = pc.dictionary_encode(column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column)
+    mapped = pa.array([normal[v] for v in encoded.dictionary.to_pylist()], pa.string())
+    fixed = mapped.take(encoded.indices)
+    return table.set_column(table.column_names.index("lang"), "lang", fixed)

