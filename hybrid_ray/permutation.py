@@ -7,13 +7,14 @@ gives element ``j`` of the shuffle directly, so a batch costs O(batch) whatever 
 
 Construction (Black & Rogaway's *cycle walking* over a balanced Feistel network):
 
-* a Feistel network on ``2h`` bits (``4**h >= n``, so the domain is at most ``4n``) is a bijection
-  on ``[0, 4**h)`` for any round function; ours is the splitmix64 finaliser of ``(half + key_i)``,
-  with 6 rounds keyed from ``numpy.random.SeedSequence`` (the same entropy mixing the rest of the
-  sampler uses);
+* an *alternating* (unbalanced) Feistel network on ``w = bit_length(n - 1)`` bits is a bijection
+  on ``[0, 2**w)`` (so the domain is under ``2n``) for any round function: a round maps
+  ``(L: a bits, R: b bits)`` to ``(R, L ^ F(R) mod 2**a)``, and the halves swap widths each round.
+  ``F`` is the splitmix64 finaliser of ``(R + key_i)``, with 6 rounds keyed from
+  ``numpy.random.SeedSequence`` (the same entropy mixing the rest of the sampler uses);
 * cycle walking re-applies the network to outputs ``>= n`` until they land in ``[0, n)``. The
   result is a bijection on ``[0, n)``: following the network's cycle from an in-range start
-  always reaches the next in-range element. Expected walk length is ``4**h / n < 4``.
+  always reaches the next in-range element. Expected walk length is ``2**w / n < 2``.
 
 All arithmetic is vectorised uint64 numpy (wrap-around multiplication is intended).
 """
@@ -49,16 +50,17 @@ class FeistelPermutation:
             raise ValueError(f"n must be >= 0, got {n}")
         self.n = int(n)
         bits = max(int(self.n - 1).bit_length(), 2)
-        self._half = (bits + 1) // 2
-        self._mask = np.uint64((1 << self._half) - 1)
-        self._shift = np.uint64(self._half)
+        self._widths = (bits - bits // 2, bits // 2)  # (left a, right b): swapped every round
         self._keys = np.random.SeedSequence([int(k) for k in key]).generate_state(_ROUNDS, np.uint64)
 
     def _network(self, x: np.ndarray) -> np.ndarray:
-        left, right = x >> self._shift, x & self._mask
+        a, b = self._widths
         for k in self._keys:
-            left, right = right, left ^ (_mix(right + k) & self._mask)
-        return (left << self._shift) | right
+            right = x & np.uint64((1 << b) - 1)
+            mixed = (x >> np.uint64(b)) ^ (_mix(right + k) & np.uint64((1 << a) - 1))
+            x = (right << np.uint64(a)) | mixed
+            a, b = b, a
+        return x
 
     def __getitem__(self, idx: np.ndarray | Sequence[int] | int) -> np.ndarray:
         """``perm(idx)`` elementwise, as int64; indices must lie in ``[0, n)``."""
