@@ -256,3 +256,16 @@ def write_pairs(table: pa.Table, path: str | Path) -> Path:
     else:
         raise DataError("unsupported output type (expected .parquet, .jsonl or .jsonl.gz)", path=path)
     return path
+
+
+def open_pairs(path: str | Path, split: str | None = None) -> pa.Table:
+    """The pairs table of ``path``/``split`` memory-mapped from its Arrow IPC cache (zero-copy).
+
+    Same resolution and validation as :func:`read_pairs`, but the file is decoded and validated
+    once (the cache ``{split}.arrow`` next to it is built on first use and rebuilt when the source
+    changes) and every later open only maps it, so the workers of a node share one copy in the page
+    cache. Meant for training workers; ``read_pairs`` stays the reader for everything else.
+    """
+    from hybrid_ray.data.arrow_cache import open_table
+
+    return open_table(_resolve(Path(path), split))
