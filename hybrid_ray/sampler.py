@@ -200,7 +200,11 @@ class HybridBatchSampler:
         )
         usable = self.lang_probs > 0
         # Cross stream: pairs with >= 2 usable languages (a query AND a different passage language).
-        self._cross_ok = (available & usable).sum(axis=1) >= 2
+        # Chunked so the temporaries stay small next to a memory-mapped ``available``.
+        self._cross_ok = np.empty(self.n_pairs, dtype=bool)
+        for a in range(0, self.n_pairs, 1 << 18):
+            chunk = available[a : a + (1 << 18)]
+            self._cross_ok[a : a + chunk.shape[0]] = (chunk & usable).sum(axis=1, dtype=np.int32) >= 2
         self.n_cross = int(self._cross_ok.sum())
         # Log-probabilities for the Gumbel-top-2 language choice of cross pairs.
         with np.errstate(divide="ignore"):
