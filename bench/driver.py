@@ -18,6 +18,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
               "training samples/s + peak RSS: hybrid-ray (Ray Train + ZeRO-2) vs sentence-transformers vs bare "
               "PyTorch"),
     "sampler": ("bench.sampler", "hybrid batch sampler cost at 10M pairs x 10 languages"),
+    "data": ("bench.data_scale", "per-worker memory + start-up: read_pairs vs memory-mapped open_pairs"),
     "search": ("bench.search", "FAISS Flat / sharded / IVF / HNSW: build time, QPS, recall@10"),
     "encode": ("bench.encode", "passage encoding: Ray Data actor pool vs one process"),
     "backends": ("bench.encode_backends", "CPU encoding: eager PyTorch vs ONNX Runtime vs ONNX int8 (+ cosine)"),

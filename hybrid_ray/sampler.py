@@ -11,13 +11,15 @@ Why the design looks like this
   and keeps its contiguous ``B / world_size`` slice, so the batch *kind* (mono vs cross) is the
   same on every rank of a step: the contrastive loss gathers passages across ranks, and a mono
   batch is only monolingual if all ranks agree on it.
-* **O(batch) per batch.** An epoch *plan* is three vectors of length ``steps`` (kind, stream,
-  offset into the stream), computed vectorised in milliseconds. A stream is the list of pairs a
-  batch may draw from: one per language (pairs that exist in it) plus one cross stream (pairs with
-  at least two usable languages). Batch ``k`` of a stream is slice ``k`` of a seeded permutation of
-  the stream ("round" ``k // batches_per_round``). A batch never straddles two rounds, so a batch
-  never holds the same pair twice. Permutations are generated lazily and cached per stream (one
-  round each, int32), so the memory is O(available cells) and each is paid once per round.
+* **O(batch) per batch, O(1) epoch start.** An epoch *plan* is three vectors of length ``steps``
+  (kind, stream, offset into the stream), computed vectorised in milliseconds. A stream is the list
+  of pairs a batch may draw from: one per language (pairs that exist in it) plus one cross stream
+  (pairs with at least two usable languages). Batch ``k`` of a stream is slice ``k`` of a keyed
+  permutation of the stream ("round" ``k // batches_per_round``). A batch never straddles two
+  rounds, so a batch never holds the same pair twice. The permutation is a cycle-walking Feistel
+  bijection (:mod:`hybrid_ray.permutation`) evaluated only at the batch's ``B`` positions, and a
+  rank/select table maps a position in the stream to its pair, so nothing of size ``n`` is built
+  per epoch, stream or round: the first batch of a stream costs the same as any other.
 * **Same number of batches for every world size**: ``steps_per_epoch`` does not depend on the
   world size; each step yields exactly one slice per rank.
 * **Resume** is exact: the plan and every permutation are pure functions of the seed, so
@@ -35,12 +37,16 @@ from typing import Any, Literal
 import numpy as np
 
 from hybrid_ray.errors import ConfigError
+from hybrid_ray.permutation import FeistelPermutation, RankSelect
 
 BatchKind = Literal["mono", "cross"]
 LangSampling = Literal["uniform", "temperature", "weights"]
 
 # RNG domain tags: separate, independent random streams derived from one user seed.
 _TAG_PLAN, _TAG_MONO_PERM, _TAG_CROSS_PERM, _TAG_CROSS_LANGS = 0, 1, 2, 3
+# Version of the stream permutation, part of the fingerprint: a checkpoint written by a sampler
+# with another permutation (v0 was a materialised numpy shuffle) must not resume silently.
+_PERM_VERSION = "feistel-v1"
 
 
 @dataclass(frozen=True, eq=False)
@@ -194,7 +200,11 @@ class HybridBatchSampler:
         )
         usable = self.lang_probs > 0
         # Cross stream: pairs with >= 2 usable languages (a query AND a different passage language).
-        self._cross_ok = (available & usable).sum(axis=1) >= 2
+        # Chunked so the temporaries stay small next to a memory-mapped ``available``.
+        self._cross_ok = np.empty(self.n_pairs, dtype=bool)
+        for a in range(0, self.n_pairs, 1 << 18):
+            chunk = available[a : a + (1 << 18)]
+            self._cross_ok[a : a + chunk.shape[0]] = (chunk & usable).sum(axis=1, dtype=np.int32) >= 2
         self.n_cross = int(self._cross_ok.sum())
         # Log-probabilities for the Gumbel-top-2 language choice of cross pairs.
         with np.errstate(divide="ignore"):
@@ -229,9 +239,10 @@ class HybridBatchSampler:
                 value=steps_per_epoch,
             )
         self.steps_per_epoch = int(steps_per_epoch)
-        self._index_dtype = np.int32 if self.n_pairs < 2**31 else np.int64
+        # Position-in-stream -> pair tables (one int64 per 64 pairs per stream), built once.
+        self._select = [RankSelect(available[:, lang]) for lang in range(self.n_langs)]
+        self._select.append(RankSelect(self._cross_ok))
         self._plan_cache: tuple[int, tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None
-        self._perm_cache: dict[int, tuple[int, int, np.ndarray]] = {}
         self._fingerprint: str | None = None
         self._epoch = 0
         self._step = 0
@@ -259,17 +270,14 @@ class HybridBatchSampler:
         self._plan_cache = (epoch, plan)
         return plan
 
-    def _stream_perm(self, epoch: int, stream: int, rnd: int) -> np.ndarray:
-        """Seeded permutation of the pairs of ``stream`` for round ``rnd`` (one round cached per stream)."""
-        hit = self._perm_cache.get(stream)
-        if hit is not None and hit[0] == epoch and hit[1] == rnd:
-            return hit[2]
-        mask = self.available[:, stream] if stream < self.n_langs else self._cross_ok
-        pool = np.flatnonzero(mask).astype(self._index_dtype)
+    def stream_pairs(self, epoch: int, stream: int, rnd: int, start: int, stop: int) -> np.ndarray:
+        """Pairs at positions ``start..stop-1`` of ``stream``'s permutation for round ``rnd``.
+
+        O(stop - start) whatever the stream size: the keyed bijection is evaluated only there.
+        """
         tag = (_TAG_MONO_PERM, stream) if stream < self.n_langs else (_TAG_CROSS_PERM, 0)
-        self._rng(epoch, *tag, rnd).shuffle(pool)
-        self._perm_cache[stream] = (epoch, rnd, pool)
-        return pool
+        perm = FeistelPermutation(int(self._stream_sizes[stream]), (self.seed, epoch, *tag, rnd))
+        return self._select[stream](perm.slice(start, stop))
 
     # ----------------------------------------------------------------- batch
     def batch(self, epoch: int, step: int) -> GlobalBatch:
@@ -281,7 +289,7 @@ class HybridBatchSampler:
         B = self.global_batch_size
         per_round = int(self._per_round[s])
         rnd, j = divmod(k, per_round)
-        pair_idx = self._stream_perm(epoch, s, rnd)[j * B : (j + 1) * B].astype(np.int64)
+        pair_idx = self.stream_pairs(epoch, s, rnd, j * B, (j + 1) * B)
         if is_mono[step]:
             lang = np.full(B, s, dtype=np.int64)
             return GlobalBatch("mono", pair_idx, lang, lang.copy(), epoch, step)
@@ -349,7 +357,7 @@ class HybridBatchSampler:
         h = hashlib.sha256()
         h.update(json.dumps([
             self.langs, self.global_batch_size, self.alpha, self.seed, self.lang_sampling,
-            self.lang_temperature, self.lang_weights, self.steps_per_epoch, self.n_pairs,
+            self.lang_temperature, self.lang_weights, self.steps_per_epoch, self.n_pairs, _PERM_VERSION,
         ], sort_keys=True, default=str).encode())
         h.update(np.packbits(self.available).tobytes())
         self._fingerprint = h.hexdigest()[:16]

@@ -72,10 +72,10 @@ def load_training_pairs(data_cfg: DataConfig):
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from hybrid_ray.data.pairs import read_pairs
+    from hybrid_ray.data.pairs import open_pairs
     from hybrid_ray.data.parallel import ParallelPairs
 
-    table = read_pairs(data_cfg.path, split=data_cfg.split)
+    table = open_pairs(data_cfg.path, split=data_cfg.split)
     if data_cfg.langs:
         wanted = pa.array(list(data_cfg.langs), type=pa.string())
         table = table.filter(pc.is_in(table.column("lang"), value_set=wanted))

@@ -84,22 +84,41 @@ def _common_fields(result: dict, module: str, argv: list[str]) -> None:
 def test_sampler_bench_smoke(tmp_path: Path) -> None:
     from bench import sampler
 
-    argv = ["--pairs", "3000", "--langs", "3", "--batch", "8", "--world", "2", "--steady", "40",
-            "--out", str(tmp_path)]
+    argv = ["--sizes", "3000", "6000", "--langs", "3", "--batch", "8", "--world", "2", "--steady", "40",
+            "--rounds", "3", "--out", str(tmp_path)]
     assert sampler.main(argv) == 0
     result = json.loads((tmp_path / "sampler.json").read_text())
     _common_fields(result, "bench.sampler", argv)
     assert result["versions"]["numpy"] != "absent"
     config = result["config"]
-    assert config["n_pairs"] == 3000 and config["n_langs"] == 3 and config["world_size"] == 2
-    # one rank of a full epoch = every step of the epoch
-    assert result["full_epoch_batches"] == config["steps_per_epoch"] > 0
-    assert 0.0 < result["mono_fraction"] < 1.0  # alpha 0.5: both kinds of batches occur
-    assert set(result["first_batch_per_stream_s"]) == {"l0", "l1", "l2", "cross"}
-    steady = result["steady_batch"]
-    assert steady["mono"]["n"] + steady["cross"]["n"] == 40
-    assert result["sampler_peak_traced_mb"] > 0 and result["process_max_rss_mb"] > 0
+    assert config["sizes"] == [3000, 6000] and config["n_langs"] == 3 and config["world_size"] == 2
+    for size in ("3000", "6000"):
+        rounds = result["rounds"][size]
+        assert len(rounds) == 3 and all(r["loadavg"] for r in rounds)
+        assert all(r["streams"] == 4 and r["steady_batches"] == 40 for r in rounds)  # 3 languages + cross
+        assert all(0.0 < r["mono_fraction"] < 1.0 for r in rounds)  # alpha 0.5: both kinds occur
+        summary = result["summary"][size]["epoch_start_wall_s"]
+        assert summary["min"] <= summary["median"] <= summary["max"]
+        assert result["summary"][size]["sampler_peak_traced_mb"]["median"] > 0
+    assert result["process_max_rss_mb"] > 0
     assert (tmp_path / "sampler.md").read_text().startswith("# Hybrid batch sampler benchmark")
+
+
+def test_data_scale_bench_smoke(tmp_path: Path) -> None:
+    from bench import data_scale
+
+    argv = ["--pairs", "4000", "--small-factor", "2", "--langs", "3", "--batch", "8",
+            "--workdir", str(tmp_path / "data"), "--out", str(tmp_path)]
+    assert data_scale.main(argv) == 0
+    result = json.loads((tmp_path / "data_scale.json").read_text())
+    _common_fields(result, "bench.data_scale", argv)
+    assert [r["n_pairs"] for r in result["sizes"]] == [2000, 4000]
+    for r in result["sizes"]:
+        for mode in ("old", "new"):
+            assert len(r[mode]) == 2 and all(w["n_pairs"] == r["n_pairs"] and w["rows"] == r["rows"] for w in r[mode])
+            assert all(w["peak_mb"]["RssAnon"] > 0 and w["uss_mb"] > 0 for w in r[mode])
+    assert not (tmp_path / "data" / "pairs-4000").exists()  # generated data removed unless --keep
+    assert (tmp_path / "data_scale.md").read_text().startswith("# Training data at scale")
 
 
 def test_search_bench_smoke(tmp_path: Path) -> None:

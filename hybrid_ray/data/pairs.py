@@ -257,6 +257,19 @@ def write_pairs(table: pa.Table, path: str | Path) -> Path:
     return path
 
 
+def open_pairs(path: str | Path, split: str | None = None) -> pa.Table:
+    """The pairs table of ``path``/``split`` memory-mapped from its Arrow IPC cache (zero-copy).
+
+    Same resolution and validation as :func:`read_pairs`, but the file is decoded and validated
+    once (the cache ``{split}.arrow`` next to it is built on first use and rebuilt when the source
+    changes) and every later open only maps it, so the workers of a node share one copy in the page
+    cache. Meant for training workers; ``read_pairs`` stays the reader for everything else.
+    """
+    from hybrid_ray.data.arrow_cache import open_table
+
+    return open_table(_resolve(Path(path), split))
+
+
 # ------------------------------------------------------------------------- format registration
 def filter_langs(table: pa.Table, langs: list[str] | None) -> pa.Table:
     """The rows of ``table`` in ``langs`` (all rows when None or empty)."""

@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from hybrid_ray.data import pairs as pairs_mod
-from hybrid_ray.data.pairs import list_splits, read_pairs, write_pairs
+from hybrid_ray.data.pairs import list_splits, open_pairs, read_pairs, write_pairs
 from hybrid_ray.data.schema import PAIRS_SCHEMA
 from hybrid_ray.errors import DataError
 
@@ -220,3 +220,59 @@ def test_bogus_language_names_file_line_field_and_value(tmp_path: Path) -> None:
         read_pairs(path)
     assert f"{path}:3" in str(e.value) and "'xx-bogus'" in str(e.value)
     assert (e.value.line, e.value.field, e.value.value) == (3, "lang", "xx-bogus")
+
+
+# ----------------------------------------------------------------- open_pairs (memory-mapped)
+def test_open_pairs_maps_a_validated_arrow_copy(tmp_path: Path) -> None:
+    write_pairs(_table(), tmp_path / "train.parquet")
+    write_pairs(_table().slice(0, 2), tmp_path / "dev.parquet")
+    table = open_pairs(tmp_path)  # split=None -> train, like read_pairs
+    assert table.equals(read_pairs(tmp_path)) and table.schema.equals(PAIRS_SCHEMA)
+    assert (tmp_path / "train.arrow").is_file() and (tmp_path / "train.index.arrow").is_file()
+    assert list_splits(tmp_path) == ["train", "dev"]  # the cache files are no splits
+    # the copy is uncompressed Arrow IPC (Feather v2) and readable by any Arrow reader
+    with pa.memory_map(str(tmp_path / "train.arrow"), "r") as mm:
+        assert pa.ipc.open_file(mm).read_all().equals(table)
+    assert open_pairs(tmp_path, "dev").num_rows == 2
+    with pytest.raises(DataError, match="no such split"):
+        open_pairs(tmp_path, "validation")
+
+
+def test_open_pairs_does_not_reread_a_fresh_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_pairs(_table(), tmp_path / "train.parquet")
+    open_pairs(tmp_path)
+    calls = []
+    monkeypatch.setattr(pairs_mod, "read_pairs", lambda *a, **k: calls.append(a))
+    assert open_pairs(tmp_path).num_rows == _table().num_rows
+    assert calls == []  # mapped, not decoded or validated again
+
+
+def test_open_pairs_rebuilds_a_stale_cache(tmp_path: Path) -> None:
+    import os
+
+    src = tmp_path / "train.parquet"
+    write_pairs(_table(), src)
+    assert open_pairs(tmp_path).num_rows == 5
+    write_pairs(_table().slice(0, 3), src)
+    st = src.stat()
+    os.utime(src, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # a new version, whatever the clock
+    assert open_pairs(tmp_path).equals(read_pairs(tmp_path))
+    assert open_pairs(tmp_path).num_rows == 3
+    # a corrupt cache is rebuilt, not trusted
+    (tmp_path / "train.arrow").write_bytes(b"not arrow")
+    assert open_pairs(tmp_path).num_rows == 3
+
+
+def test_open_pairs_validates_once_and_names_the_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.parquet"
+    pq.write_table(pa.table({"pair_id": ["1"], "lang": ["xx"], "query": ["q"], "positive": ["p"]}), bad)
+    with pytest.raises(DataError, match="unknown language code") as err:
+        open_pairs(bad)
+    assert "bad.parquet" in str(err.value)
+    assert not (tmp_path / "bad.arrow").exists()  # nothing cached for invalid data
+
+
+def test_open_pairs_jsonl_single_file(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "pairs.jsonl.gz", pair_rows())
+    assert open_pairs(path).equals(read_pairs(path))
+    assert (tmp_path / "pairs.arrow").is_file()

@@ -88,3 +88,50 @@ def test_large_table_indexes_every_row() -> None:
     np.testing.assert_array_equal(pp.row_of, expected)
     assert pp.pair_ids[123] == "p123" and pp.pair_index("p123") == 123
     assert pp.fully_parallel_fraction == 1.0
+
+
+def test_mapped_index_equals_built_index(tmp_path) -> None:
+    from hybrid_ray.data.pairs import open_pairs, read_pairs, write_pairs
+
+    write_pairs(pa.Table.from_pylist(pair_rows(), schema=PAIRS_SCHEMA), tmp_path / "train.parquet")
+    mapped = ParallelPairs.from_table(open_pairs(tmp_path))
+    built = ParallelPairs.from_table(read_pairs(tmp_path))
+    assert not mapped.row_of.flags.writeable  # a view of the mapped index file, not a copy
+    assert not mapped.row_of.flags.owndata and not mapped.available.flags.owndata
+    np.testing.assert_array_equal(mapped.row_of, built.row_of)
+    np.testing.assert_array_equal(mapped.available, built.available)
+    assert mapped.langs == built.langs and mapped.pair_ids == built.pair_ids == ["p0", "p1", "p2"]
+    assert mapped.column("positive", mapped.rows([2, 0], [1, 0])) == ["answer 2 en", "answer 0 de"]
+    with pytest.raises(DataError, match="pair 'p2' has no row in language 'de'"):
+        mapped.rows([2], [0])
+
+
+def test_filtered_mapped_table_gets_its_own_index(tmp_path) -> None:
+    """A table from open_pairs keeps its metadata through filter/take: the index must not be
+    trusted when it no longer describes the table."""
+    import pyarrow.compute as pc
+
+    from hybrid_ray.data.pairs import open_pairs, write_pairs
+
+    write_pairs(pa.Table.from_pylist(pair_rows(), schema=PAIRS_SCHEMA), tmp_path / "train.parquet")
+    table = open_pairs(tmp_path)
+    only_en = table.filter(pc.equal(table.column("lang"), "en"))
+    pp = ParallelPairs.from_table(only_en)
+    assert pp.langs == ["en"] and pp.row_of.tolist() == [[0], [1], [2]] and pp.row_of.flags.writeable
+    reordered = table.take(pa.array([1, 0, 3, 2, 4]))  # same row count, other order
+    np.testing.assert_array_equal(
+        ParallelPairs.from_table(reordered).row_of, ParallelPairs.from_table(reordered.replace_schema_metadata()).row_of
+    )
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.integers(1, 6), min_size=1, max_size=6), st.data())
+def test_take_rows_across_chunks(chunk_sizes: list[int], data) -> None:
+    from hybrid_ray.data.parallel import take_rows
+
+    n = sum(chunk_sizes)
+    values = [f"v{i}" for i in range(n)]
+    starts = np.cumsum([0] + chunk_sizes)
+    column = pa.chunked_array([values[a:b] for a, b in zip(starts[:-1], starts[1:], strict=True)])
+    rows = np.asarray(data.draw(st.lists(st.integers(0, n - 1), max_size=12)), dtype=np.int64)
+    assert take_rows(column, rows).to_pylist() == [values[i] for i in rows]
