@@ -151,7 +151,7 @@ def embed(
                 mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, emb.shape[1]))
             mm[rows] = emb
             done += len(rows)
-            last = _progress(report, f"encode {kind}s", done, n, t0, last)
+            last = _progress(report, f"encode {kind} texts", done, n, t0, last)
         if mm is None or done != n:
             raise DataError(f"encoding returned {done} of {n} {kind} vectors", path=path)
         mm.flush()
