@@ -279,6 +279,16 @@ def mine_table(
         if lang not in langs:
             raise ConfigError(f"language not in the data set (have {langs})", key="langs", value=lang)
     lang_col = table.column("lang").to_numpy(zero_copy_only=False)
+    if cfg.langs_mode == "own" and set(wanted) != set(langs):
+        # Only the mined languages' rows are candidates: encode and search just those.
+        keep = np.flatnonzero(np.isin(lang_col, wanted))
+        sub, stats = mine_table(table.take(pa.array(keep)), model_dir, work_dir, cfg, report)
+        lists = table.column("negatives").to_pylist()
+        for row, negs in zip(keep.tolist(), sub.column("negatives").to_pylist(), strict=True):
+            lists[row] = negs
+        col = pa.array(lists, pa.list_(pa.string()))
+        return table.set_column(table.column_names.index("negatives"), "negatives", col), stats | {
+            "rows": table.num_rows}
     pools = {lang: np.flatnonzero(lang_col == lang) for lang in langs}
     everything = np.arange(table.num_rows)
     for lang in wanted:
