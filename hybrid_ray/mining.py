@@ -358,7 +358,7 @@ def _assemble(table: pa.Table, pools: dict[str, np.ndarray], negs: dict[str, np.
     hist = np.bincount(c, minlength=cfg.num_negatives + 1) if c.size else np.zeros(1, np.int64)
     stats = {"rows": table.num_rows, "rows_mined": int(c.size), "requested": cfg.num_negatives,
              "negatives_per_row": {"mean": round(float(c.mean()), 4) if c.size else 0.0,
-                                   "min": int(c.min(initial=0)), "max": int(c.max(initial=0)),
+                                   "min": int(c.min()) if c.size else 0, "max": int(c.max(initial=0)),
                                    "histogram": {str(i): int(v) for i, v in enumerate(hist.tolist())}},
              "rows_short": int((c < cfg.num_negatives).sum()), "langs": per_lang,
              "params": cfg.result_key(), "mining_seconds": round(seconds, 3)}

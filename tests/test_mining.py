@@ -222,7 +222,7 @@ def test_cli_mines_with_the_real_encoder_and_output_is_a_valid_data_set(tiny_mod
     stats = json.loads((out / "mining.json").read_text())
     counts = [len(n) for n in mined.column("negatives").to_pylist()]
     assert stats["rows_mined"] == 16 and stats["negatives_per_row"]["max"] == max(counts) <= 3
-    assert min(counts) >= 1
+    assert min(counts) >= 1 and stats["negatives_per_row"]["min"] == min(counts)
     for r in mined.to_pylist():
         same_pair = {x["positive"] for x in mined.to_pylist() if x["pair_id"] == r["pair_id"]}
         assert not set(r["negatives"]) & same_pair
