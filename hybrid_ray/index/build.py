@@ -131,6 +131,7 @@ def encode_rows_ray(
     concurrency: int | None = None,
     num_gpus: float | None = None,
     progress: bool = False,
+    kind: str = "passage",
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Encode the rows of ``texts`` inside ``ranges`` with a pool of Ray Data actors.
 
@@ -155,7 +156,7 @@ def encode_rows_ray(
     kwargs: dict[str, Any] = {"num_gpus": gpus_per_actor} if gpus_per_actor > 0 else {"num_cpus": 1}
     ds = ds.map_batches(
         EncodeBatch,
-        fn_constructor_kwargs={"model_dir": str(model_dir), "batch_size": batch_size},
+        fn_constructor_kwargs={"model_dir": str(model_dir), "batch_size": batch_size, "kind": kind},
         batch_size=batch_size,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=concurrency),
@@ -171,6 +172,7 @@ def encode_rows_local(
     ranges: list[tuple[int, int]],
     *,
     batch_size: int = 64,
+    kind: str = "passage",
     **_: Any,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """In-process counterpart of :func:`encode_rows_ray` (no Ray): small corpora, tests, laptops."""
@@ -184,7 +186,7 @@ def encode_rows_local(
         encoder = encoder.to("cuda")
     for s, e in ranges:
         row = s
-        for emb in encode_batches(encoder, texts.slice(s, e - s), "passage", batch_size):
+        for emb in encode_batches(encoder, texts.slice(s, e - s), kind, batch_size):
             yield np.arange(row, row + len(emb), dtype=np.int64), emb
             row += len(emb)
 
