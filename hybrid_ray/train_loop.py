@@ -130,7 +130,7 @@ def train_loop(config: dict[str, Any]) -> None:
     import ray.train.torch
 
     from hybrid_ray.collator import HybridCollator
-    from hybrid_ray.losses import build_loss
+    from hybrid_ray.losses import build_loss, needs_encoder
 
     cfg: TrainConfig = config[LOOP_CONFIG_KEY]
     hooks: list[StepHook] = list(config.get("step_hooks") or [])
@@ -158,6 +158,7 @@ def train_loop(config: dict[str, Any]) -> None:
     )
     collator = HybridCollator(encoder, num_negatives=cfg.data.num_negatives)
     loss_fn = build_loss(cfg.loss.name, cfg.model.temperature, dict(cfg.loss.kwargs))
+    drives_encoder = needs_encoder(loss_fn)
 
     # ---------------------------------------------------------------- resume
     # Ray's own checkpoint (a restarted worker group, or a restored run) wins over the one the
@@ -202,12 +203,13 @@ def train_loop(config: dict[str, Any]) -> None:
         features = collator(local, pairs)
         q_inputs = {k: v.to(device) for k, v in features["query"].items()}
         p_inputs = {k: v.to(device) for k, v in features["passage"].items()}
-        # A loss that needs the encoder itself (a cached / GradCache loss, ``needs_encoder``) would
-        # take over here: ``loss = loss_fn.step(engine, q_inputs, p_inputs)`` (see hybrid_ray.losses).
-        q_emb, scale = engine(**q_inputs, return_scale=True)
-        p_emb = engine(**p_inputs)
-        loss = loss_fn(q_emb, p_emb, logit_scale=scale)
-        engine.backward(loss)
+        if drives_encoder:  # e.g. cached_infonce: chunked forwards + its one engine.backward
+            loss, scale = loss_fn.step(engine, q_inputs, p_inputs)
+        else:
+            q_emb, scale = engine(**q_inputs, return_scale=True)
+            p_emb = engine(**p_inputs)
+            loss = loss_fn(q_emb, p_emb, logit_scale=scale)
+            engine.backward(loss)
         engine.step()
         global_step += 1
         step_loss = float(loss.detach())

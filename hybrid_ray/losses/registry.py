@@ -5,12 +5,11 @@ called once per step as ``loss(q_emb, p_emb, logit_scale=scale) -> scalar tensor
 embeddings of this rank's queries and passages (passages = b positives then b * n hard negatives);
 it gathers whatever it needs across ranks itself.
 
-Where a loss that needs the encoder hooks in (a future *cached* / GradCache loss, which encodes
-in chunks without the graph, backprops the loss into the embeddings, then re-encodes chunk by chunk
-with gradients): such a loss sets ``needs_encoder = True`` and implements
-``step(engine, q_inputs, p_inputs) -> loss`` (doing its own forward and ``engine.backward``
-passes); the training loop (``hybrid_ray.train_loop.train_loop``, the ``loss_fn`` call) must then
-call ``loss_fn.step(...)`` instead of encoding both sides and calling ``loss_fn(...)`` itself.
+A loss that needs the encoder (``cached_infonce``, GradCache: it encodes in chunks itself) sets
+``needs_encoder = True`` and implements ``step(engine, q_inputs, p_inputs) -> (loss, logit_scale)``
+(both detached): it runs its own forwards and calls ``engine.backward`` exactly once. The training
+loop (``hybrid_ray.train_loop.train_loop``) then calls ``loss_fn.step(...)`` instead of encoding
+both sides and calling ``loss_fn(...)``; :func:`needs_encoder` is the one check it makes.
 """
 
 from __future__ import annotations
@@ -66,3 +65,8 @@ def build_loss(name: str, temperature: float, kwargs: dict[str, Any] | None = No
     except TypeError as exc:
         raise ConfigError(f"loss {name!r} does not take these arguments: {exc}", key="loss.kwargs",
                           value=dict(kwargs or {})) from exc
+
+
+def needs_encoder(loss: Any) -> bool:
+    """True when ``loss`` drives the encoder itself (``loss.step(engine, q_inputs, p_inputs)``)."""
+    return bool(getattr(loss, "needs_encoder", False))
