@@ -253,12 +253,14 @@ def build_app(args: dict[str, Any]) -> serve.Application:
     manifest = read_manifest(a.index_dir)
     search_params = serving_search_params(manifest, a)
     n_shards = len(manifest["shards"])
+    in_ingress = index_bytes(manifest) <= a.ingress_shard_budget_mb * 2**20
     gpus = cluster_gpus()
     if gpus is None and "auto" in (a.num_gpus_per_shard, a.retriever_num_gpus):
         log.warning("GPU 'auto': not connected to Ray, so no cluster resources to look at; using CPU "
                     "(set num_gpus_per_shard / retriever_num_gpus explicitly, or deploy a config file)")
     has_gpu = faiss_has_gpu()
-    shard_gpus, retr_gpus = plan_gpus(a.num_gpus_per_shard, a.retriever_num_gpus, n_shards, gpus or 0.0, has_gpu)
+    shard_gpus, retr_gpus = plan_gpus(a.num_gpus_per_shard, a.retriever_num_gpus,
+                                     0 if in_ingress else n_shards, gpus or 0.0, has_gpu)
     if a.num_gpus_per_shard == "auto" and (gpus or 0) > 0 and not has_gpu:
         log.warning("the cluster has GPUs but this FAISS is CPU-only: shards search on CPU "
                     "(install faiss-gpu-cu12 instead of faiss-cpu for GPU FAISS)")
@@ -266,7 +268,6 @@ def build_app(args: dict[str, Any]) -> serve.Application:
     shard_opts: dict[str, Any] = {"num_cpus": a.num_cpus_per_shard}
     if shard_gpus > 0:
         shard_opts["num_gpus"] = shard_gpus
-    in_ingress = index_bytes(manifest) <= a.ingress_shard_budget_mb * 2**20
     shards = [] if in_ingress else [
         ShardSearcher.options(name=f"shard-{i}", ray_actor_options=dict(shard_opts),
                               max_ongoing_requests=a.shard_max_ongoing_requests, logging_config=log_config)
