@@ -104,7 +104,11 @@ class ShardSearcher:
 @serve.deployment
 @serve.ingress()
 class Retriever(BatchedEncoding, RetrievalService):
-    """HTTP ingress: validates, batches query encoding, fans out to every shard, merges."""
+    """HTTP ingress: validates, batches query encoding, searches every shard, merges.
+
+    ``shards`` empty: the shards are held in this replica (``ingress_shard_budget_mb``), so a query
+    batch costs no actor hop at all; else one ``ShardSearcher`` deployment handle per shard.
+    """
 
     def __init__(self, shards: list[DeploymentHandle], args: dict[str, Any]) -> None:
         self.args = AppArgs.parse(args)
@@ -117,34 +121,59 @@ class Retriever(BatchedEncoding, RetrievalService):
         check_encoder(self.encoder, manifest, model_dir)
         self.dim = int(self.encoder.dim)
         self.shard_names = [s["name"] for s in manifest["shards"]]
+        self.local: list[Any] = []
+        if not self.shards:  # in-ingress: the plain class, constructed in this process
+            params = serving_search_params(manifest, self.args)
+            threads = max(1, int(self.args.retriever_num_cpus))
+            self.local = [ShardSearcher.func_or_class(self.args.index_dir, i, self.args.verify, threads, params)
+                          for i in range(len(self.shard_names))]
         self._languages: list[str] | None = None
         self._init_batching()
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return make_api(self)
 
+    def check_health(self) -> None:
+        """In-ingress shards: a shard that failed to load fails this replica's health check (named)."""
+        for shard in self.local:
+            shard.check_health()
+
     # ------------------------------------------------------------- shards
     async def _call_shard(
         self, i: int, vectors: np.ndarray, k: int, langs: tuple[str, ...] | None
     ) -> ShardHits:
+        """One shard deployment's answer within ``shard_timeout_s``, else ApiError 503 naming it."""
         t0 = time.perf_counter()
         try:
             return await asyncio.wait_for(self.shards[i].search.remote(vectors, k, langs),
                                           self.args.shard_timeout_s)
         except Exception as exc:
-            self.metrics.shard_errors.labels(self.shard_names[i]).inc()
-            self._languages = None
-            msg = (str(exc).splitlines() or [type(exc).__name__])[0][:300]
-            raise ApiError(503, f"{self.shard_names[i]} unavailable: {msg}") from exc
+            raise self._shard_failed(i, exc) from exc
         finally:
             self.metrics.shard_latency.labels(self.shard_names[i]).observe(time.perf_counter() - t0)
 
+    def _shard_failed(self, i: int, exc: BaseException) -> ApiError:
+        self.metrics.shard_errors.labels(self.shard_names[i]).inc()
+        self._languages = None
+        if isinstance(exc, TimeoutError):
+            msg = f"no answer within {self.args.shard_timeout_s:g} s (shard_timeout_s)"
+        else:
+            msg = (str(exc).splitlines() or [type(exc).__name__])[0][:300]
+        return ApiError(503, f"{self.shard_names[i]} unavailable: {msg}", detail={"shard": self.shard_names[i]})
+
     async def shard_status(self) -> list[dict[str, Any]]:
+        """Every shard's info; a shard deployment that does not answer within ``probe_timeout_s`` is down."""
+        if self.local:
+            return [s.info() for s in self.local]
+
         async def one(i: int) -> dict[str, Any]:
             try:
-                return await asyncio.wait_for(self.shards[i].info.remote(), self.args.shard_timeout_s)
+                return await asyncio.wait_for(self.shards[i].info.remote(), self.args.probe_timeout_s)
             except Exception as exc:
-                return {"name": self.shard_names[i], "ok": False, "error": str(exc).splitlines()[0][:300]}
+                self.metrics.shard_errors.labels(self.shard_names[i]).inc()
+                self._languages = None
+                err = (str(exc).splitlines() or [""])[0][:300] or f"no answer within {self.args.probe_timeout_s:g} s"
+                return {"name": self.shard_names[i], "ok": False, "error": f"{type(exc).__name__}: {err}"}
 
         return list(await asyncio.gather(*(one(i) for i in range(len(self.shards)))))
 
@@ -155,11 +184,13 @@ class Retriever(BatchedEncoding, RetrievalService):
 
     # ------------------------------------------------------------- one batch of /search
     async def _search_items(self, items: list[SearchItem]) -> list[Any]:
-        """Encode the batch's queries once, then one fan-out per distinct language filter."""
+        """Encode the batch's queries once, then one search per distinct language filter."""
+        if self.local:
+            t0 = time.perf_counter()
+            out = await asyncio.to_thread(self._search_local, items)
+            self.metrics.encode_latency.labels("query+search").observe(time.perf_counter() - t0)
+            return out
         vecs = await self._encode([q for q, _, _ in items], "query")
-        groups: dict[tuple[str, ...] | None, list[int]] = {}
-        for j, (_, _, langs) in enumerate(items):
-            groups.setdefault(langs, []).append(j)
         out: list[Any] = [None] * len(items)
 
         async def run(langs: tuple[str, ...] | None, idx: list[int]) -> None:
@@ -167,7 +198,7 @@ class Retriever(BatchedEncoding, RetrievalService):
             try:
                 parts = await asyncio.gather(*(self._call_shard(i, vecs[idx], kmax, langs)
                                                for i in range(len(self.shards))))
-            except Exception as exc:  # fails this group's requests only (503), never partial results
+            except ApiError as exc:  # fails this group's requests only (503), never partial results
                 for j in idx:
                     out[j] = exc
                 return
@@ -175,15 +206,46 @@ class Retriever(BatchedEncoding, RetrievalService):
             for j, hits in zip(idx, merge_hits(parts, kmax), strict=True):
                 out[j] = hits[: items[j][1]]
 
-        await asyncio.gather(*(run(g, idx) for g, idx in groups.items()))
+        await asyncio.gather(*(run(g, idx) for g, idx in _groups(items).items()))
         return out
+
+    def _search_local(self, items: list[SearchItem]) -> list[Any]:
+        """In-ingress: encode + search every held shard + merge, in one worker-thread call."""
+        vecs = self.encoder.encode([q for q, _, _ in items], "query", self.args.encode_batch_size)
+        out: list[Any] = [None] * len(items)
+        for langs, idx in _groups(items).items():
+            kmax = max(items[j][1] for j in idx)
+            parts = []
+            for i, shard in enumerate(self.local):
+                try:
+                    parts.append(shard.search(vecs[idx], kmax, langs))
+                except HybridRayError as exc:
+                    raise self._shard_failed(i, exc) from exc
+            for j, hits in zip(idx, merge_hits(parts, kmax), strict=True):
+                out[j] = hits[: items[j][1]]
+        return out
+
+
+def _groups(items: list[SearchItem]) -> dict[tuple[str, ...] | None, list[int]]:
+    """Batch positions by language filter: each group is one search call per shard."""
+    groups: dict[tuple[str, ...] | None, list[int]] = {}
+    for j, (_, _, langs) in enumerate(items):
+        groups.setdefault(langs, []).append(j)
+    return groups
+
+
+def index_bytes(manifest: dict[str, Any]) -> int:
+    """Bytes of every shard file of the index (the manifest's sizes): its memory footprint, roughly."""
+    return sum(int(f["bytes"]) for s in manifest["shards"] for f in s["files"].values())
 
 
 def build_app(args: dict[str, Any]) -> serve.Application:
     """The Serve application for ``serve run hybrid_ray.serving.app:build_app index_dir=...`` / config files.
 
-    Reads only the manifest here (shard count, index type); each shard replica loads and verifies
-    its own files. ``"auto"`` GPU requests are resolved here from the connected Ray cluster's
+    Reads only the manifest here (shard count, sizes, index type). An index whose files fit
+    ``ingress_shard_budget_mb`` is held by the Retriever replica itself (the common, fast
+    deployment: no actor hop per query); a larger one gets one ShardSearcher deployment per shard,
+    each loading and verifying its own files. ``"auto"`` GPU requests are resolved here from the connected Ray cluster's
     resources (:func:`plan_gpus`); without a Ray connection (``serve run module:build_app``
     imports the app before connecting) they fall back to CPU with a warning.
     """
@@ -191,12 +253,14 @@ def build_app(args: dict[str, Any]) -> serve.Application:
     manifest = read_manifest(a.index_dir)
     search_params = serving_search_params(manifest, a)
     n_shards = len(manifest["shards"])
+    in_ingress = index_bytes(manifest) <= a.ingress_shard_budget_mb * 2**20
     gpus = cluster_gpus()
     if gpus is None and "auto" in (a.num_gpus_per_shard, a.retriever_num_gpus):
         log.warning("GPU 'auto': not connected to Ray, so no cluster resources to look at; using CPU "
                     "(set num_gpus_per_shard / retriever_num_gpus explicitly, or deploy a config file)")
     has_gpu = faiss_has_gpu()
-    shard_gpus, retr_gpus = plan_gpus(a.num_gpus_per_shard, a.retriever_num_gpus, n_shards, gpus or 0.0, has_gpu)
+    shard_gpus, retr_gpus = plan_gpus(a.num_gpus_per_shard, a.retriever_num_gpus,
+                                     0 if in_ingress else n_shards, gpus or 0.0, has_gpu)
     if a.num_gpus_per_shard == "auto" and (gpus or 0) > 0 and not has_gpu:
         log.warning("the cluster has GPUs but this FAISS is CPU-only: shards search on CPU "
                     "(install faiss-gpu-cu12 instead of faiss-cpu for GPU FAISS)")
@@ -204,7 +268,7 @@ def build_app(args: dict[str, Any]) -> serve.Application:
     shard_opts: dict[str, Any] = {"num_cpus": a.num_cpus_per_shard}
     if shard_gpus > 0:
         shard_opts["num_gpus"] = shard_gpus
-    shards = [
+    shards = [] if in_ingress else [
         ShardSearcher.options(name=f"shard-{i}", ray_actor_options=dict(shard_opts),
                               max_ongoing_requests=a.shard_max_ongoing_requests, logging_config=log_config)
         .bind(str(Path(a.index_dir).resolve()), i, a.verify, max(1, int(a.num_cpus_per_shard)), search_params)
@@ -218,7 +282,8 @@ def build_app(args: dict[str, Any]) -> serve.Application:
     return Retriever.options(
         name="Retriever",
         num_replicas=a.retriever_replicas,
-        max_ongoing_requests=a.max_ongoing_requests,
+        # Serve's cap counts bodies still arriving and probes too; the work slots are the guard's.
+        max_ongoing_requests=a.max_ongoing_requests + a.max_pending_bodies,
         ray_actor_options=retr_opts,
         logging_config=log_config,
     ).bind(shards, resolved.model_dump())

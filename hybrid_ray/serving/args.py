@@ -25,7 +25,8 @@ class AppArgs(BaseModel):
     max_batch_size: int = Field(32, ge=1, description="@serve.batch max batch size (query encoding)")
     batch_wait_timeout_s: float = Field(0.005, ge=0, description="@serve.batch wait for a fuller batch")
     # Measured: Serve's default of 5 ongoing requests per replica capped batches at 2-3.
-    max_ongoing_requests: int = Field(128, ge=1, description="Retriever max_ongoing_requests")
+    max_ongoing_requests: int = Field(128, ge=1, description="/search and /embed requests a Retriever replica "
+                                      "works on at once; probes and bodies still arriving do not count")
     shard_max_ongoing_requests: int = Field(32, ge=1)
     k_limit: int = Field(100, ge=1, description="largest k a request may ask for")
     max_query_chars: int = Field(2048, ge=1, description="longest query / text accepted (characters)")
@@ -48,7 +49,20 @@ class AppArgs(BaseModel):
     retriever_replicas: int = Field(1, ge=1)
     verify: bool = Field(True, description="check shard sha256 checksums at load")
     access_log: bool = Field(True, description="Serve per-request access log lines (off for load tests)")
-    shard_timeout_s: float = Field(30.0, gt=0, description="per-shard call timeout")
+    shard_timeout_s: float = Field(5.0, gt=0, description="per-shard search call timeout: a lost shard "
+                                   "fails requests with 503 naming it after at most this long")
+    probe_timeout_s: float = Field(1.0, gt=0, description="per-shard timeout of GET /ready (a lost shard "
+                                   "turns /ready to 503 within about this long)")
+    body_timeout_s: float = Field(10.0, gt=0, description="a request body not fully received within this "
+                                  "many seconds of the request's start gets 408")
+    request_timeout_s: float = Field(30.0, gt=0, description="a request not answered within this many seconds "
+                                     "gets 504")
+    max_pending_bodies: int = Field(1024, ge=1, description="connections that may be sending their body at "
+                                    "once, on top of max_ongoing_requests (Serve's per-replica cap is the sum)")
+    ingress_shard_budget_mb: float = Field(
+        1024.0, ge=0, description="index files up to this size (MiB, all shards) are searched inside the "
+        "Retriever replica (no shard deployments, no actor hop per query); larger indexes fan out to one "
+        "ShardSearcher deployment per shard; 0: always fan out")
 
     @field_validator("num_gpus_per_shard", "retriever_num_gpus")
     @classmethod

@@ -9,12 +9,19 @@ requests that arrive during a batch wait, and all of them enter the queue togeth
 so the next batch holds everything that arrived meanwhile ("collect while busy"; at most
 ``max_batch_size`` per batch). An idle server still answers a lone request after
 ``batch_wait_timeout_s``.
+
+Isolation: text is validated per request (:func:`hybrid_ray.serving.http.valid_text`) before it
+enters a batch; if a batch still fails (an encoder or search error), each of its requests is
+retried alone, so only the request that causes the error fails, never the others that shared its
+batch (:func:`run_isolated`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
@@ -23,8 +30,34 @@ from ray import serve
 from hybrid_ray.serving.args import AppArgs
 from hybrid_ray.serving.metrics import ServeMetrics
 
+log = logging.getLogger(__name__)
+
 #: One /search request inside a batch: (query, k, sorted language filter or None).
 SearchItem = tuple[str, int, tuple[str, ...] | None]
+
+
+async def run_isolated(items: list[Any], run: Callable[[list[Any]], Awaitable[list[Any]]]) -> list[Any]:
+    """``run(items)``; if it raises for a batch of several, ``run([item])`` for each item alone.
+
+    A result may be an exception (it fails that request only). Why retry rather than fail the
+    batch: one bad input (say, text the tokenizer rejects) must not fail the requests that merely
+    shared its batch. ``ApiError`` results (e.g. a shard's 503) are per request already and are
+    not retried.
+    """
+    try:
+        return await run(items)
+    except Exception as exc:
+        if len(items) == 1:
+            return [exc]
+        log.warning("a batch of %d failed (%s: %s); retrying each request alone", len(items),
+                    type(exc).__name__, str(exc)[:200])
+    out: list[Any] = []
+    for item in items:
+        try:
+            out.extend(await run([item]))
+        except Exception as exc:
+            out.append(exc)
+    return out
 
 
 class BatchGate:
@@ -102,7 +135,7 @@ class BatchedEncoding:
         self._search_gate.start()
         try:
             self.metrics.batch_size.labels("search").observe(len(items))
-            return await self._search_items(items)
+            return await run_isolated(items, self._search_items)
         finally:
             self._search_gate.done()
 
@@ -112,19 +145,22 @@ class BatchedEncoding:
     # ------------------------------------------------------------- /embed
     async def embed(self, texts: list[str], kind: str) -> np.ndarray:
         await self._embed_gate.admit()
-        return await self._embed_batch((kind, texts))
+        result = await self._embed_batch((kind, texts))
+        if isinstance(result, BaseException):
+            raise result
+        return result
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
     async def _embed_batch(self, items: list[tuple[str, list[str]]]) -> list[np.ndarray]:
         self._embed_gate.start()
         try:
-            return await self._embed_items(items)
+            self.metrics.batch_size.labels("embed").observe(len(items))
+            return await run_isolated(items, self._embed_items)
         finally:
             self._embed_gate.done()
 
     async def _embed_items(self, items: list[tuple[str, list[str]]]) -> list[np.ndarray]:
         """Every request's texts of one kind encoded together, then split back per request."""
-        self.metrics.batch_size.labels("embed").observe(len(items))
         out: list[Any] = [None] * len(items)
         for kind in ("query", "passage"):
             idx = [j for j, (kk, _) in enumerate(items) if kk == kind]

@@ -2,22 +2,26 @@
 
 :func:`make_api` builds the FastAPI app over any :class:`RetrievalService` (the Ray Serve
 ``Retriever`` ingress, or a bare in-process service), so the routes, validation and error bodies
-are one piece of code whatever serves them. Errors are one-line ``ErrorResponse`` bodies: 400
-malformed JSON, 411 chunked body, 413 body / batch over a limit, 422 invalid request, 503 a shard
-not ready (never results from fewer shards).
+are one piece of code whatever serves them. Errors are one-line ``ErrorResponse`` bodies
+(``{"error", "detail"}``) for every non-2xx answer: 400 malformed JSON / not UTF-8, 404 / 405,
+408 body not received in time, 411 chunked body, 413 body over a limit, 415 not JSON, 422 invalid
+request (the limits are pydantic constraints, so they are in the OpenAPI schema), 503 a shard not
+ready (never results from fewer shards), 504 not answered in time. ``/v1/embeddings``
+(:mod:`.openai_api`) answers in OpenAI's error shape instead.
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations``: the routes' request models are local classes
+# (per-deployment limits), which FastAPI can only see as real, evaluated annotations.
 import time
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from hybrid_ray.serving.args import AppArgs
 from hybrid_ray.serving.metrics import ServeMetrics
@@ -26,13 +30,57 @@ API_VERSION = "1.0.0"
 
 
 # --------------------------------------------------------------------------- HTTP models
-class SearchRequest(BaseModel):
-    """``POST /search`` body. Limits (k, length) are the deployment's ``k_limit`` / ``max_query_chars``."""
+def valid_text(value: str) -> str:
+    """Refuse text the tokenizer cannot take (lone surrogates) or that holds nothing (blank).
 
-    model_config = ConfigDict(extra="forbid", strict=True)
-    query: str = Field(description="query text (non-empty)", examples=["let there be light"])
-    k: int = Field(10, description="number of passages to return, 1..k_limit")
-    lang: str | list[str] | None = Field(None, description="only passages in this language / these languages")
+    JSON may carry a lone surrogate (``"\\ud800"``); it is a valid Python ``str`` but not
+    encodable text, and the tokenizer raises on it inside a batch. It is refused here, per request,
+    before it can enter a batch.
+    """
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"not valid Unicode text (lone surrogate at position {exc.start})") from None
+    if not value.strip():
+        raise ValueError("is empty or only whitespace")
+    return value
+
+
+def text_type(max_chars: int) -> Any:
+    """A request text: 1..``max_chars`` characters, valid Unicode, not blank (in the OpenAPI schema)."""
+    return Annotated[str, Field(min_length=1, max_length=max_chars), AfterValidator(valid_text)]
+
+
+def lang_type() -> Any:
+    return Annotated[str, Field(min_length=1, max_length=64), AfterValidator(valid_text)]
+
+
+class RequestModels:
+    """The request models of one deployment: its limits (``k_limit``, ``max_query_chars``,
+    ``max_embed_texts``) are pydantic constraints, so they are enforced *and* in the OpenAPI schema."""
+
+    def __init__(self, args: AppArgs) -> None:
+        Text, Lang = text_type(args.max_query_chars), lang_type()  # noqa: N806 (type aliases)
+
+        class SearchRequest(BaseModel):
+            """``POST /search`` body."""
+
+            model_config = ConfigDict(extra="forbid", strict=True)
+            query: Text = Field(description="query text (non-empty)", examples=["let there be light"])
+            k: int = Field(10, ge=1, le=args.k_limit, description="number of passages to return")
+            lang: Lang | Annotated[list[Lang], Field(min_length=1, max_length=64)] | None = Field(
+                None, description="only passages in this language / these languages")
+
+        class EmbedRequest(BaseModel):
+            """``POST /embed`` body."""
+
+            model_config = ConfigDict(extra="forbid", strict=True)
+            texts: list[Text] = Field(min_length=1, max_length=args.max_embed_texts,
+                                      description="texts to embed (each non-empty)")
+            kind: Literal["query", "passage"] = Field("query", description="which prefix the encoder applies")
+
+        self.search, self.embed = SearchRequest, EmbedRequest
+        self.text = Text
 
 
 class Hit(BaseModel):
@@ -110,6 +158,13 @@ class RetrievalService:
     async def shard_status(self) -> list[dict[str, Any]]:
         raise NotImplementedError
 
+    def count_tokens(self, texts: list[str], kind: str) -> int:
+        """Tokens the encoder sees for ``texts`` (prefix included, truncated): OpenAI's ``usage``."""
+        encoder = getattr(self, "encoder", None)
+        if encoder is None:
+            return sum(len(t.split()) for t in texts)
+        return int(encoder.tokenize(texts, kind)["attention_mask"].sum())
+
     async def languages(self) -> list[str]:
         """Languages of the index; raises ApiError(503) while any shard is not ready."""
         status = await self.shard_status()
@@ -120,100 +175,72 @@ class RetrievalService:
         return sorted({lang for s in status for lang in s["langs"]})
 
 
-def _check_text(value: str, field: str, limit: int) -> None:
-    if not value.strip():
-        raise ApiError(422, f"{field} is empty")
-    if len(value) > limit:
-        raise ApiError(422, f"{field} is too long: {len(value)} characters > limit {limit} (max_query_chars)")
-
-
 def make_api(service: RetrievalService) -> FastAPI:
     """The FastAPI app (routes, validation, error format, metrics) over ``service``.
 
     Built per replica (``__serve_build_asgi_app__``), so the routes close over the replica's own
-    limits and metrics registry rather than module globals.
+    limits and metrics registry rather than module globals. The outer :class:`RequestGuard` reads
+    bodies with a deadline, holds the request slots and counts every answer.
     """
+    from hybrid_ray.serving.guard import RequestGuard, error_body
+    from hybrid_ray.serving.openai_api import add_openai_routes
+
     args, metrics = service.args, service.metrics
+    models = RequestModels(args)
     app = FastAPI(
         title="hybrid-ray retrieval",
         version=API_VERSION,
         description="Multilingual dense retrieval over a sharded FAISS index (Ray Serve). "
         f"k is limited to {args.k_limit}; texts to {args.max_query_chars} characters; request bodies "
-        f"to {args.max_body_bytes} bytes.",
+        f"to {args.max_body_bytes} bytes, received within {args.body_timeout_s:g} s (else 408). Every error "
+        "answer is {\"error\": ..., \"detail\": ...} (OpenAI's error shape on /v1/ routes).",
     )
-    errors = {400: {"model": ErrorResponse}, 411: {"model": ErrorResponse}, 413: {"model": ErrorResponse},
-              422: {"model": ErrorResponse}, 503: {"model": ErrorResponse}}
+    app.add_middleware(RequestGuard, args=args, metrics=metrics)
+    codes = (400, 408, 411, 413, 415, 422, 503, 504)
+    errors: dict[int | str, dict[str, Any]] = {c: {"model": ErrorResponse} for c in codes}
 
-    def body_error(request: Request) -> JSONResponse | None:
-        """413 for a body over ``max_body_bytes`` (by Content-Length, before reading it); 411 for a
-        body without a length (chunked), which could otherwise grow without bound."""
-        if request.method not in ("POST", "PUT", "PATCH"):
-            return None
-        raw = request.headers.get("content-length")
-        if raw is None:
-            if request.headers.get("transfer-encoding"):
-                return JSONResponse(ErrorResponse(error="a Content-Length header is required (no chunked "
-                                                  "request bodies)").model_dump(), status_code=411)
-            return None
-        try:
-            size = int(raw)
-        except ValueError:
-            return JSONResponse(ErrorResponse(error=f"invalid Content-Length {raw!r}").model_dump(),
-                                status_code=400)
-        if size > args.max_body_bytes:
-            return JSONResponse(ErrorResponse(error=f"request body too large: {size} bytes > limit "
-                                              f"{args.max_body_bytes} (max_body_bytes)").model_dump(),
-                                status_code=413)
-        return None
-
-    @app.middleware("http")
-    async def count_requests(request: Request, call_next):  # type: ignore[no-untyped-def]
-        t0 = time.perf_counter()
-        status = 500
-        try:
-            refused = body_error(request)
-            response = refused if refused is not None else await call_next(request)
-            status = response.status_code
-            return response
-        finally:
-            route = request.scope.get("route")
-            endpoint = getattr(route, "path", None) or (
-                request.url.path if request.url.path in ("/search", "/embed") else "unmatched")
-            metrics.requests.labels(endpoint, str(status)).inc()
-            metrics.latency.labels(endpoint).observe(time.perf_counter() - t0)
+    def answer(request: Request, status: int, message: str, detail: Any = None) -> JSONResponse:
+        return JSONResponse(error_body(request.url.path, status, message, detail), status_code=status)
 
     @app.exception_handler(ApiError)
-    async def api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(ErrorResponse(error=exc.message, detail=exc.detail).model_dump(),
-                            status_code=exc.status)
+    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return answer(request, exc.status, exc.message, exc.detail)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        """404 / 405 / body parse errors in the one error shape."""
+        message = str(exc.detail)
+        if exc.status_code == 400 and "parsing the body" in message:
+            message = "malformed request body: not valid UTF-8 JSON"
+        response = answer(request, exc.status_code, message)
+        if exc.headers:
+            response.headers.update(exc.headers)
+        return response
 
     @app.exception_handler(RequestValidationError)
-    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         errs = exc.errors()
-        if any(e.get("type") == "json_invalid" for e in errs):
-            msg = next(e for e in errs if e.get("type") == "json_invalid").get("ctx", {}).get("error", "")
-            return JSONResponse(ErrorResponse(error=f"malformed JSON body: {msg}".rstrip(": ")).model_dump(),
-                                status_code=400)
+        bad_json = next((e for e in errs if e.get("type") == "json_invalid"), None)
+        if bad_json is not None:
+            msg = bad_json.get("ctx", {}).get("error", "")
+            return answer(request, 400, f"malformed JSON body: {msg}".rstrip(": "))
         parts = []
         for e in errs:
             loc = ".".join(str(p) for p in e.get("loc", ()) if p != "body") or "body"
             parts.append(f"{loc}: {e.get('msg')}")
+        # never echo the input: it may hold text that cannot be encoded (lone surrogates)
         detail = [{"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")} for e in errs]
-        body = ErrorResponse(error="invalid request: " + "; ".join(parts), detail=detail)
-        return JSONResponse(body.model_dump(), status_code=422)
+        return answer(request, 422, "invalid request: " + "; ".join(parts), detail)
+
+    SearchRequest, EmbedRequest = models.search, models.embed  # noqa: N806
 
     @app.post("/search", response_model=SearchResponse, responses=errors,
               summary="top-k passages for a query")
-    async def search(req: SearchRequest) -> SearchResponse:
+    async def search(req: SearchRequest) -> SearchResponse:  # type: ignore[valid-type]
         t0 = time.perf_counter()
-        _check_text(req.query, "query", args.max_query_chars)
-        if not 1 <= req.k <= args.k_limit:
-            raise ApiError(422, f"k must be between 1 and {args.k_limit} (k_limit), got {req.k}")
         langs: tuple[str, ...] | None = None
         if req.lang is not None:
             wanted = [req.lang] if isinstance(req.lang, str) else list(req.lang)
-            if not wanted:
-                raise ApiError(422, "lang is an empty list (omit it to search every language)")
             known = await service.languages()
             unknown = [x for x in wanted if x not in known]
             if unknown:
@@ -228,23 +255,18 @@ def make_api(service: RetrievalService) -> FastAPI:
 
     @app.post("/embed", response_model=EmbedResponse, responses=errors,
               summary="embed texts with the encoder")
-    async def embed(req: EmbedRequest) -> EmbedResponse:
-        if not req.texts:
-            raise ApiError(422, "texts is empty")
-        if len(req.texts) > args.max_embed_texts:
-            raise ApiError(413, f"too many texts: {len(req.texts)} > limit {args.max_embed_texts} "
-                           "(max_embed_texts)")
-        for i, t in enumerate(req.texts):
-            _check_text(t, f"texts[{i}]", args.max_query_chars)
+    async def embed(req: EmbedRequest) -> EmbedResponse:  # type: ignore[valid-type]
         vecs = await service.embed(req.texts, req.kind)
         return EmbedResponse(kind=req.kind, dim=int(vecs.shape[1]), embeddings=vecs.tolist())
 
-    @app.get("/health", summary="liveness: the HTTP replica is up")
+    add_openai_routes(app, service, models)
+
+    @app.get("/health", summary="liveness: the HTTP replica is up (no request slot taken)")
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
     @app.get("/ready", response_model=ReadyResponse, responses={503: {"model": ReadyResponse}},
-             summary="readiness: every shard loaded and verified")
+             summary="readiness: every shard loaded, verified and answering (no request slot taken)")
     async def ready() -> JSONResponse:
         status = await service.shard_status()
         ok = all(s.get("ok") for s in status) and all(s.get("dim") == service.dim for s in status)

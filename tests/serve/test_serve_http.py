@@ -195,19 +195,20 @@ def test_build_app_resolves_auto_from_cluster_resources(index_dir, monkeypatch):
         shards = retr.init_args[0]
         return retr.ray_actor_options, [s._bound_deployment.ray_actor_options for s in shards], retr.init_args[1]
 
+    fan_out = {"index_dir": str(index_dir), "ingress_shard_budget_mb": 0}  # one deployment per shard
     monkeypatch.setattr(app_mod, "cluster_gpus", lambda: 2.0)
     monkeypatch.setattr(app_mod, "faiss_has_gpu", lambda: True)
-    retr_opts, shard_opts, args = deployments(app_mod.build_app({"index_dir": str(index_dir)}))
+    retr_opts, shard_opts, args = deployments(app_mod.build_app(fan_out))
     assert retr_opts["num_gpus"] == 0.5 and [o["num_gpus"] for o in shard_opts] == [0.5, 0.5]
     assert args["num_gpus_per_shard"] == 0.5 and args["retriever_num_gpus"] == 0.5
 
     monkeypatch.setattr(app_mod, "cluster_gpus", lambda: 0.0)
-    retr_opts, shard_opts, args = deployments(app_mod.build_app({"index_dir": str(index_dir)}))
+    retr_opts, shard_opts, args = deployments(app_mod.build_app(fan_out))
     assert "num_gpus" not in retr_opts and all("num_gpus" not in o for o in shard_opts)
     assert args["num_gpus_per_shard"] == 0.0 and args["retriever_num_gpus"] == 0.0
 
     monkeypatch.setattr(app_mod, "cluster_gpus", lambda: None)  # not connected to Ray
-    _, shard_opts, _ = deployments(app_mod.build_app({"index_dir": str(index_dir)}))
+    _, shard_opts, _ = deployments(app_mod.build_app(fan_out))
     assert all("num_gpus" not in o for o in shard_opts)
 
 
