@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("hybrid_ray.driver.evaluate", "mono/cross/multilingual mAP, language bias, MIRACL metrics"),
     "export": ("hybrid_ray.driver.export", "sentence-transformers / ONNX / HF exports with a model card"),
     "mine": ("hybrid_ray.driver.mine", "mine hard negatives for a pairs split with an encoder"),
+    "compare": ("hybrid_ray.driver.compare", "paired significance tests between evaluations (CIs, Holm)"),
     "index": ("hybrid_ray.driver.index", "encode a corpus and build sharded FAISS indexes"),
     "tune": ("hybrid_ray.driver.tune", "Ray Tune search over the mixing ratio alpha"),
     "serve": ("hybrid_ray.driver.serve", "Ray Serve retrieval endpoint over sharded indexes"),

@@ -63,6 +63,7 @@ from hybrid_ray.encode import Encoder, encode_texts, encode_to_memmap_cached
 from hybrid_ray.errors import ConfigError, DataError
 from hybrid_ray.metric_registry import get_metric, metrics_for, metrics_over
 from hybrid_ray.metrics import evaluate_run, language_bias, macro, run_from_ranking
+from hybrid_ray.runfiles import PER_QUERY_METRICS, PerQueryLog
 from hybrid_ray.search import TopK, exact_search
 from hybrid_ray.search import exact_ranks as _exact_ranks
 
@@ -185,14 +186,18 @@ def _score_ranking(
     qrels: dict[str, dict[str, int]],
     metrics: Sequence[str],
     lang: str | None = None,
+    log: tuple[PerQueryLog, str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """trec_eval over the ranking ``glob`` ([nq, k] candidate rows, best first) of ``q_rows``.
 
     ``lang``: the candidates were restricted to that language, and so are the judgements (in
     pair (X, Y) only the answer in Y counts); None = the whole pool.
+    ``log``: ``(per-query log, setting, scores [nq, k])``: also record every query there, with
+    AP / RR / nDCG@10 besides ``metrics`` (the returned means stay those of ``metrics``).
     """
     if len(q_rows) == 0:
         return evaluate_run({}, {}, metrics)
+    scored = tuple(metrics) if log is None else tuple(dict.fromkeys((*metrics, *PER_QUERY_METRICS)))
     k = glob.shape[1]
     n = len(enc.docids)
     # Relevant mask, vectorised: key = query position * N + candidate row.
@@ -201,7 +206,7 @@ def _score_ranking(
     )
     is_rel = np.isin(np.arange(len(q_rows), dtype=np.int64)[:, None] * n + glob, rel_keys)
     last = np.where(is_rel.any(1), k - np.argmax(is_rel[:, ::-1], axis=1), 0)
-    depth = np.minimum(np.maximum(last, _max_cut(metrics)), k)
+    depth = np.minimum(np.maximum(last, _max_cut(scored)), k)
     ranking = {
         enc.qids[q]: enc.docids[glob[i, : depth[i]]].tolist() for i, q in enumerate(q_rows.tolist())
     }
@@ -213,7 +218,14 @@ def _score_ranking(
         }
         for q in q_rows.tolist()
     }
-    return evaluate_run(sub_qrels, run_from_ranking(ranking), metrics)
+    res = evaluate_run(sub_qrels, run_from_ranking(ranking), scored)
+    if log is not None:
+        per_query_log, setting, scores = log
+        qids = enc.qids[q_rows].tolist()
+        per_query_log.add(setting, lang or "all", qids, enc.q_lang[q_rows].tolist(), res["per_query"], glob,
+                          scores, is_rel, enc.docids, sub_qrels, min_depth=_max_cut(metrics))
+        res["mean"] = {m: res["mean"][m] for m in metrics}
+    return res
 
 
 def _score_subset(
@@ -226,6 +238,7 @@ def _score_subset(
     use_gpu: bool,
     lang: str | None = None,
     block_size: int | None = None,
+    log: PerQueryLog | None = None,
 ) -> tuple[dict[str, Any], int]:
     """Search ``q_rows`` against the candidates ``c_rows`` (ascending) and score with trec_eval."""
     k = _depth(len(c_rows), max_k)
@@ -233,8 +246,9 @@ def _score_subset(
         return evaluate_run({}, {}, metrics), k
     q = np.ascontiguousarray(enc.q_emb[q_rows], dtype=np.float32)
     rows = None if len(c_rows) == len(enc.docids) else c_rows
-    _, glob = exact_search(q, enc.c_emb, k, rows=rows, block_size=block_size, use_gpu=use_gpu)
-    return _score_ranking(enc, q_rows, glob, qrels, metrics, lang), k
+    scores, glob = exact_search(q, enc.c_emb, k, rows=rows, block_size=block_size, use_gpu=use_gpu)
+    logged = None if log is None else (log, "miracl", scores)
+    return _score_ranking(enc, q_rows, glob, qrels, metrics, lang, logged), k
 
 
 def exact_ranks(enc: _Encoded, q_rows: np.ndarray) -> list[np.ndarray]:
@@ -268,7 +282,8 @@ def _bias_ranks(enc: _Encoded, q_rows: np.ndarray, glob: np.ndarray) -> list[np.
 
 
 def _lareqa(
-    enc: _Encoded, rs: RetrievalSet, max_k: MaxK, use_gpu: bool, block_size: int | None = None
+    enc: _Encoded, rs: RetrievalSet, max_k: MaxK, use_gpu: bool, block_size: int | None = None,
+    log: PerQueryLog | None = None,
 ) -> dict[str, Any]:
     q_langs = sorted(set(enc.q_lang.tolist()))
     c_langs = enc.c_langs
@@ -297,10 +312,12 @@ def _lareqa(
             scores, glob = exact_search(q, enc.c_emb, k_search[j], rows=rows, block_size=block_size,
                                         use_gpu=use_gpu)
             merged.push(scores, glob)
-            res = _score_ranking(enc, q_rows, glob[:, : k_pair[j]], rs.qrels, metrics, lang=y)
+            logged = None if log is None else (log, "mono" if x == y else "cross", scores[:, : k_pair[j]])
+            res = _score_ranking(enc, q_rows, glob[:, : k_pair[j]], rs.qrels, metrics, lang=y, log=logged)
             pairs[x][y] = {**res["mean"], "n_queries": res["n_queries"]}
-        _, glob = merged.result()
-        res = _score_ranking(enc, q_rows, glob, rs.qrels, metrics)
+        m_scores, glob = merged.result()
+        logged = None if log is None else (log, "multi", m_scores)
+        res = _score_ranking(enc, q_rows, glob, rs.qrels, metrics, log=logged)
         multi_lang[x] = {**res["mean"], "n_queries": res["n_queries"]}
         for q, r in zip(q_rows.tolist(), _bias_ranks(enc, q_rows, glob), strict=True):
             rel = enc.rel_rows[q]
@@ -322,7 +339,9 @@ def _lareqa(
     by_lang: dict[str, dict[str, Any]] = {}
     for metric in metrics_over("languages"):
         by_lang[metric.name] = language_bias(ranks, q_lang, spread=metric.per_query)
-        by_lang[metric.name].pop("per_query")
+        per_query = by_lang[metric.name].pop("per_query")
+        if log is not None:
+            log.set_metric("multi", metric.name, per_query)
     return {
         "pairs": pairs,
         "settings": {"mono": mono, "cross": cross, "multilingual": multi},
@@ -333,7 +352,8 @@ def _lareqa(
 
 
 def _miracl(
-    enc: _Encoded, rs: RetrievalSet, max_k: MaxK, use_gpu: bool, block_size: int | None = None
+    enc: _Encoded, rs: RetrievalSet, max_k: MaxK, use_gpu: bool, block_size: int | None = None,
+    log: PerQueryLog | None = None,
 ) -> dict[str, Any]:
     metrics = setting_metrics("miracl")
     per_lang: dict[str, dict[str, float]] = {}
@@ -344,7 +364,7 @@ def _miracl(
         c_rows = np.flatnonzero(enc.c_lang == x)
         q_rows = np.flatnonzero(enc.q_lang == x)
         res, k = _score_subset(enc, q_rows, c_rows, rs.qrels, metrics, cap, use_gpu, lang=x,
-                               block_size=block_size)
+                               block_size=block_size, log=log)
         depths.append(k)
         truncated |= k < len(c_rows)
         per_lang[x] = {**res["mean"], "n_queries": res["n_queries"]}
@@ -365,6 +385,7 @@ def evaluate_retrieval(
     block_size: int | None = None,
     use_gpu: bool = True,
     progress: bool = False,
+    per_query: PerQueryLog | None = None,
 ) -> dict[str, Any]:
     """Encode ``rs`` once with ``encoder`` and compute every metric of ``setting``.
 
@@ -375,6 +396,8 @@ def evaluate_retrieval(
     memmaps there (large pools); with ``cache_key`` (a fingerprint of the encoder) a later run
     with the same key and texts reuses them instead of encoding again. ``block_size``:
     candidate rows per search block (default: 64 MiB of vectors).
+    ``per_query``: a :class:`hybrid_ray.runfiles.PerQueryLog` that receives every scored query
+    (metrics, relevant ranks, ranked list) for ``per_query.parquet`` and the TREC run files.
     Returns a JSON-able dict; :func:`format_table` renders it.
     """
     if setting == "auto":
@@ -389,7 +412,7 @@ def evaluate_retrieval(
     t_enc = time.perf_counter() - t0
     enc = _Encoded(rs, q_emb, c_emb)
     run = _lareqa if setting == "lareqa" else _miracl
-    body = run(enc, rs, max_k, use_gpu, block_size)
+    body = run(enc, rs, max_k, use_gpu, block_size, per_query)
     return {
         "name": rs.name,
         "setting": setting,

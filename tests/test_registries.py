@@ -170,8 +170,8 @@ def test_unregistered_names_are_clean_errors(toy_registered: None, tmp_path: Pat
         register_format(TOY_FORMAT)
     with pytest.raises(ConfigError, match="already registered"):
         register_metric(TOY_METRIC)
-    with pytest.raises(DataError, match="unknown data format .*lareqa, miracl, mmarco, pairs, retrieval, toytsv"):
-        get_format("beir")
+    with pytest.raises(DataError, match="unknown data format .*beir, lareqa, miracl, mmarco, pairs, retrieval, toytsv"):
+        get_format("bogus")
     with pytest.raises(DataError, match=r"looks like mMARCO: convert it first"):
         get_format("mmarco", "retrieval")
     with pytest.raises(ConfigError, match="unknown metric"):
@@ -200,9 +200,9 @@ def test_unregister_restores_the_builtin_tables(tmp_path: Path) -> None:
 
 
 def test_builtin_tables() -> None:
-    assert format_names() == ["jsonl", "lareqa", "miracl", "mmarco", "pairs", "retrieval"]
+    assert format_names() == ["beir", "jsonl", "lareqa", "miracl", "mmarco", "pairs", "retrieval"]
     assert get_format("jsonl") is get_format("pairs")
-    assert format_names("convert") == ["jsonl", "lareqa", "miracl", "mmarco", "pairs"]
+    assert format_names("convert") == ["beir", "jsonl", "lareqa", "miracl", "mmarco", "pairs"]
     assert "mmarco" not in format_names("retrieval")
     assert [m.name for m in metrics_for("lareqa")] == ["map", "recall_1", "recall_10"]
     assert [m.name for m in metrics_for("miracl")] == ["ndcg_cut_10", "recall_100", "map"]

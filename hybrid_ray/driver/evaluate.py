@@ -6,7 +6,14 @@
 
 Writes ``results.json`` (every number, JSON), ``table.md`` (the printed report) and, for
 LAReQA-style sets, ``heatmap.png`` (query-language x passage-language mAP) into ``--out``, each
-atomically, and prints the table.
+atomically, and prints the table. Per query (:mod:`hybrid_ray.runfiles`): ``per_query.parquet``
+(AP, RR, nDCG@10, the setting's metrics, language bias, relevant ranks per setting), TREC runs
+``runs/{mono,cross,multi,miracl}.trec`` (``--run-depth``, ``--run-tag``) and their qrels
+``qrels/{setting}.txt``, from which trec_eval reproduces the table; ``hybrid-ray compare`` reads them.
+
+``results.json`` also records the training ("seen") languages, for ``compare``'s seen vs zero-shot
+breakdown: ``--train-langs``, else the data set's ``meta.json`` (``languages.train``, as the demo
+data writes it), else none.
 
 Embeddings are streamed to float32 memmaps under ``--cache-dir`` (default ``OUT/cache``:
 ``queries.npy``, ``candidates.npy``, each with a ``.json`` key) and searched block by block, so
@@ -44,6 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--block-size", type=int, default=None,
                    help="candidate rows per search block (default: 64 MiB of vectors)")
     p.add_argument("--progress", action="store_true", help="show encoding progress bars")
+    p.add_argument("--run-depth", type=int, default=None,
+                   help="candidates per query in the TREC run files (default: the largest metric cut-off, "
+                        "extended to the last relevant candidate; 0 = the whole searched list)")
+    p.add_argument("--run-tag", default=None, help="tag column of the run files (default: the model dir name)")
+    p.add_argument("--train-langs", default=None,
+                   help="comma-separated languages the model was trained on (default: the data's meta.json)")
     return p
 
 
@@ -55,11 +68,14 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError("must be >= 1", key="--batch-size", value=args.batch_size)
     if args.block_size is not None and args.block_size < 1:
         raise ConfigError("must be >= 1", key="--block-size", value=args.block_size)
+    if args.run_depth is not None and args.run_depth < 0:
+        raise ConfigError("must be >= 0 (0 = the whole searched list)", key="--run-depth", value=args.run_depth)
     from hybrid_ray.encode import model_fingerprint
     from hybrid_ray.evaluate import evaluate_retrieval, format_table, map_matrix, subsample_queries
     from hybrid_ray.io import write_json_atomic, write_text_atomic
     from hybrid_ray.modeling.encoder import DualEncoder
     from hybrid_ray.plots import heatmap
+    from hybrid_ray.runfiles import PerQueryLog
 
     langs = [x.strip() for x in args.langs.split(",") if x.strip()] if args.langs else None
     rs = load_retrieval_set(args.data, args.format, args.split, langs, hint="; pass --format")
@@ -68,16 +84,21 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     cache_dir = None if args.no_cache else Path(args.cache_dir) if args.cache_dir else out / "cache"
     max_k = None if args.max_k == 0 else args.max_k
+    log = PerQueryLog(run_depth=args.run_depth)
     results = evaluate_retrieval(
         encoder, rs, batch_size=args.batch_size, max_k=max_k, progress=args.progress,
         cache_dir=cache_dir, cache_key=model_fingerprint(args.model), block_size=args.block_size,
+        per_query=log,
     )
     results["model"] = str(args.model)
     results["data"] = str(args.data)
+    results["train_langs"], results["train_langs_source"] = _train_langs(args)
     if cache_dir is not None:
         results["search"]["cache_dir"] = str(cache_dir)
     out.mkdir(parents=True, exist_ok=True)
     table = format_table(results)
+    tag = args.run_tag or Path(args.model).resolve().name or "hybrid-ray"
+    results["per_query_files"] = log.write(out, tag="".join(tag.split()))
     write_json_atomic(out / "results.json", results)
     write_text_atomic(out / "table.md", table)
     if results["setting"] == "lareqa":
@@ -87,6 +108,17 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     print(f"wrote {out / 'results.json'}")
     return 0
+
+
+def _train_langs(args: argparse.Namespace) -> tuple[list[str] | None, str | None]:
+    """The model's training languages and where they came from (``--train-langs`` / data meta.json)."""
+    if args.train_langs:
+        return sorted({x.strip() for x in args.train_langs.split(",") if x.strip()}), "--train-langs"
+    from hybrid_ray.data.pairs import read_meta
+
+    data = Path(args.data)
+    langs = (read_meta(data).get("languages") or {}).get("train") if data.is_dir() else None
+    return (sorted(langs), str(data / "meta.json")) if langs else (None, None)
 
 
 if __name__ == "__main__":
