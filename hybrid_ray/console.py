@@ -34,9 +34,14 @@ from typing import Any
 VERBOSE_ENV = "HYBRID_RAY_VERBOSE"
 SETUP_HOOK = "hybrid_ray.console.setup_worker"
 QUIET_LEVEL = logging.WARNING
+QUIET_LEVEL_NAME = "WARNING"
 
 # Loggers whose INFO output is Ray's bookkeeping or a library's start-up chatter, not our progress.
-QUIET_LOGGERS = ("ray", "ray.train", "ray.tune", "ray.serve", "ray.data", "faiss.loader")
+# They print to the console only (driver) or to the worker's captured stderr, so a level is enough.
+QUIET_LOGGERS = ("ray", "ray.train", "ray.tune", "faiss.loader")
+# Ray Data and Serve configure their own loggers on import (level DEBUG / INFO, a file handler and a
+# console handler): only their console handlers are raised to WARNING, so their files keep INFO.
+QUIET_CONSOLE_HANDLERS = ("ray.data", "ray.serve")
 
 # Known-harmless torch warning raised in every training worker (DeepSpeed calls the old API).
 TORCH_WARNING_MESSAGE = r"`torch\.distributed\.all_gather_into_tensor` is deprecated"
@@ -77,7 +82,7 @@ def is_noise(line: str) -> bool:
 
 
 class _DropKnownNoise(logging.Filter):
-    """Drops Ray Data's "progress bars disabled" notice (we disable them on purpose)."""
+    """Drops Ray Data's "progress bars disabled" notice (we disable them on purpose; it is a WARNING)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not _DATA_NOISE.search(record.getMessage())
@@ -87,22 +92,46 @@ _NOISE_FILTER = _DropKnownNoise()
 
 
 _saved_levels: dict[str, int] = {}
+_saved_handler_levels: dict[int, tuple[logging.Handler, int]] = {}
 
 
 def _set_levels(verbose: bool) -> None:
     """Quiet: WARNING on ``QUIET_LOGGERS`` (the old levels are kept); verbose: the old levels back."""
-    data = logging.getLogger("ray.data")
     if verbose:
         for name, level in _saved_levels.items():
             logging.getLogger(name).setLevel(level)
         _saved_levels.clear()
-        data.removeFilter(_NOISE_FILTER)
         return
     for name in QUIET_LOGGERS:
         log = logging.getLogger(name)
         _saved_levels.setdefault(name, log.level)
         log.setLevel(QUIET_LEVEL)
-    data.addFilter(_NOISE_FILTER)
+
+
+def _console_handlers(log: logging.Logger) -> list[logging.Handler]:
+    return [h for h in log.handlers if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)]
+
+
+def quiet_library_handlers(verbose: bool | None = None) -> None:
+    """Raise (quiet) or restore (verbose) the console handlers of Ray Data and Serve, if imported.
+
+    Call after importing them: their import installs fresh handlers (``init_ray`` imports Ray
+    Data for this; :func:`serve_start_kwargs` does it for Serve).
+    """
+    verbose = is_verbose(verbose)
+    if verbose:
+        for handler, level in _saved_handler_levels.values():
+            handler.setLevel(level)
+            handler.removeFilter(_NOISE_FILTER)
+        _saved_handler_levels.clear()
+        return
+    for name in QUIET_CONSOLE_HANDLERS:
+        if name not in sys.modules:
+            continue
+        for handler in _console_handlers(logging.getLogger(name)):
+            _saved_handler_levels.setdefault(id(handler), (handler, handler.level))
+            handler.setLevel(max(handler.level, QUIET_LEVEL))
+            handler.addFilter(_NOISE_FILTER)
 
 
 def _filter_warnings(verbose: bool) -> None:
@@ -124,6 +153,12 @@ def _our_log_handler() -> None:
         log.setLevel(logging.INFO)
 
 
+def add_verbose_flag(parser: Any) -> None:
+    """The drivers' ``--verbose`` flag (same meaning as ``HYBRID_RAY_VERBOSE=1``)."""
+    parser.add_argument("--verbose", action="store_true", default=None,
+                        help=f"show Ray's own INFO lines, status tables and warnings (or set {VERBOSE_ENV}=1)")
+
+
 def configure_console(verbose: bool | None = None) -> bool:
     """Set up this process's console; returns whether it is verbose. Call before Ray starts.
 
@@ -132,7 +167,10 @@ def configure_console(verbose: bool | None = None) -> bool:
     """
     verbose = is_verbose(verbose)
     os.environ[VERBOSE_ENV] = "1" if verbose else "0"
+    if not verbose:  # Hugging Face's tqdm bars ("Writing model shards") are one 300-character line in a log
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     _set_levels(verbose)
+    quiet_library_handlers(verbose)
     _filter_warnings(verbose)
     _our_log_handler()
     return verbose
@@ -178,6 +216,17 @@ def install_driver_log_filter() -> bool:
     return True
 
 
+def after_ray_init() -> None:
+    """What :func:`hybrid_ray.local.init_ray` runs once Ray is up: Ray Data's console handler and
+    the forwarded-log filter (quiet only)."""
+    if is_verbose():
+        return
+    import ray.data  # noqa: F401  - installs its handlers now, so they can be quieted once
+
+    quiet_library_handlers()
+    install_driver_log_filter()
+
+
 def filter_log_batch(data: dict[str, Any]) -> dict[str, Any] | None:
     """A copy of one forwarded log batch without its noise lines; None when nothing is left."""
     lines = [ln for ln in data.get("lines", []) if not is_noise(ln)]
@@ -199,12 +248,35 @@ def train_logging_config():
     lines then go only to ``<session>/logs/train``), Ray's default otherwise."""
     from ray import LoggingConfig
 
-    return LoggingConfig() if is_verbose() else LoggingConfig(log_level="WARNING")
+    return LoggingConfig() if is_verbose() else LoggingConfig(log_level=QUIET_LEVEL_NAME)
 
 
 def serve_log_level() -> str:
-    """Serve controller / proxy / replica log level: WARNING when quiet (their files keep INFO)."""
-    return "INFO" if is_verbose() else "WARNING"
+    """Serve controller / proxy / replica log level: WARNING when quiet, Serve's INFO otherwise.
+
+    Serve applies one level to a component's console and file alike; ``--verbose`` brings back
+    the INFO lines (and the access log of ``hybrid-ray serve``).
+    """
+    return "INFO" if is_verbose() else QUIET_LEVEL_NAME
+
+
+def deployment_log_options(access_log: bool) -> dict[str, Any]:
+    """Extra Serve ``logging_config`` keys of our deployments (``hybrid_ray.serving.app``).
+
+    WARNING only when a hybrid-ray driver set up a quiet console in this process
+    (``HYBRID_RAY_VERBOSE=0``) and the access log is off: ``serve run`` / ``serve deploy`` / a
+    RayService keep Serve's defaults, and an enabled access log stays visible.
+    """
+    quiet = os.environ.get(VERBOSE_ENV) == "0"
+    return {"log_level": QUIET_LEVEL_NAME} if quiet and not access_log else {}
+
+
+def serve_start_kwargs() -> dict[str, Any]:
+    """``serve.start(**...)`` extras: the controller / proxy log level; quiets Serve's driver logger too."""
+    from ray.serve.schema import LoggingConfig
+
+    quiet_library_handlers()
+    return {"logging_config": LoggingConfig(log_level=serve_log_level())}
 
 
 def tune_verbose(configured: int) -> int:

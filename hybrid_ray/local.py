@@ -89,14 +89,14 @@ def init_ray(num_cpus: int | None = None, *, include_dashboard: bool | None = No
     runtime_env = {"env_vars": worker_env(), **console.runtime_env_extras()}
     if on_cluster():
         ray.init(runtime_env=runtime_env, **kwargs)
-        console.install_driver_log_filter()
+        console.after_ray_init()
         return
     apply_loopback_env()
     dashboard = dashboard_wanted() if include_dashboard is None else include_dashboard
     if dashboard:
         kwargs.setdefault("dashboard_host", "127.0.0.1")
     ctx = ray.init(num_cpus=num_cpus, include_dashboard=dashboard, runtime_env=runtime_env, **kwargs)
-    console.install_driver_log_filter()
+    console.after_ray_init()
     url = getattr(ctx, "dashboard_url", None)
     if dashboard and url:
         print(f"[hybrid-ray] Ray dashboard (training, Tune, Serve): http://{url}", flush=True)
