@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from hybrid_ray.cli import run_main
 from hybrid_ray.config import TrainConfig, load_config, to_yaml
 from hybrid_ray.console import add_verbose_flag, configure_console
-from hybrid_ray.errors import TrainingError
+from hybrid_ray.errors import ConfigError, TrainingError
 from hybrid_ray.io import write_text_atomic
 
 if TYPE_CHECKING:
@@ -161,6 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="more", action="append", default=[], help="same as a positional override")
     p.add_argument("--resume-from", help="a checkpoint directory to continue from (same as run.resume_from=...)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--export-all", nargs="?", const="", default=None, metavar="DIR",
+                   help="after training, also write HF + sentence-transformers + ONNX (+int8) + model card "
+                   "(hybrid_ray.export.export_all) to DIR (default: <export dir>-export)")
     add_verbose_flag(p)
     return p
 
@@ -186,7 +189,24 @@ def main(argv: list[str] | None = None, *, step_hooks: Sequence[StepHook] | None
     m = result.metrics or {}
     print(f"[hybrid-ray] done: step {m.get('step')} loss {m.get('loss', float('nan')):.4f}; "
           f"encoder exported to {out}; checkpoint {result.checkpoint.path}")
+    if args.export_all is not None:
+        bundle = export_bundle(out, args.export_all or None, cfg)
+        print(f"[hybrid-ray] HF + sentence-transformers + ONNX export with model card: {bundle}")
     return 0
+
+
+def export_bundle(model_dir: Path, out_dir: str | Path | None, cfg: TrainConfig) -> Path:
+    """``--export-all``: every ecosystem format of the trained encoder (``hybrid_ray.export``).
+
+    Imported here, not at the top: the export stack (onnxruntime, sentence-transformers) is an
+    optional extra that plain training does not need.
+    """
+    try:
+        from hybrid_ray.export import export_all
+    except ImportError as exc:
+        raise ConfigError(f"needs hybrid_ray.export and its extras ({exc})", key="--export-all") from exc
+    target = Path(out_dir) if out_dir else model_dir.with_name(f"{model_dir.name}-export")
+    return Path(export_all(model_dir, target, train_cfg=cfg))
 
 
 if __name__ == "__main__":
