@@ -62,6 +62,9 @@ NOISE_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = tuple((why, re.compile
                      r"Could not load library with AVX\d+ support due to:|"
                      r"ModuleNotFoundError\(\"No module named 'faiss\.swigfaiss_avx\d+'\"\))"),
     ("torch deprecation", r"FutureWarning: " + TORCH_WARNING_MESSAGE),
+    # Ray Train 2.60 logs this per report under a logger named by its file path, which its own
+    # LoggingConfig(log_level=...) does not reach; it stays in the worker's log files.
+    ("Train per-report line", r"^Reporting training result \d+: TrainingReport\("),
 ))
 
 # Ray Data warns once that progress bars are off: we turn them off on purpose for a log-friendly console.
@@ -134,6 +137,25 @@ def quiet_library_handlers(verbose: bool | None = None) -> None:
             handler.addFilter(_NOISE_FILTER)
 
 
+_set_env: set[str] = set()
+
+
+def _tune_output_engine(verbose: bool) -> None:
+    """Quiet: Tune's legacy output engine, which ``verbose=0`` silences completely.
+
+    Tune 2.60's new engine prints the experiment-configuration table and the "View detailed results"
+    lines even at ``verbose=0``; ``RAY_AIR_NEW_OUTPUT=0`` (Tune's switch) selects the engine that
+    does not. Left alone if the user set it; undone by a later verbose call.
+    """
+    key = "RAY_AIR_NEW_OUTPUT"
+    if not verbose and key not in os.environ:
+        os.environ[key] = "0"
+        _set_env.add(key)
+    elif verbose and key in _set_env:
+        os.environ.pop(key, None)
+        _set_env.discard(key)
+
+
 def _filter_warnings(verbose: bool) -> None:
     """Quiet: ignore the known torch deprecation warning (verbose: leave the filters alone)."""
     if not verbose:
@@ -169,6 +191,7 @@ def configure_console(verbose: bool | None = None) -> bool:
     os.environ[VERBOSE_ENV] = "1" if verbose else "0"
     if not verbose:  # Hugging Face's tqdm bars ("Writing model shards") are one 300-character line in a log
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    _tune_output_engine(verbose)
     _set_levels(verbose)
     quiet_library_handlers(verbose)
     _filter_warnings(verbose)
@@ -213,6 +236,12 @@ def install_driver_log_filter() -> bool:
     ignore_prefix = ray_worker._should_ignore_worker_log_prefix(ray_worker.global_worker)
     dispatcher.remove_handler("ray_print_logs")
     dispatcher.add_handler("ray_print_logs", functools.partial(_print_filtered, ignore_prefix=ignore_prefix))
+    # The raylet's notices (worker pool, task retries) reach the driver through a second path, the
+    # error listener thread, which calls this module-level function by name.
+    if not getattr(ray_worker.print_to_stdstream, "_hybrid_ray", False):
+        global _ray_print_to_stdstream
+        _ray_print_to_stdstream = ray_worker.print_to_stdstream
+        ray_worker.print_to_stdstream = _print_filtered
     return True
 
 
@@ -235,12 +264,21 @@ def filter_log_batch(data: dict[str, Any]) -> dict[str, Any] | None:
     return {**data, "lines": lines}
 
 
-def _print_filtered(data: dict[str, Any], ignore_prefix: bool) -> None:
-    from ray._private.worker import print_to_stdstream
+_ray_print_to_stdstream: Any = None
 
+
+def _print_filtered(data: dict[str, Any], ignore_prefix: bool) -> None:
+    """Ray's ``print_to_stdstream`` minus the noise lines."""
     kept = filter_log_batch(data)
-    if kept is not None:
-        print_to_stdstream(kept, ignore_prefix=ignore_prefix)
+    if kept is None:
+        return
+    printer = _ray_print_to_stdstream
+    if printer is None:
+        from ray._private.worker import print_to_stdstream as printer
+    printer(kept, ignore_prefix=ignore_prefix)
+
+
+_print_filtered._hybrid_ray = True  # type: ignore[attr-defined]
 
 
 def train_logging_config():

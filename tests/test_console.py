@@ -31,6 +31,8 @@ NOISE = [
     "/venv/lib/python3.11/site-packages/torch/distributed/c10d_logger.py:83: FutureWarning: "
     "`torch.distributed.all_gather_into_tensor` is deprecated. Please use `torch.distributed.all_gather`.",
     "\x1b[32mLoading faiss with AVX2 support.\x1b[0m",  # ANSI colours do not hide a match
+    "Reporting training result 1: TrainingReport(checkpoint=None, metrics={'step': 5, 'loss': 2.43}, "
+    "validation=False) from rank 0",
 ]
 # Our progress and anything that may be a real failure: always shown.
 KEPT = [
@@ -48,6 +50,7 @@ KEPT = [
 def clean_console(monkeypatch):
     """Run a test with no verbose setting and give back the process's logging / warning state."""
     monkeypatch.delenv(console.VERBOSE_ENV, raising=False)
+    monkeypatch.delenv("RAY_AIR_NEW_OUTPUT", raising=False)
     monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS", "0"))
     with warnings.catch_warnings():
         yield
@@ -95,6 +98,7 @@ def test_quiet_by_default_then_verbose_restores_ray_levels(clean_console) -> Non
     assert console.train_logging_config().log_level == "WARNING"
     assert console.serve_log_level() == "WARNING"
     assert console.tune_verbose(1) == 0
+    assert os.environ.get("RAY_AIR_NEW_OUTPUT") == "0", "the Tune engine that verbose=0 silences"
     assert console.deployment_log_options(access_log=False) == {"log_level": "WARNING"}
     assert console.deployment_log_options(access_log=True) == {}, "an enabled access log stays visible"
     with warnings.catch_warnings(record=True) as seen:
@@ -109,6 +113,7 @@ def test_quiet_by_default_then_verbose_restores_ray_levels(clean_console) -> Non
     assert console.train_logging_config().log_level == "INFO"
     assert console.serve_log_level() == "INFO"
     assert console.tune_verbose(2) == 2
+    assert "RAY_AIR_NEW_OUTPUT" not in os.environ
     assert console.deployment_log_options(access_log=False) == {}
 
 
@@ -215,3 +220,14 @@ def test_worker_noise_hidden_unless_verbose(verbose: str) -> None:
     else:
         assert not [n for n in noisy if n in text], text[-3000:]
         assert "HOOK True" in out.stdout, "the worker setup hook did not reach an actor with its own runtime_env"
+
+
+def test_raylet_notices_through_the_error_listener_are_filtered(monkeypatch) -> None:
+    """The driver's error listener prints raylet notices with ``print_to_stdstream``; ours drops the noise."""
+    printed: list[dict] = []
+    monkeypatch.setattr(console, "_ray_print_to_stdstream", lambda data, ignore_prefix: printed.append(data))
+    console._print_filtered({"lines": [NOISE[1]], "pid": "raylet", "is_err": False}, ignore_prefix=False)
+    assert printed == []
+    real = "A worker died or was killed while executing a task by an unexpected system error."
+    console._print_filtered({"lines": [real], "pid": "raylet", "is_err": False}, ignore_prefix=False)
+    assert printed == [{"lines": [real], "pid": "raylet", "is_err": False}]
