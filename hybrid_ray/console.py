@@ -322,10 +322,11 @@ def tune_verbose(configured: int) -> int:
     return int(configured) if is_verbose() else 0
 
 
-def tune_progress_callback():
+def tune_progress_callback(metric: str | None = None):
     """A Tune callback printing one line per trial start / finish with "k / n done" (quiet runs).
 
-    Replaces Tune's status table (printed every 30 s) with the facts a person waits for.
+    Replaces Tune's status table (printed every 30 s) with the facts a person waits for: the
+    searched ``metric`` (every ``val_*`` metric when None) and the step a trial ended at.
     """
     from ray import tune
 
@@ -347,9 +348,10 @@ def tune_progress_callback():
         def on_trial_complete(self, iteration, trials, trial, **info) -> None:
             self.done += 1
             res = trial.last_result or {}
-            vals = " ".join(f"{k} {v:.4f}" for k, v in sorted(res.items())
-                            if k.startswith("val_") and isinstance(v, float))
-            print(f"[hybrid-ray tune] trial {trial.trial_id} finished: {vals or 'no validation'}; "
+            keys = [metric] if metric else sorted(k for k in res if k.startswith("val_"))
+            vals = " ".join(f"{k} {res[k]:.4f}" for k in keys if isinstance(res.get(k), float))
+            step = f" at step {res['step']}" if "step" in res else ""
+            print(f"[hybrid-ray tune] trial {trial.trial_id} finished{step}: {vals or 'no validation'}; "
                   f"{self._count()} done", flush=True)
 
         def on_trial_error(self, iteration, trials, trial, **info) -> None:

@@ -143,17 +143,17 @@ def test_ray_data_console_handler_is_raised_not_its_file(clean_console) -> None:
 
 
 def test_tune_progress_callback_counts_trials(capsys) -> None:
-    cb = console.tune_progress_callback()
+    cb = console.tune_progress_callback("val_miracl_map")
     cb.setup(total_num_samples=3)
     trial = SimpleNamespace(trial_id="a8d12_00000", config={"alpha": 0.5}, local_path="/tmp/t",
-                            last_result={"val_miracl_map": 0.17722, "step": 16, "val_note": "x"})
+                            last_result={"val_miracl_map": 0.17722, "val_mono_map": 0.3, "step": 16})
     cb.on_trial_start(0, [], trial)
     cb.on_trial_complete(1, [], trial)
     cb.on_trial_error(2, [], SimpleNamespace(trial_id="a8d12_00001", config={}, local_path="/tmp/u"))
     out = capsys.readouterr().out.splitlines()
     assert out == [
         "[hybrid-ray tune] trial a8d12_00000 started (alpha=0.5); 0/3 done",
-        "[hybrid-ray tune] trial a8d12_00000 finished: val_miracl_map 0.1772; 1/3 done",
+        "[hybrid-ray tune] trial a8d12_00000 finished at step 16: val_miracl_map 0.1772; 1/3 done",
         "[hybrid-ray tune] trial a8d12_00001 FAILED (see /tmp/u); 2/3 done",
     ]
 

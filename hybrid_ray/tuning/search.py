@@ -222,7 +222,7 @@ def run_search(spec: TuneSpec, *, resume: bool | None = None) -> dict[str, Any]:
                 name=spec.cfg.run.name, storage_path=str(spec.exp_dir.parent),
                 failure_config=tune.FailureConfig(max_failures=int(spec.cfg.run.max_failures)),
                 verbose=tune_verbose(spec.cfg.run.verbose),  # quiet: one line per trial instead of tables
-                callbacks=[] if is_verbose() else [tune_progress_callback()],
+                callbacks=[] if is_verbose() else [tune_progress_callback(spec.metric)],
             ),
         )
     grid = tuner.fit()
