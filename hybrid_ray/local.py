@@ -19,7 +19,8 @@ LOOPBACK_ENV = {
     # DeepSpeed picks its accelerator at import; on a machine without CUDA say so explicitly.
 }
 # Variables that Ray workers must inherit (passed through runtime_env).
-WORKER_ENV_KEYS = ("GLOO_SOCKET_IFNAME", "DS_ACCELERATOR", "TORCH_EXTENSIONS_DIR", "TOKENIZERS_PARALLELISM")
+WORKER_ENV_KEYS = ("GLOO_SOCKET_IFNAME", "DS_ACCELERATOR", "TORCH_EXTENSIONS_DIR", "TOKENIZERS_PARALLELISM",
+                   "HYBRID_RAY_VERBOSE")
 
 
 def on_cluster() -> bool:
@@ -70,25 +71,35 @@ def dashboard_wanted() -> bool:
 
 
 def init_ray(num_cpus: int | None = None, *, include_dashboard: bool | None = None, **kwargs: Any) -> None:
-    """Start or join Ray. Locally: a loopback-only cluster (dashboard on 127.0.0.1); on a cluster: join it."""
+    """Start or join Ray. Locally: a loopback-only cluster (dashboard on 127.0.0.1); on a cluster: join it.
+
+    The console is configured here too (:mod:`hybrid_ray.console`: quiet unless ``--verbose`` /
+    ``HYBRID_RAY_VERBOSE=1``), so every entry point that starts Ray gets the same output.
+    """
     import ray
+
+    from hybrid_ray import console
 
     if ray.is_initialized():
         return
+    console.configure_console()
     apply_accelerator_env()
+    for key, value in console.ray_init_kwargs().items():
+        kwargs.setdefault(key, value)
+    runtime_env = {"env_vars": worker_env(), **console.runtime_env_extras()}
     if on_cluster():
-        ray.init(runtime_env={"env_vars": worker_env()}, **kwargs)
+        ray.init(runtime_env=runtime_env, **kwargs)
+        console.after_ray_init()
         return
     apply_loopback_env()
     dashboard = dashboard_wanted() if include_dashboard is None else include_dashboard
     if dashboard:
         kwargs.setdefault("dashboard_host", "127.0.0.1")
-    ctx = ray.init(
-        num_cpus=num_cpus,
-        include_dashboard=dashboard,
-        runtime_env={"env_vars": worker_env()},
-        **kwargs,
-    )
+    ctx = ray.init(num_cpus=num_cpus, include_dashboard=dashboard, runtime_env=runtime_env, **kwargs)
+    console.after_ray_init()
     url = getattr(ctx, "dashboard_url", None)
     if dashboard and url:
         print(f"[hybrid-ray] Ray dashboard (training, Tune, Serve): http://{url}", flush=True)
+    if not console.is_verbose():
+        print(f"[hybrid-ray] Ray's own logs (hidden here; --verbose shows them): {console.ray_log_dir()}",
+              flush=True)

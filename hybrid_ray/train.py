@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING
 
 from hybrid_ray.cli import run_main
 from hybrid_ray.config import TrainConfig, load_config, to_yaml
-from hybrid_ray.errors import TrainingError
+from hybrid_ray.console import add_verbose_flag, configure_console
+from hybrid_ray.errors import ConfigError, TrainingError
 from hybrid_ray.io import write_text_atomic
 
 if TYPE_CHECKING:
@@ -74,6 +75,7 @@ def build_trainer(cfg: TrainConfig, *, resume_from: str | None = None, callbacks
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    from hybrid_ray.console import train_logging_config
     from hybrid_ray.local import worker_env
     from hybrid_ray.train_loop import train_loop
 
@@ -99,6 +101,7 @@ def build_trainer(cfg: TrainConfig, *, resume_from: str | None = None, callbacks
             failure_config=FailureConfig(max_failures=run.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=run.num_to_keep),
             callbacks=callbacks,
+            logging_config=train_logging_config(),  # quiet: per-report INFO lines only in the log files
             # Train V2 patches print() in workers to tee into its logger, which shows every
             # progress line twice on the driver; our lines are already rank-0 only.
             worker_runtime_env={"env_vars": {**worker_env(), "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}},
@@ -158,12 +161,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="more", action="append", default=[], help="same as a positional override")
     p.add_argument("--resume-from", help="a checkpoint directory to continue from (same as run.resume_from=...)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--export-all", nargs="?", const="", default=None, metavar="DIR",
+                   help="after training, also write HF + sentence-transformers + ONNX (+int8) + model card "
+                   "(hybrid_ray.export.export_all) to DIR (default: <export dir>-export)")
+    add_verbose_flag(p)
     return p
 
 
 def main(argv: list[str] | None = None, *, step_hooks: Sequence[StepHook] | None = None) -> int:
     """The CLI; ``step_hooks`` lets an in-process caller (tests) observe the run's steps."""
     args = build_parser().parse_args(argv)
+    configure_console(args.verbose)
     overrides = [*args.overrides, *args.more]
     if args.resume_from:
         overrides.append(f"run.resume_from={args.resume_from}")
@@ -181,7 +189,24 @@ def main(argv: list[str] | None = None, *, step_hooks: Sequence[StepHook] | None
     m = result.metrics or {}
     print(f"[hybrid-ray] done: step {m.get('step')} loss {m.get('loss', float('nan')):.4f}; "
           f"encoder exported to {out}; checkpoint {result.checkpoint.path}")
+    if args.export_all is not None:
+        bundle = export_bundle(out, args.export_all or None, cfg)
+        print(f"[hybrid-ray] HF + sentence-transformers + ONNX export with model card: {bundle}")
     return 0
+
+
+def export_bundle(model_dir: Path, out_dir: str | Path | None, cfg: TrainConfig) -> Path:
+    """``--export-all``: every ecosystem format of the trained encoder (``hybrid_ray.export``).
+
+    Imported here, not at the top: the export stack (onnxruntime, sentence-transformers) is an
+    optional extra that plain training does not need.
+    """
+    try:
+        from hybrid_ray.export import export_all
+    except ImportError as exc:
+        raise ConfigError(f"needs hybrid_ray.export and its extras ({exc})", key="--export-all") from exc
+    target = Path(out_dir) if out_dir else model_dir.with_name(f"{model_dir.name}-export")
+    return Path(export_all(model_dir, target, train_cfg=cfg))
 
 
 if __name__ == "__main__":

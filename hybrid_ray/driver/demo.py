@@ -11,7 +11,8 @@
 7. start Ray Serve on 127.0.0.1, answer multilingual queries, stop cleanly
 
 Sizes are set for a 2-core machine (see ``--steps``, ``--tune-steps``, ``--max-queries``); every
-stage prints what it does and how long it took.
+stage prints what it does and how long it took. The console shows our progress and results only
+(:mod:`hybrid_ray.console`); ``--verbose`` (or ``HYBRID_RAY_VERBOSE=1``) adds Ray's own output.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from hybrid_ray.cli import run_main
+from hybrid_ray.console import add_verbose_flag, configure_console, serve_start_kwargs
 
 SAMPLE_QUERIES = [
     ("en", "Every good gift and every perfect gift is from above"),
@@ -39,7 +41,8 @@ class Stages:
     def __init__(self, total: int) -> None:
         from rich.console import Console
 
-        self.console = Console(highlight=False)
+        # soft_wrap: a log file (no terminal) gets whole lines, not lines cut at 80 columns.
+        self.console = Console(highlight=False, soft_wrap=True)
         self.total, self.n, self.t0 = total, 0, time.perf_counter()
         self._t = self.t0
 
@@ -52,6 +55,16 @@ class Stages:
         dt = time.perf_counter() - self._t
         total = time.perf_counter() - self.t0
         self.console.print(f"[green]done[/green] {what} ({dt:.0f} s; {total / 60:.1f} min so far)")
+
+
+def data_summary(stats: dict[str, Any]) -> str:
+    """The quiet console's data report: one line per split (``--verbose``: the full tables)."""
+    lines = []
+    for name, s in stats["splits"].items():
+        langs = sorted(lang for lang, n in s["langs"].items() if n)
+        lines.append(f"  {name:<5} {s['rows']:>9,} rows {s['pairs']:>7,} pairs  {len(langs):>2} languages "
+                     f"({','.join(langs)})")
+    return "\n".join(lines)
 
 
 def _free_port() -> int:
@@ -74,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--langs", default="en,de,es,ru,ar,zh,hi,sw,bn,fa",
                    help="languages evaluated (bn, fa are never seen in training)")
     p.add_argument("--shards", type=int, default=2)
+    add_verbose_flag(p)
     return p
 
 
@@ -91,6 +105,7 @@ def _train_cfg(data: Path, out: Path, name: str, steps: int, batch: int, alpha: 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    verbose = configure_console(args.verbose)
     out = Path(args.out).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
     langs = [x.strip() for x in args.langs.split(",") if x.strip()]
@@ -104,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     data = out / "data"
     if not (data / "meta.json").exists():
         build_demo(data)
-    print(format_stats(describe(data)))
+    stats = describe(data)
+    print(format_stats(stats) if verbose else data_summary(stats))
     st.done(f"data in {data}")
 
     # 2. model ------------------------------------------------------------------------------
@@ -234,7 +250,7 @@ def _serve_and_query(index_dir: Path) -> str:
     from hybrid_ray.serving.app import build_app
 
     port = _free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.start(http_options={"host": "127.0.0.1", "port": port}, **serve_start_kwargs())
     try:
         # 2 shards + the ingress on a 2-CPU cluster: fractional CPUs so everything fits.
         app = build_app({"index_dir": str(index_dir), "num_cpus_per_shard": 0.5, "retriever_num_cpus": 0.5,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 
 from hybrid_ray.cli import run_main
+from hybrid_ray.console import add_verbose_flag, configure_console
 from hybrid_ray.errors import ConfigError
 
 #: The library's parameter names (ConfigError keys) -> this command's flags.
@@ -37,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int, default=None,
                    help="encoder actors (default: one per GPU, else one per CPU)")
     p.add_argument("--progress", action="store_true", help="show Ray Data progress bars")
+    add_verbose_flag(p)
     p.add_argument("--local", action="store_true",
                    help="encode in this process instead of a Ray Data actor pool (small corpora)")
     return p
@@ -44,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    configure_console(args.verbose)
     from hybrid_ray.index import build_sharded_index, read_corpus
 
     if args.batch_size < 1:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from hybrid_ray.cli import auto_or_number, run_main
+from hybrid_ray.console import add_verbose_flag, configure_console, serve_start_kwargs
 from hybrid_ray.errors import ConfigError, HybridRayError
 
 APP_NAME = "hybrid-ray"
@@ -58,6 +59,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--num-cpus", type=int, default=None, help="logical CPUs of the local Ray")
     p.add_argument("--no-verify", dest="verify", action="store_false", help="skip shard sha256 checks")
     p.add_argument("--ready-timeout-s", type=float, default=300.0)
+    add_verbose_flag(p)
     return p.parse_args(argv)
 
 
@@ -158,6 +160,7 @@ def wait_ready(url: str, timeout_s: float) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     ns = parse_args(argv)
+    configure_console(ns.verbose)
     if not 0 < ns.port < 65536:
         raise ConfigError("must be 1..65535", key="--port", value=ns.port)
     import ray
@@ -172,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     init_ray(num_cpus=local_num_cpus(ns.num_cpus, app_cpus) if local else None)
     try:
         app = build_app(args)  # resolves GPU 'auto' from the cluster's resources
-        serve.start(http_options={"host": ns.host, "port": ns.port})
+        serve.start(http_options={"host": ns.host, "port": ns.port}, **serve_start_kwargs())
         try:
             serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
         except RuntimeError as exc:  # deployment failed (e.g. a shard failed its health check)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 
 from hybrid_ray.cli import run_main
+from hybrid_ray.console import add_verbose_flag, configure_console
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,11 +36,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="never resume: error if the experiment directory already holds a Tune state")
     p.add_argument("--dashboard", action="store_true", help="start the Ray dashboard (local clusters, 127.0.0.1)")
     p.add_argument("--print-config", action="store_true", help="print the resolved tune config and exit")
+    add_verbose_flag(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    configure_console(args.verbose)
     from omegaconf import OmegaConf
 
     from hybrid_ray.tuning import load_tune_config, run_search

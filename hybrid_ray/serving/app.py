@@ -35,6 +35,7 @@ from fastapi import FastAPI
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from hybrid_ray.console import deployment_log_options
 from hybrid_ray.errors import DataError, HybridRayError
 from hybrid_ray.index import read_manifest, shard_name
 from hybrid_ray.serving.args import AppArgs, cluster_gpus, faiss_has_gpu, plan_gpus, serving_search_params
@@ -264,7 +265,7 @@ def build_app(args: dict[str, Any]) -> serve.Application:
     if a.num_gpus_per_shard == "auto" and (gpus or 0) > 0 and not has_gpu:
         log.warning("the cluster has GPUs but this FAISS is CPU-only: shards search on CPU "
                     "(install faiss-gpu-cu12 instead of faiss-cpu for GPU FAISS)")
-    log_config = {"enable_access_log": a.access_log}
+    log_config = {"enable_access_log": a.access_log, **deployment_log_options(a.access_log)}
     shard_opts: dict[str, Any] = {"num_cpus": a.num_cpus_per_shard}
     if shard_gpus > 0:
         shard_opts["num_gpus"] = shard_gpus

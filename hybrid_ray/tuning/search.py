@@ -187,6 +187,7 @@ def run_search(spec: TuneSpec, *, resume: bool | None = None) -> dict[str, Any]:
     from ray import tune
 
     from hybrid_ray.config import to_yaml
+    from hybrid_ray.console import is_verbose, tune_progress_callback, tune_verbose
     from hybrid_ray.io import write_text_atomic
     from hybrid_ray.local import init_ray
 
@@ -220,7 +221,8 @@ def run_search(spec: TuneSpec, *, resume: bool | None = None) -> dict[str, Any]:
             run_config=tune.RunConfig(
                 name=spec.cfg.run.name, storage_path=str(spec.exp_dir.parent),
                 failure_config=tune.FailureConfig(max_failures=int(spec.cfg.run.max_failures)),
-                verbose=int(spec.cfg.run.verbose),
+                verbose=tune_verbose(spec.cfg.run.verbose),  # quiet: one line per trial instead of tables
+                callbacks=[] if is_verbose() else [tune_progress_callback(spec.metric)],
             ),
         )
     grid = tuner.fit()
