@@ -151,3 +151,47 @@ def test_load_deepspeed_state_fails_loudly(engine, tmp_path: Path, monkeypatch) 
     monkeypatch.setattr(engine, "load_checkpoint", lambda *a, **k: (None, None))
     with pytest.raises(CheckpointError, match=f"checkpoint {good}: DeepSpeed found no state"):
         load_deepspeed_state(engine, good, label=str(good))
+
+
+def test_toy_loss_through_the_registry_only(engine, tmp_path: Path) -> None:
+    """A new loss is one registered factory: the config selects it and the engine trains with it."""
+    from hybrid_ray.config import apply_overrides, load_config
+    from hybrid_ray.errors import ConfigError
+    from hybrid_ray.losses import LOSSES, build_loss, register_loss
+
+    class ToyMargin:
+        """Hinge on cosine: the positive must beat every in-batch negative by ``margin``."""
+
+        needs_encoder = False
+
+        def __init__(self, temperature: float, margin: float = 0.2) -> None:
+            self.margin = margin
+
+        def __call__(self, q, p, logit_scale=None):
+            scores = q @ p.T
+            pos = scores.diagonal().unsqueeze(1)
+            off = ~torch.eye(len(q), dtype=torch.bool)
+            return torch.relu(self.margin - pos + scores)[off].mean()
+
+    data = tmp_path / "pairs.parquet"
+    data.touch()
+    base = load_config("tiny.yaml", [f"data.path={data}", "scaling.num_workers=1"])
+    with pytest.raises(ConfigError, match="loss.name"):
+        build_loss(apply_overrides(base, {"loss.name": "toy_margin"}).loss.name, 0.05)
+    register_loss("toy_margin")(ToyMargin)
+    try:
+        cfg = apply_overrides(base, {"loss.name": "toy_margin", "loss.kwargs": {"margin": 0.5}})
+        loss_fn = build_loss(cfg.loss.name, cfg.model.temperature, dict(cfg.loss.kwargs))
+        assert isinstance(loss_fn, ToyMargin) and loss_fn.margin == 0.5
+        before = _params(engine)
+        enc = engine.module
+        q = enc.tokenize(["hello world", "the red cat", "a blue sky"], "query")
+        p = enc.tokenize(["world hello", "cat red the", "sky blue a"], "passage")
+        loss = loss_fn(engine(**q), engine(**p))
+        assert loss.item() > 0
+        engine.backward(loss)
+        engine.step()
+        after = _params(engine)
+        assert any(not torch.equal(before[k], after[k]) for k in before)  # the toy loss trained the model
+    finally:
+        LOSSES.pop("toy_margin", None)
