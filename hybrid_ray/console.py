@@ -19,6 +19,10 @@ writes its INFO lines to ``<session>/logs/train``. Our own rank-0 progress lines
 Ray's log forwarding (``log_to_driver`` stays on, so a worker traceback still reaches the console).
 
 ``--verbose`` on the drivers, or ``HYBRID_RAY_VERBOSE=1``, leaves every Ray default as it is.
+
+Known gap: when the *driver* itself creates an actor (Ray Data's encoding pool), Ray's C++ core
+writes its actor-restart notice straight to the driver's stderr; the only knob,
+``RAY_BACKEND_LOG_LEVEL``, would also drop real C++ errors from every log file, so it is left on.
 """
 
 from __future__ import annotations

@@ -27,7 +27,12 @@ So trec_eval, ``pytrec_eval`` or ranx reproduce our numbers from our files alone
   beyond the search depth the evaluation used (``max_k``). AP, RR, R@k (k <= depth) and nDCG@10
   depend on nothing below that point, so trec_eval scores these lists exactly as we did; a run
   truncated at ``max_k`` is scored at that same depth, as ours was. A larger ``run_depth`` (or 0:
-  the whole searched list) gives the plain top-N run.
+  the whole searched list) gives the plain top-N run. The extension stops at ``max_depth``
+  (default 1000, the TREC convention): a weak model on a fully ranked pool would otherwise list
+  thousands of candidates per query (the demo's off-the-shelf multilingual run: ~600 MB). Queries
+  cut there are counted (``cut`` in :meth:`PerQueryLog.write`'s answer); trec_eval then scores
+  them like a ``--max-k 1000`` evaluation. Evaluate with ``max_k <= max_depth`` for files that
+  reproduce every number exactly.
 * **Scores.** trec_eval re-sorts by score and breaks ties by docid, not by our order (score, then
   lower row), and it holds scores in single precision. The score column is the cosine with 6
   decimals, made strictly decreasing (a tie is written 1e-6 below the previous line; float32
@@ -40,6 +45,7 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -78,11 +84,14 @@ class PerQueryLog:
     """Collects per-query results while :func:`hybrid_ray.evaluate.evaluate_retrieval` runs.
 
     ``run_depth``: candidates per query in the run files (None: the setting's largest metric
-    cut-off; 0: the whole searched list); see the module docstring.
+    cut-off; 0: the whole searched list); ``max_depth``: the cap on the extension down to the last
+    relevant candidate (None: no cap); see the module docstring.
     """
 
     run_depth: int | None = None
+    max_depth: int | None = 1000
     queries: list[_Query] = field(default_factory=list)
+    cut: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     extra: dict[tuple[str, str], dict[str, float]] = field(default_factory=lambda: defaultdict(dict))
 
     def depth(self, min_depth: int, k: int) -> int:
@@ -115,6 +124,9 @@ class PerQueryLog:
                 continue
             pos = np.flatnonzero(is_rel[i])
             n = max(base, int(pos[-1]) + 1 if len(pos) else 0)
+            if self.max_depth and n > max(self.max_depth, base):
+                n = max(self.max_depth, base)
+                self.cut[setting] += 1
             judged = {d: int(r) for d, r in qrels.get(qid, {}).items()}
             self.queries.append(_Query(
                 setting=setting, q_lang=q_langs[i], c_lang=c_lang, qid=qid,
@@ -149,13 +161,18 @@ class PerQueryLog:
         types |= {m: pa.float64() for m in metric_names}
         return pa.table({c: pa.array(v, types.get(c, pa.string())) for c, v in cols.items()})
 
-    def write(self, out_dir: str | Path, tag: str = "hybrid-ray") -> dict[str, list[str]]:
-        """Write ``per_query.parquet``, ``runs/{setting}.trec`` and ``qrels/{setting}.txt`` under ``out_dir``."""
+    def write(self, out_dir: str | Path, tag: str = "hybrid-ray") -> dict[str, Any]:
+        """Write ``per_query.parquet``, ``runs/{setting}.trec`` and ``qrels/{setting}.txt`` under ``out_dir``.
+
+        Returns the files written and ``cut``: per setting, the queries whose list stopped at
+        ``max_depth`` above their last relevant candidate (empty: the files reproduce every number).
+        """
         out = Path(out_dir)
         _check_token(tag, "tag")
         with atomic_path(out / PER_QUERY_FILE) as tmp:
             pq.write_table(self.table(), tmp, compression="zstd")
-        written: dict[str, list[str]] = {"per_query": [PER_QUERY_FILE], "runs": [], "qrels": []}
+        written: dict[str, Any] = {"per_query": [PER_QUERY_FILE], "runs": [], "qrels": [],
+                                   "max_depth": self.max_depth, "cut": dict(self.cut)}
         for setting in SETTINGS:
             queries = [q for q in self.queries if q.setting == setting]
             if not queries:

@@ -118,3 +118,18 @@ def test_bad_run_line_and_bad_ids_are_named(tmp_path):
         log.write(tmp_path)
     with pytest.raises(DataError, match="per_query.parquet"):
         read_per_query(tmp_path / "nothing")
+
+
+def test_max_depth_caps_the_extension_and_counts_cut_queries(tmp_path):
+    rs = _big_pairs_set(n_groups=30)
+    log = PerQueryLog(max_depth=12)
+    res = evaluate_retrieval(QuantEncoder(), rs, per_query=log)
+    written = log.write(tmp_path)
+    run = read_run(tmp_path / "runs" / "multi.trec")
+    assert max(len(v) for v in run.values()) == 12 and written["cut"]["multi"] > 0
+    # Queries not cut still score exactly; cut ones score as if searched to depth 12.
+    theirs = _outside(tmp_path, "multi")
+    ref = evaluate_retrieval(QuantEncoder(), rs, max_k=12)
+    assert _macro(read_per_query(tmp_path), "multi", theirs, "map") == pytest.approx(
+        ref["settings"]["multilingual"]["map"], abs=1e-4)
+    assert res["settings"]["multilingual"]["map"] > ref["settings"]["multilingual"]["map"]

@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-depth", type=int, default=None,
                    help="candidates per query in the TREC run files (default: the largest metric cut-off, "
                         "extended to the last relevant candidate; 0 = the whole searched list)")
+    p.add_argument("--run-max-depth", type=int, default=1000,
+                   help="cap on run-file lists extended to the last relevant candidate (0 = no cap; "
+                        "queries cut are counted in results.json per_query_files.cut)")
     p.add_argument("--run-tag", default=None, help="tag column of the run files (default: the model dir name)")
     p.add_argument("--train-langs", default=None,
                    help="comma-separated languages the model was trained on (default: the data's meta.json)")
@@ -68,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError("must be >= 1", key="--batch-size", value=args.batch_size)
     if args.block_size is not None and args.block_size < 1:
         raise ConfigError("must be >= 1", key="--block-size", value=args.block_size)
+    if args.run_max_depth < 0:
+        raise ConfigError("must be >= 0 (0 = no cap)", key="--run-max-depth", value=args.run_max_depth)
     if args.run_depth is not None and args.run_depth < 0:
         raise ConfigError("must be >= 0 (0 = the whole searched list)", key="--run-depth", value=args.run_depth)
     from hybrid_ray.encode import model_fingerprint
@@ -84,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     cache_dir = None if args.no_cache else Path(args.cache_dir) if args.cache_dir else out / "cache"
     max_k = None if args.max_k == 0 else args.max_k
-    log = PerQueryLog(run_depth=args.run_depth)
+    log = PerQueryLog(run_depth=args.run_depth, max_depth=args.run_max_depth or None)
     results = evaluate_retrieval(
         encoder, rs, batch_size=args.batch_size, max_k=max_k, progress=args.progress,
         cache_dir=cache_dir, cache_key=model_fingerprint(args.model), block_size=args.block_size,
