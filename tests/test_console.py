@@ -52,6 +52,8 @@ def clean_console(monkeypatch):
     monkeypatch.delenv(console.VERBOSE_ENV, raising=False)
     monkeypatch.delenv("RAY_AIR_NEW_OUTPUT", raising=False)
     monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS", "0"))
+    console.configure_console(True)  # undo what an earlier test of this process (init_ray) configured
+    os.environ.pop(console.VERBOSE_ENV, None)
     with warnings.catch_warnings():
         yield
         console.configure_console(True)  # restores the saved levels and handlers

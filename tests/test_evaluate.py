@@ -9,11 +9,10 @@ import pyarrow as pa
 import pytest
 
 from hybrid_ray.data.retrieval import RetrievalSet
+from hybrid_ray.eval_table import format_table, map_matrix
 from hybrid_ray.evaluate import (
     detect_setting,
     evaluate_retrieval,
-    format_table,
-    map_matrix,
     subsample_queries,
 )
 from hybrid_ray.plots import heatmap

@@ -76,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.run_depth is not None and args.run_depth < 0:
         raise ConfigError("must be >= 0 (0 = the whole searched list)", key="--run-depth", value=args.run_depth)
     from hybrid_ray.encode import model_fingerprint
-    from hybrid_ray.evaluate import evaluate_retrieval, format_table, map_matrix, subsample_queries
+    from hybrid_ray.eval_table import format_table, map_matrix
+    from hybrid_ray.evaluate import evaluate_retrieval, subsample_queries
     from hybrid_ray.io import write_json_atomic, write_text_atomic
     from hybrid_ray.modeling.encoder import DualEncoder
     from hybrid_ray.plots import heatmap

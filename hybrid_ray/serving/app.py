@@ -218,10 +218,13 @@ class Retriever(BatchedEncoding, RetrievalService):
             kmax = max(items[j][1] for j in idx)
             parts = []
             for i, shard in enumerate(self.local):
+                t0 = time.perf_counter()
                 try:
                     parts.append(shard.search(vecs[idx], kmax, langs))
                 except HybridRayError as exc:
                     raise self._shard_failed(i, exc) from exc
+                # the same per-shard series as fan-out mode, so dashboards do not depend on the topology
+                self.metrics.shard_latency.labels(self.shard_names[i]).observe(time.perf_counter() - t0)
             for j, hits in zip(idx, merge_hits(parts, kmax), strict=True):
                 out[j] = hits[: items[j][1]]
         return out

@@ -190,8 +190,8 @@ def test_embed(live, index_dir):
     ("path", "body", "status", "message"),
     [
         ("/search", b'{"query": "light", "k": ', 400, "malformed JSON"),
-        ("/search", {"query": "   ", "k": 3}, 422, "query is empty"),
-        ("/search", {"query": "light " * 100, "k": 3}, 422, "too long"),
+        ("/search", {"query": "   ", "k": 3}, 422, "query: Value error, is empty or only whitespace"),
+        ("/search", {"query": "light " * 100, "k": 3}, 422, "query: String should have at most 200 characters"),
         ("/search", {"query": "light", "k": 0}, 422, "k: Input should be greater than or equal to 1"),
         ("/search", {"query": "light", "k": 21}, 422, "k: Input should be less than or equal to 20"),
         ("/search", {"query": "light", "k": "5"}, 422, "k: Input should be a valid integer"),
