@@ -22,6 +22,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "search": ("bench.search", "FAISS Flat / sharded / IVF / HNSW: build time, QPS, recall@10"),
     "encode": ("bench.encode", "passage encoding: Ray Data actor pool vs one process"),
     "backends": ("bench.encode_backends", "CPU encoding: eager PyTorch vs ONNX Runtime vs ONNX int8 (+ cosine)"),
+    "cached": ("bench.cached_loss", "peak memory + s/pair vs batch size: plain vs cached (GradCache) InfoNCE"),
     "serve": ("bench.serve_load", "Ray Serve retrieval app under closed-loop HTTP load vs a bare server"),
 }
 
