@@ -1,4 +1,4 @@
-"""``hybrid-ray bench {train,sampler,search,encode,serve,all} [args...]``: run the benchmarks.
+"""``hybrid-ray bench {train,sampler,search,encode,cached,serve,all} [args...]``: run the benchmarks.
 
 Each benchmark is its own ``python -m bench.<module>`` program with a ``main(argv) -> int``; this
 dispatcher only maps short names to modules, imported lazily so that ``hybrid-ray bench --help``
