@@ -98,6 +98,12 @@ def test_saved_adapter_merges_from_disk(trained: DualEncoder, tmp_path: Path) ->
     _assert_same(_emb(load_adapter(tmp_path / "adapter")), _emb(trained))
     merge_adapter(tmp_path / "adapter", tmp_path / "merged")
     _assert_same(_emb(DualEncoder.from_pretrained(tmp_path / "merged")), _emb(trained))
+    # hybrid-ray export takes the adapter directory too, and writes a plain (merged) encoder.
+    from hybrid_ray.export import export_model
+
+    out = export_model(tmp_path / "adapter", "hf", tmp_path / "exported")
+    assert not (out / "adapter_config.json").exists() and (out / "config.json").is_file()
+    _assert_same(_emb(DualEncoder.from_pretrained(out)), _emb(trained))
 
 
 def test_checkpoint_export_merges_and_keeps_the_adapter(trained: DualEncoder, tmp_path: Path) -> None:
