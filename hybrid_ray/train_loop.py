@@ -66,7 +66,7 @@ def build_encoder(model_cfg: ModelConfig):
     if model_cfg.freeze_embeddings:
         encoder.model.get_input_embeddings().weight.requires_grad_(False)
     if model_cfg.gradient_checkpointing:
-        from hybrid_ray.modeling.lora import enable_gradient_checkpointing
+        from hybrid_ray.modeling.checkpointing import enable_gradient_checkpointing
 
         enable_gradient_checkpointing(encoder)
     if model_cfg.lora is not None:  # last: peft freezes every base weight and wraps encoder.model

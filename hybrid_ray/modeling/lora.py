@@ -60,22 +60,6 @@ def apply_lora(encoder: DualEncoder, settings: LoraSettings) -> DualEncoder:
     return encoder
 
 
-def enable_gradient_checkpointing(encoder: DualEncoder) -> None:
-    """``model.gradient_checkpointing``: HF per-layer activation checkpointing, non-reentrant.
-
-    Non-reentrant because it works with frozen inputs (frozen embeddings, LoRA), inside
-    ``cached_infonce``'s own checkpointed chunks and under ZeRO-3, and it replays the RNG state,
-    so dropout masks (and so the gradients) equal the un-checkpointed run's. Lives here, beside
-    LoRA, because both are applied to ``encoder.model`` in ``train_loop.build_encoder``.
-    """
-    kwargs = {"use_reentrant": False}
-    model = encoder.model
-    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-    else:  # pragma: no cover - older transformers
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-
-
 def _fresh_base(base: torch.nn.Module) -> torch.nn.Module:
     """A new, randomly initialised model of ``base``'s class and config (its weights are loaded next)."""
     config = copy.deepcopy(base.config)
