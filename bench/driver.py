@@ -1,4 +1,4 @@
-"""``hybrid-ray bench {train,sampler,search,encode,serve,all} [args...]``: run the benchmarks.
+"""``hybrid-ray bench {train,sampler,search,encode,cached,serve,all} [args...]``: run the benchmarks.
 
 Each benchmark is its own ``python -m bench.<module>`` program with a ``main(argv) -> int``; this
 dispatcher only maps short names to modules, imported lazily so that ``hybrid-ray bench --help``
@@ -22,6 +22,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "search": ("bench.search", "FAISS Flat / sharded / IVF / HNSW: build time, QPS, recall@10"),
     "encode": ("bench.encode", "passage encoding: Ray Data actor pool vs one process"),
     "backends": ("bench.encode_backends", "CPU encoding: eager PyTorch vs ONNX Runtime vs ONNX int8 (+ cosine)"),
+    "cached": ("bench.cached_loss", "peak memory + s/pair vs batch size: plain vs cached (GradCache) InfoNCE"),
     "serve": ("bench.serve_load", "Ray Serve retrieval app under closed-loop HTTP load vs a bare server"),
 }
 

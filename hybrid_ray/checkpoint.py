@@ -2,7 +2,8 @@
 
 A checkpoint directory (one per ``ray.train.report(..., checkpoint=...)``) holds DeepSpeed's sharded
 state under ``deepspeed/state/`` (each rank writes its shard; Ray merges the rank directories), the
-sampler position in ``trainer_state.json`` and an exported Hugging Face encoder in ``encoder/``.
+sampler position in ``trainer_state.json`` and an exported Hugging Face encoder in ``encoder/`` (LoRA
+runs: merged, with the adapter alone in ``adapter/``).
 """
 
 from __future__ import annotations
@@ -20,14 +21,27 @@ CHECKPOINT_STATE = "trainer_state.json"
 DS_DIR = "deepspeed"
 DS_TAG = "state"  # DeepSpeed's checkpoint tag: <checkpoint>/deepspeed/state/*.pt
 ENCODER_DIR = "encoder"
+ADAPTER_DIR = "adapter"  # LoRA runs only: the adapter alone (ENCODER_DIR holds it merged)
 
 
-def export_encoder(engine, encoder, out_dir: Path, zero_stage: int, rank: int) -> None:
-    """Write the HF encoder from rank 0 (ZeRO-3: gather the partitioned weights collectively)."""
+def export_encoder(engine, encoder, out_dir: Path, zero_stage: int, rank: int,
+                   adapter_dir: Path | None = None, base: str | None = None) -> None:
+    """Write the HF encoder from rank 0 (ZeRO-3: gather the partitioned weights collectively).
+
+    A LoRA model (``model.lora``) is written merged, as a plain HF encoder, and its adapter alone
+    to ``adapter_dir`` when given (``base``: the model it adapts, see ``hybrid_ray.modeling.lora``).
+    """
     import deepspeed
+
+    from hybrid_ray.modeling.lora import is_lora, merged_copy, save_adapter
 
     def _save() -> None:
         module = engine.module
+        if is_lora(module):
+            merged_copy(module).save_pretrained(out_dir)
+            if adapter_dir is not None:
+                save_adapter(module, adapter_dir, base=base)
+            return
         dtype = next(module.parameters()).dtype
         if dtype != torch.float32:  # bf16 training: export full-precision weights
             module = copy.deepcopy(module).float()

@@ -45,12 +45,41 @@ class DataConfig:
 
 
 @dataclass
+class LoraSettings:
+    """``model.lora``: LoRA adapters through ``peft`` (``hybrid_ray.modeling.lora``); null = full fine-tuning.
+
+    Only the adapters (and a learned temperature) train; checkpoints keep them apart in
+    ``adapter/`` and every exported encoder has them merged into plain Hugging Face weights.
+    """
+
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    # Module-name suffixes that get adapters; BERT / XLM-R: every linear layer of every block.
+    target_modules: list[str] = field(default_factory=lambda: ["query", "key", "value", "dense"])
+
+    def check(self) -> None:
+        if self.r < 1:
+            raise ConfigError("must be >= 1", key="model.lora.r", value=self.r)
+        if not self.alpha > 0:
+            raise ConfigError("must be > 0", key="model.lora.alpha", value=self.alpha)
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError("must be in [0, 1)", key="model.lora.dropout", value=self.dropout)
+        if not self.target_modules:
+            raise ConfigError("must name at least one module", key="model.lora.target_modules",
+                              value=self.target_modules)
+
+
+@dataclass
 class ModelConfig(EncoderConfig):
     """The encoder's own settings (pooling, prefixes, max_length, temperature, ...: inherited from
     ``EncoderConfig``, so they are declared and validated once) + where the weights come from."""
 
     name_or_path: str = MISSING  # HF model dir or hub name, or a registered builder ("tiny")
     freeze_embeddings: bool = False  # freeze the word embeddings (most of a multilingual model's size)
+    # Recompute each layer's activations in the backward (HF, non-reentrant): less memory, ~1/3 more time.
+    gradient_checkpointing: bool = False
+    lora: LoraSettings | None = None  # LoRA adapters instead of full fine-tuning (see LoraSettings)
 
     def encoder_config(self) -> EncoderConfig:
         """The ``EncoderConfig`` part (what travels with the saved weights)."""
@@ -62,6 +91,8 @@ class ModelConfig(EncoderConfig):
         name = self.name_or_path
         if not is_registered(name) and name.startswith((".", "/", "~")) and not Path(name).expanduser().exists():
             raise ConfigError("model directory does not exist", key="model.name_or_path", value=name)
+        if self.lora is not None:
+            self.lora.check()
 
 
 @dataclass

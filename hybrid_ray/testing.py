@@ -61,8 +61,13 @@ def tiny_encoder(
     layers: int = 2,
     seed: int = 0,
     config: EncoderConfig | None = None,
+    dropout: float | None = None,
 ) -> DualEncoder:
-    """A tiny random BERT dual encoder; saved as a HF directory at ``path`` when given."""
+    """A tiny random BERT dual encoder; saved as a HF directory at ``path`` when given.
+
+    ``dropout`` (hidden and attention) replaces BERT's 0.1: 0 for tests that compare gradients
+    of runs whose forwards cannot draw the same masks (chunked vs whole batch, 1 vs 2 ranks).
+    """
     from transformers import AutoModel, BertConfig
 
     tokenizer = tiny_tokenizer()
@@ -74,6 +79,7 @@ def tiny_encoder(
         intermediate_size=hidden * 2,
         max_position_embeddings=256,
         pad_token_id=tokenizer.pad_token_id,
+        **({} if dropout is None else {"hidden_dropout_prob": dropout, "attention_probs_dropout_prob": dropout}),
     )
     torch.manual_seed(seed)
     model = AutoModel.from_config(hf_config, add_pooling_layer=False)

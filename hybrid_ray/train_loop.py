@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from hybrid_ray.checkpoint import (
+    ADAPTER_DIR,
     CHECKPOINT_STATE,
     DS_DIR,
     DS_TAG,
@@ -64,6 +65,14 @@ def build_encoder(model_cfg: ModelConfig):
             model_cfg.name_or_path, **{f.name: getattr(enc_cfg, f.name) for f in fields(EncoderConfig)})
     if model_cfg.freeze_embeddings:
         encoder.model.get_input_embeddings().weight.requires_grad_(False)
+    if model_cfg.gradient_checkpointing:
+        from hybrid_ray.modeling.checkpointing import enable_gradient_checkpointing
+
+        enable_gradient_checkpointing(encoder)
+    if model_cfg.lora is not None:  # last: peft freezes every base weight and wraps encoder.model
+        from hybrid_ray.modeling.lora import apply_lora
+
+        encoder = apply_lora(encoder, model_cfg.lora)
     return encoder
 
 
@@ -268,7 +277,8 @@ def _report_with_checkpoint(engine, encoder, sampler, cfg: TrainConfig, metrics,
     with tempfile.TemporaryDirectory(prefix="hybrid-ray-ckpt-") as tmp:
         tmp_path = Path(tmp)
         engine.save_checkpoint(str(tmp_path / DS_DIR), tag=DS_TAG)
-        export_encoder(engine, encoder, tmp_path / ENCODER_DIR, cfg.deepspeed.zero_stage, rank)
+        export_encoder(engine, encoder, tmp_path / ENCODER_DIR, cfg.deepspeed.zero_stage, rank,
+                       adapter_dir=tmp_path / ADAPTER_DIR, base=cfg.model.name_or_path)
         if rank == 0:
             state = {"global_step": global_step, "sampler": sampler.state_dict()}
             (tmp_path / CHECKPOINT_STATE).write_text(json.dumps(state, indent=2))

@@ -203,3 +203,16 @@ def test_train_bench_prepares_missing_inputs(tmp_path: Path, monkeypatch) -> Non
     calls.clear()
     train_throughput.prepare_inputs(args, tmp_path)
     assert [c[0] for c in calls] == ["convert"]
+
+
+def test_cached_loss_bench_smoke(tmp_path: Path) -> None:
+    """Two child processes (tiny model, 4 pairs): the files, one point per loss, sane figures."""
+    from bench import cached_loss
+
+    assert cached_loss.main(["--model", "tiny", "--batches", "4", "--chunk", "2", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "cached_loss.json").read_text())
+    assert [(p["loss_name"], p["batch"]) for p in result["points"]] == [("infonce", 4), ("cached_infonce", 4)]
+    for point in result["points"]:
+        assert point["peak_rss_mib"] >= point["base_rss_mib"] > 0 and point["s_per_pair"] > 0
+    assert "load average" in result["uptime_before"]
+    assert "| cached_infonce | 4 |" in (tmp_path / "cached_loss.md").read_text()

@@ -17,7 +17,8 @@ from hybrid_ray.cli import run_main
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hybrid-ray export", description=__doc__.splitlines()[0])
-    p.add_argument("model", help="a hybrid-ray encoder directory (has hybrid_ray_encoder.json)")
+    p.add_argument("model", help="a hybrid-ray encoder directory (has hybrid_ray_encoder.json), or a LoRA "
+                   "adapter directory (a checkpoint's adapter/: merged into its base model first)")
     p.add_argument("--format", required=True, choices=["st", "onnx", "hf", "all"])
     p.add_argument("--int8", action="store_true", help="with --format onnx|all: also a dynamic int8 ONNX model")
     p.add_argument("--out", default=None, help="output directory (default: MODEL-<format>)")

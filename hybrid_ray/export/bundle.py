@@ -3,7 +3,9 @@
 Every export is a *copy* of the model directory with the format's files added and a model card,
 published atomically (``atomic_dir``): a reader sees the old export or the complete new one,
 never a directory with weights but no ``modules.json``. The source directory is never modified
-(unless ``out`` is the source itself, which is then replaced whole).
+(unless ``out`` is the source itself, which is then replaced whole). A LoRA adapter directory (a
+checkpoint's ``adapter/``) is merged into its base model first (``hybrid_ray.modeling.lora``), so
+every export is a plain encoder.
 
 - ``hf``: the Hugging Face directory + README.md;
 - ``st``: + the sentence-transformers files (``SentenceTransformer(out)`` embeds like hybrid-ray);
@@ -47,6 +49,16 @@ def _copy_model(src: Path, dst: Path) -> None:
 def _build(model_dir: str | Path, out_dir: str | Path | None, formats: Sequence[str], *, int8: bool,
            train_cfg: Any, eval_results: EvalResults, label: str) -> Path:
     src = Path(model_dir)
+    if (src / "adapter_config.json").is_file():  # a LoRA adapter (a checkpoint's adapter/): merge first
+        import tempfile
+
+        from hybrid_ray.modeling.lora import merge_adapter
+
+        out = Path(out_dir) if out_dir is not None else default_out(src, label)
+        with tempfile.TemporaryDirectory(prefix="hybrid-ray-merge-") as tmp:
+            merged = merge_adapter(src, Path(tmp) / src.name)
+            return _build(merged, out, formats, int8=int8, train_cfg=train_cfg, eval_results=eval_results,
+                          label=label)
     read_encoder_dir(src)
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
