@@ -38,6 +38,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from hybrid_ray.errors import ConfigError, DataError
+from hybrid_ray.export.backend import EncoderBackend, resolve_backend
 from hybrid_ray.index.corpus import check_corpus, table_fingerprint
 from hybrid_ray.index.factory import check_shard_sizes, search_params_of
 from hybrid_ray.index.manifest import INDEX_FORMAT, MANIFEST, shard_name
@@ -94,14 +95,9 @@ class EncodeBatch:
     on GPU nodes each actor gets one GPU (``num_gpus=1``) and moves the model there.
     """
 
-    def __init__(self, model_dir: str, batch_size: int = 64, kind: str = "passage") -> None:
-        import torch
-
-        from hybrid_ray.modeling.encoder import DualEncoder
-
-        self.encoder = DualEncoder.from_pretrained(model_dir)
-        if torch.cuda.is_available():
-            self.encoder = self.encoder.to("cuda")
+    def __init__(self, model_dir: str, batch_size: int = 64, kind: str = "passage",
+                 backend: EncoderBackend | None = None, threads: int | None = None) -> None:
+        self.encoder = _open(model_dir, backend or EncoderBackend("torch"), threads)
         self.batch_size = batch_size
         self.kind = kind
 
@@ -111,11 +107,31 @@ class EncodeBatch:
         return {"row": np.asarray(batch["row"], dtype=np.int64), "emb": np.asarray(emb, dtype=np.float32)}
 
 
-def _ray_resources(concurrency: int | None, num_gpus: float | None) -> tuple[int, float]:
-    """Actor count and GPUs per actor: one actor per GPU on GPU nodes, else one per CPU."""
+def _open(model_dir: str | Path, backend: EncoderBackend, threads: int | None) -> Any:
+    """The backend's encoder; a torch one moves to the GPU when this process sees one."""
+    from hybrid_ray.export.backend import open_encoder
+
+    encoder = open_encoder(model_dir, backend, threads=threads)
+    if backend.uses_gpu:
+        import torch
+
+        if torch.cuda.is_available():
+            encoder = encoder.to("cuda")
+    return encoder
+
+
+def _ray_resources(concurrency: int | None, num_gpus: float | None, cpu_only: bool = False) -> tuple[int, float]:
+    """Actor count and GPUs per actor: one actor per GPU on GPU nodes, else one per CPU.
+
+    ``cpu_only`` (the ONNX Runtime backend): never a GPU, one actor per CPU.
+    """
     import ray
 
     res = ray.cluster_resources()
+    if cpu_only:
+        if num_gpus:
+            raise ConfigError("the ONNX backend encodes on CPU; do not ask for GPUs", key="num_gpus", value=num_gpus)
+        return int(concurrency or max(1, int(res.get("CPU", 1)))), 0.0
     gpus = float(res.get("GPU", 0)) if num_gpus is None else float(num_gpus)
     if concurrency is None:
         concurrency = max(1, int(res.get("GPU", 0))) if gpus > 0 else max(1, int(res.get("CPU", 1)))
@@ -132,6 +148,7 @@ def encode_rows_ray(
     num_gpus: float | None = None,
     progress: bool = False,
     kind: str = "passage",
+    backend: EncoderBackend | None = None,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Encode the rows of ``texts`` inside ``ranges`` with a pool of Ray Data actors.
 
@@ -141,7 +158,8 @@ def encode_rows_ray(
     """
     import ray
 
-    concurrency, gpus_per_actor = _ray_resources(concurrency, num_gpus)
+    backend = backend or EncoderBackend("torch")
+    concurrency, gpus_per_actor = _ray_resources(concurrency, num_gpus, cpu_only=not backend.uses_gpu)
     ray.data.DataContext.get_current().enable_progress_bars = progress
     total = sum(e - s for s, e in ranges)
     # Enough blocks for every actor to have work, few enough that scheduling does not dominate.
@@ -156,7 +174,9 @@ def encode_rows_ray(
     kwargs: dict[str, Any] = {"num_gpus": gpus_per_actor} if gpus_per_actor > 0 else {"num_cpus": 1}
     ds = ds.map_batches(
         EncodeBatch,
-        fn_constructor_kwargs={"model_dir": str(model_dir), "batch_size": batch_size, "kind": kind},
+        # One CPU per actor: an ONNX Runtime session with one thread (it would start one per core).
+        fn_constructor_kwargs={"model_dir": str(model_dir), "batch_size": batch_size, "kind": kind,
+                               "backend": backend, "threads": None if gpus_per_actor > 0 else 1},
         batch_size=batch_size,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=concurrency),
@@ -173,17 +193,13 @@ def encode_rows_local(
     *,
     batch_size: int = 64,
     kind: str = "passage",
+    backend: EncoderBackend | None = None,
     **_: Any,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """In-process counterpart of :func:`encode_rows_ray` (no Ray): small corpora, tests, laptops."""
-    import torch
-
     from hybrid_ray.encode import encode_batches
-    from hybrid_ray.modeling.encoder import DualEncoder
 
-    encoder = DualEncoder.from_pretrained(model_dir)
-    if torch.cuda.is_available():
-        encoder = encoder.to("cuda")
+    encoder = _open(model_dir, backend or EncoderBackend("torch"), None)
     for s, e in ranges:
         row = s
         for emb in encode_batches(encoder, texts.slice(s, e - s), kind, batch_size):
@@ -231,6 +247,7 @@ def _shard_complete(out_dir: Path, name: str, expect: dict[str, Any]) -> dict[st
         rec = json.loads(rec_path.read_text())
     except json.JSONDecodeError:
         return None
+    rec.setdefault("encoder_backend", "torch")  # records from before the field were all torch-encoded
     if any(rec.get(k) != v for k, v in expect.items()):
         return None
     for info in rec.get("files", {}).values():
@@ -277,6 +294,8 @@ def build_sharded_index(
     progress: bool = False,
     search_params: dict[str, Any] | None = None,
     local: bool = False,
+    backend: str = "torch",
+    onnx_cache_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Encode ``corpus`` (docid, lang, text) and write a resumable sharded index to ``out_dir``.
 
@@ -285,6 +304,10 @@ def build_sharded_index(
     are recorded in the manifest as the serving defaults. An index type that needs more training
     vectors than a shard holds (IVF ``nlist``, PQ codebooks) is refused before encoding. Returns
     the manifest, plus ``built`` / ``skipped`` shard names for this run (not stored in the manifest).
+
+    ``backend`` (``torch`` | ``onnx`` | ``onnx-int8`` | ``auto``, :mod:`hybrid_ray.export.backend`)
+    is resolved here, once (an ONNX graph the model lacks is exported now, not by every actor),
+    and recorded per shard: a shard encoded by another backend is rebuilt.
     """
     from hybrid_ray.local import init_ray
 
@@ -302,6 +325,7 @@ def build_sharded_index(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model_sha = model_fingerprint(model_dir)
+    resolved = resolve_backend(model_dir, backend, cache_dir=onnx_cache_dir)
     t0 = time.perf_counter()
     records: dict[str, dict[str, Any]] = {}
     pending: dict[str, dict[str, Any]] = {}
@@ -309,7 +333,7 @@ def build_sharded_index(
         name = shard_name(i)
         expect = {"name": name, "offset": start, "count": end - start, "factory": factory,
                   "input_sha256": table_fingerprint(corpus.slice(start, end - start)),
-                  "model_sha256": model_sha}
+                  "model_sha256": model_sha, "encoder_backend": resolved.label}
         rec = _shard_complete(out_dir, name, expect)
         if rec is not None:
             records[name] = rec
@@ -329,7 +353,7 @@ def build_sharded_index(
             encode = encode_rows_local if local else encode_rows_ray
             stream = encode(model_dir, corpus.column("text"), [(w.start, w.end) for w in writers.values()],
                             batch_size=batch_size, concurrency=concurrency, num_gpus=num_gpus,
-                            progress=progress)
+                            progress=progress, backend=resolved)
             for rows, emb in stream:
                 # A batch never spans shards (blocks are cut at shard bounds) but be safe anyway.
                 owner = np.searchsorted(starts, rows, side="right") - 1
@@ -356,6 +380,7 @@ def build_sharded_index(
         "model_dir": str(Path(model_dir).resolve()),
         "model_sha256": model_sha,
         "model_config": config,
+        "encoder_backend": resolved.label,
         "corpus": corpus_path,
         "dim": dims.pop(),
         # Inner product == cosine only for normalised vectors; recorded so serving can check it.
