@@ -145,7 +145,7 @@ def ensure_onnx(model_dir: str | Path, *, int8: bool = False, cache_dir: str | P
     int8-quantised from the cached fp32 graph) now if missing.
     """
     from hybrid_ray.export.onnx import INT8_FILE, ONNX_DIR, ONNX_FILE, export_onnx, quantize_int8
-    from hybrid_ray.io import atomic_path, write_json_atomic
+    from hybrid_ray.io import _publish_mode, atomic_path, write_json_atomic
 
     model_dir = check_model_dir(model_dir)
     want = INT8_FILE if int8 else ONNX_FILE
@@ -163,6 +163,7 @@ def ensure_onnx(model_dir: str | Path, *, int8: bool = False, cache_dir: str | P
             export_onnx(model_dir, tmp, int8=int8)
             write_json_atomic(tmp / "source.json", {"model_dir": str(model_dir.resolve()),
                                                     "cache_format": CACHE_FORMAT})
+            _publish_mode(tmp, directory=True)  # mkdtemp's 0700 would hide it from other users
             try:
                 os.rename(tmp, entry)  # atomic; fails if another process published first
             except OSError:

@@ -9,6 +9,7 @@ misuse is one clear error.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 
@@ -69,6 +70,9 @@ def test_export_on_the_fly_into_the_cache_and_reuse(cached, mean_dir, onnx_cache
     assert (entry / ONNX_FILE).is_file() and not (mean_dir / "onnx").exists()  # the source is untouched
     assert json.loads((entry / "source.json").read_text())["model_dir"] == str(mean_dir.resolve())
     assert [p.name for p in onnx_cache.iterdir() if p.name.startswith(".")] == []  # no temporaries left
+    umask = os.umask(0)
+    os.umask(umask)
+    assert entry.stat().st_mode & 0o777 == 0o777 & ~umask  # a plain mkdir's mode, not mkdtemp's 0700
     mtime = (entry / ONNX_FILE).stat().st_mtime_ns
     assert resolve_backend(mean_dir, "onnx", cache_dir=onnx_cache) == cached
     assert (entry / ONNX_FILE).stat().st_mtime_ns == mtime  # reused, not exported again
