@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError(exc.message, key=FLAGS[exc.key], value=exc.value) from exc
     kind = ", ".join([manifest["factory"], *(f"{k}={v}" for k, v in manifest["search_params"].items())])
     print(f"index {args.out}: {manifest['count']} passages, dim {manifest['dim']}, "
-          f"{len(manifest['shards'])} shard(s) [{kind}; encoder {manifest['encoder_backend']}]; "
+          f"{len(manifest['shards'])} shard(s) [{kind}], encoder {manifest['encoder_backend']}; "
           f"built {len(manifest['built'])}, "
           f"skipped {len(manifest['skipped'])} (already complete)")
     return 0
