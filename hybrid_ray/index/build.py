@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import time
+import warnings
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -138,6 +139,22 @@ def _ray_resources(concurrency: int | None, num_gpus: float | None, cpu_only: bo
     return int(concurrency), (1.0 if gpus > 0 and num_gpus is None else gpus)
 
 
+def actor_restart_args() -> dict[str, Any]:
+    """Ray remote args for the encoding actors: no restarts on a local cluster, Ray Data's default elsewhere.
+
+    Ray Data makes pool actors restartable (``max_restarts=-1``) and passes their constructor
+    arguments by object reference; that pair makes Ray's C++ core print an ``E ... core_worker.cc``
+    notice (ray#53727) straight to the *driver's* stderr for every actor, where no Python log
+    filter reaches it, although nothing failed. On one machine a restart buys nothing (a dead
+    encoding actor means the machine is out of memory, and a rerun resumes from the finished
+    shards), so locally the actors are not restartable and the notice is never emitted. On a
+    cluster (``RAY_ADDRESS`` / a submitted job) node loss is real: Ray Data's default stays.
+    """
+    from hybrid_ray.local import on_cluster
+
+    return {} if on_cluster() else {"max_restarts": 0}
+
+
 def encode_rows_ray(
     model_dir: str | Path,
     texts: pa.Array | pa.ChunkedArray,
@@ -172,16 +189,23 @@ def encode_rows_ray(
                                     "text": texts.slice(b, n)}))
     ds = ray.data.from_arrow(tables)
     kwargs: dict[str, Any] = {"num_gpus": gpus_per_actor} if gpus_per_actor > 0 else {"num_cpus": 1}
-    ds = ds.map_batches(
-        EncodeBatch,
-        # One CPU per actor: an ONNX Runtime session with one thread (it would start one per core).
-        fn_constructor_kwargs={"model_dir": str(model_dir), "batch_size": batch_size, "kind": kind,
-                               "backend": backend, "threads": None if gpus_per_actor > 0 else 1},
-        batch_size=batch_size,
-        batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=concurrency),
-        **kwargs,
-    )
+    restarts = actor_restart_args()
+    with warnings.catch_warnings():
+        if restarts:
+            # Ray 2.60 has no named map_batches parameter for max_restarts; the **ray_remote_args
+            # route (the one Ray Data's own comment names) warns that it goes away in Ray 2.64.
+            warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+        ds = ds.map_batches(
+            EncodeBatch,
+            # One CPU per actor: an ONNX Runtime session with one thread (it would start one per core).
+            fn_constructor_kwargs={"model_dir": str(model_dir), "batch_size": batch_size, "kind": kind,
+                                   "backend": backend, "threads": None if gpus_per_actor > 0 else 1},
+            batch_size=batch_size,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=concurrency),
+            **kwargs,
+            **restarts,
+        )
     for out in ds.iter_batches(batch_format="numpy", batch_size=None):
         yield np.asarray(out["row"], dtype=np.int64), np.asarray(out["emb"], dtype=np.float32)
 
