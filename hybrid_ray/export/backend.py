@@ -4,7 +4,7 @@
 
 - ``torch`` (default): ``DualEncoder`` (eager PyTorch, CPU or GPU);
 - ``onnx`` / ``onnx-int8``: :class:`~hybrid_ray.export.onnx.OnnxEncoder` on ONNX Runtime, CPU only
-  (measured 1.1-1.6x eager's throughput, int8 more; bench/results/encode_backends.md);
+  (measured on 2 CPU cores: 1.9x eager's throughput, int8 3.4x; bench/results/encode_backends.md);
 - ``auto``: ``onnx`` when the model directory already holds an ONNX graph, onnxruntime is
   installed and no CUDA device is visible, else ``torch``.
 
