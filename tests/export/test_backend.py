@@ -302,3 +302,10 @@ def test_app_args_onnx_runs_on_cpu(tmp_path, monkeypatch, mean_dir):
         retr = app._bound_deployment
         assert retr.ray_actor_options.get("num_gpus", 0.0) == gpus, backend  # no idle GPU for ORT
         assert retr.init_args[1]["encoder_backend"] == backend
+
+
+def test_serve_driver_backend_flag():
+    from hybrid_ray.driver.serve import app_args, parse_args
+
+    assert app_args(parse_args(["--index", "i"]))["encoder_backend"] == "torch"
+    assert app_args(parse_args(["--index", "i", "--backend", "onnx-int8"]))["encoder_backend"] == "onnx-int8"
