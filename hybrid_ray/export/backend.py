@@ -179,8 +179,11 @@ def ensure_onnx(model_dir: str | Path, *, int8: bool = False, cache_dir: str | P
 
 
 def resolve_backend(model_dir: str | Path, spec: str = "torch", *, int8: bool = False,
-                    cache_dir: str | Path | None = None) -> EncoderBackend:
-    """Turn ``spec`` into an :class:`EncoderBackend`, exporting the ONNX graph now if it needs one."""
+                    cache_dir: str | Path | None = None, prepare: bool = True) -> EncoderBackend:
+    """Turn ``spec`` into an :class:`EncoderBackend`, exporting the ONNX graph now if it needs one.
+
+    ``prepare=False``: only decide (its ``label``), without exporting (``onnx_dir`` stays None).
+    """
     from hybrid_ray.export.onnx import INT8_FILE, ONNX_DIR, ONNX_FILE
 
     name, int8 = parse_backend(spec, int8=int8)
@@ -192,6 +195,8 @@ def resolve_backend(model_dir: str | Path, spec: str = "torch", *, int8: bool = 
         if int8:
             raise HybridRayError("int8 applies to the ONNX backend only; use backend 'onnx-int8'")
         return EncoderBackend("torch")
+    if not prepare:
+        return EncoderBackend("onnx", int8)
     return EncoderBackend("onnx", int8, str(ensure_onnx(path, int8=int8, cache_dir=cache_dir)))
 
 

@@ -349,7 +349,7 @@ def build_sharded_index(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model_sha = model_fingerprint(model_dir)
-    resolved = resolve_backend(model_dir, backend, cache_dir=onnx_cache_dir)
+    resolved = resolve_backend(model_dir, backend, cache_dir=onnx_cache_dir, prepare=False)  # no export yet
     t0 = time.perf_counter()
     records: dict[str, dict[str, Any]] = {}
     pending: dict[str, dict[str, Any]] = {}
@@ -367,6 +367,7 @@ def build_sharded_index(
     if pending:
         # The old manifest would describe files about to be replaced: drop it until we finish.
         (out_dir / MANIFEST).unlink(missing_ok=True)
+        resolved = resolve_backend(model_dir, backend, cache_dir=onnx_cache_dir)  # exports a missing graph
         if not local:
             init_ray()
         writers = {n: _ShardWriter(out_dir, n, e["offset"], e["offset"] + e["count"])

@@ -232,6 +232,13 @@ def test_index_onnx_backend_same_search_results(mean_dir, cached, onnx_cache, tm
     assert again["built"] == ["shard-0000", "shard-0001"] and again["encoder_backend"] == "torch"
     same = build_sharded_index(mean_dir, _corpus(), tmp_path / "onnx", shards=2, local=True, backend="torch")
     assert same["skipped"] == ["shard-0000", "shard-0001"]
+    # Nothing to build: deciding the backend exports nothing (a fresh cache stays empty).
+    done = build_sharded_index(mean_dir, _corpus(), tmp_path / "onnx2", shards=2, local=True, backend="onnx",
+                               onnx_cache_dir=onnx_cache)
+    fresh = tmp_path / "fresh-cache"
+    again = build_sharded_index(mean_dir, _corpus(), tmp_path / "onnx2", shards=2, local=True, backend="onnx",
+                                onnx_cache_dir=fresh)
+    assert done["built"] and again["skipped"] == ["shard-0000", "shard-0001"] and not fresh.exists()
 
 
 def test_ray_data_actor_class_uses_the_backend(mean_dir, cached):
