@@ -31,7 +31,8 @@ class LocalRetriever(RetrievalService):
         self.metrics = ServeMetrics()
         manifest = read_manifest(self.args.index_dir)
         model_dir = self.args.model_dir or manifest["model_dir"]
-        self.encoder = load_encoder(model_dir, False, self.args.retriever_num_cpus)
+        self.encoder = load_encoder(model_dir, False, self.args.retriever_num_cpus, self.args.encoder_backend,
+                                    self.args.onnx_cache_dir)
         check_encoder(self.encoder, manifest, model_dir)
         self.dim = int(self.encoder.dim)
         params = serving_search_params(manifest, self.args)

@@ -20,9 +20,13 @@ Ray's log forwarding (``log_to_driver`` stays on, so a worker traceback still re
 
 ``--verbose`` on the drivers, or ``HYBRID_RAY_VERBOSE=1``, leaves every Ray default as it is.
 
-Known gap: when the *driver* itself creates an actor (Ray Data's encoding pool), Ray's C++ core
-writes its actor-restart notice straight to the driver's stderr; the only knob,
-``RAY_BACKEND_LOG_LEVEL``, would also drop real C++ errors from every log file, so it is left on.
+The driver's own C++ core writes ERROR lines straight to the driver's stderr, where no filter
+reaches them (the only knob, ``RAY_BACKEND_LOG_LEVEL``, would also drop real C++ errors from
+every log file). The one such line of a healthy run was the actor-restart notice for Ray Data's
+encoding pool, which the driver creates: restartable actors (``max_restarts=-1``, Ray Data's
+default) whose constructor arguments are object references. It is removed at its source: on a
+local cluster the index's encoding actors are not restartable
+(:func:`hybrid_ray.index.build.actor_restart_args`); on a real cluster the notice stays.
 """
 
 from __future__ import annotations

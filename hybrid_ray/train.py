@@ -199,14 +199,20 @@ def export_bundle(model_dir: Path, out_dir: str | Path | None, cfg: TrainConfig)
     """``--export-all``: every ecosystem format of the trained encoder (``hybrid_ray.export``).
 
     Imported here, not at the top: the export stack (onnxruntime, sentence-transformers) is an
-    optional extra that plain training does not need.
+    optional extra that plain training does not need. With validation sets configured (``eval.*``)
+    the final encoder is scored on them and the model card carries that evaluation table.
     """
     try:
         from hybrid_ray.export import export_all
     except ImportError as exc:
         raise ConfigError(f"needs hybrid_ray.export and its extras ({exc})", key="--export-all") from exc
     target = Path(out_dir) if out_dir else model_dir.with_name(f"{model_dir.name}-export")
-    return Path(export_all(model_dir, target, train_cfg=cfg))
+    evals = None
+    if cfg.eval.enabled:  # the model card's evaluation table: the final encoder on the validation sets
+        from hybrid_ray.validation import validation_results
+
+        evals = validation_results(model_dir, cfg.eval) or None
+    return Path(export_all(model_dir, target, train_cfg=cfg, eval_results=evals))
 
 
 if __name__ == "__main__":

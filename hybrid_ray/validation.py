@@ -151,21 +151,19 @@ def pairs_values(res: dict[str, Any]) -> dict[str, float]:
     return {k: values[k] for k in pairs_keys()}
 
 
-def validate(encoder_dir: str | Path, eval_cfg: EvalConfig) -> dict[str, float]:
-    """Load the encoder exported at a checkpoint and score it on the configured validation sets.
+def validation_results(encoder_dir: str | Path, eval_cfg: EvalConfig) -> list[dict[str, Any]]:
+    """The full ``evaluate_retrieval`` results of ``encoder_dir`` on the configured sets (MIRACL, pairs).
 
-    ``eval_cfg`` is the ``eval`` section of the training config (:class:`hybrid_ray.config.EvalConfig`).
-    Returns the keys of :func:`miracl_keys` and/or :func:`pairs_keys` plus ``val_time_s``.
+    What :func:`validate` condenses into Tune's flat keys, and what ``train --export-all`` puts in
+    the model card's evaluation table. Empty when no validation set is configured.
     """
     import torch
 
     from hybrid_ray.evaluate import evaluate_retrieval
     from hybrid_ray.modeling.encoder import DualEncoder
 
-    t0 = time.perf_counter()
-    out: dict[str, float] = {}
     if not (eval_cfg.miracl_path or eval_cfg.pairs_path):
-        return out
+        return []
     use_gpu = torch.cuda.is_available()
     encoder = DualEncoder.from_pretrained(encoder_dir)
     if use_gpu:
@@ -173,13 +171,27 @@ def validate(encoder_dir: str | Path, eval_cfg: EvalConfig) -> dict[str, float]:
     batch_size = int(eval_cfg.batch_size or 64)
     langs = eval_cfg.langs
     max_q = eval_cfg.max_queries_per_lang
+    out: list[dict[str, Any]] = []
     if eval_cfg.miracl_path:
         rs = miracl_set(eval_cfg.miracl_path, langs, eval_cfg.miracl_split or "dev", max_q)
-        res = evaluate_retrieval(encoder, rs, setting="miracl", batch_size=batch_size, use_gpu=use_gpu)
-        out.update(miracl_values(res))
+        out.append(evaluate_retrieval(encoder, rs, setting="miracl", batch_size=batch_size, use_gpu=use_gpu))
     if eval_cfg.pairs_path:
         rs = pairs_set(eval_cfg.pairs_path, eval_cfg.pairs_split, langs, max_q)
-        res = evaluate_retrieval(encoder, rs, setting="lareqa", batch_size=batch_size, use_gpu=use_gpu)
-        out.update(pairs_values(res))
+        out.append(evaluate_retrieval(encoder, rs, setting="lareqa", batch_size=batch_size, use_gpu=use_gpu))
+    return out
+
+
+def validate(encoder_dir: str | Path, eval_cfg: EvalConfig) -> dict[str, float]:
+    """Load the encoder exported at a checkpoint and score it on the configured validation sets.
+
+    ``eval_cfg`` is the ``eval`` section of the training config (:class:`hybrid_ray.config.EvalConfig`).
+    Returns the keys of :func:`miracl_keys` and/or :func:`pairs_keys` plus ``val_time_s``.
+    """
+    t0 = time.perf_counter()
+    out: dict[str, float] = {}
+    if not (eval_cfg.miracl_path or eval_cfg.pairs_path):
+        return out
+    for res in validation_results(encoder_dir, eval_cfg):
+        out.update(miracl_values(res) if res["setting"] == "miracl" else pairs_values(res))
     out["val_time_s"] = time.perf_counter() - t0
     return out

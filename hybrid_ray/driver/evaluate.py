@@ -19,6 +19,10 @@ Embeddings are streamed to float32 memmaps under ``--cache-dir`` (default ``OUT/
 ``queries.npy``, ``candidates.npy``, each with a ``.json`` key) and searched block by block, so
 memory stays bounded for 1M-candidate pools; a rerun with the same model files, data and batch
 size reuses them. ``--no-cache`` keeps everything in memory (small sets).
+
+``--backend onnx`` (or ``onnx-int8``) encodes with ONNX Runtime on CPU instead of eager PyTorch
+(:mod:`hybrid_ray.export.backend`); ``results.json`` records it under ``encoder``, and the cached
+embeddings of one backend are never reused by another.
 """
 
 from __future__ import annotations
@@ -41,6 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--langs", default=None, help="comma-separated languages to keep (default: all)")
     p.add_argument("--out", default="eval-results", help="output directory")
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--backend", default="torch", choices=["torch", "onnx", "onnx-int8", "auto"],
+                   help="encoder engine: torch (default), onnx / onnx-int8 (ONNX Runtime on CPU; the model's "
+                        "onnx/ graph, else exported once into $HYBRID_RAY_CACHE/onnx), auto (onnx when the "
+                        "model dir has a graph and no GPU is visible)")
     p.add_argument("--max-queries", type=int, default=None, help="first N queries per language")
     p.add_argument("--max-k", type=auto_or_number(int), default="auto",
                    help="search depth cap (pools up to this size are ranked fully; 0 = always full; "
@@ -75,29 +83,30 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError("must be >= 0 (0 = no cap)", key="--run-max-depth", value=args.run_max_depth)
     if args.run_depth is not None and args.run_depth < 0:
         raise ConfigError("must be >= 0 (0 = the whole searched list)", key="--run-depth", value=args.run_depth)
-    from hybrid_ray.encode import model_fingerprint
     from hybrid_ray.eval_table import format_table, map_matrix
     from hybrid_ray.evaluate import evaluate_retrieval, subsample_queries
+    from hybrid_ray.export.backend import describe, open_encoder, resolve_backend
     from hybrid_ray.io import write_json_atomic, write_text_atomic
-    from hybrid_ray.modeling.encoder import DualEncoder
     from hybrid_ray.plots import heatmap
     from hybrid_ray.runfiles import PerQueryLog
 
     langs = [x.strip() for x in args.langs.split(",") if x.strip()] if args.langs else None
     rs = load_retrieval_set(args.data, args.format, args.split, langs, hint="; pass --format")
     rs = subsample_queries(rs, args.max_queries)
-    encoder = DualEncoder.from_pretrained(args.model)
+    backend = resolve_backend(args.model, args.backend)
+    encoder = open_encoder(args.model, backend)
     out = Path(args.out)
     cache_dir = None if args.no_cache else Path(args.cache_dir) if args.cache_dir else out / "cache"
     max_k = None if args.max_k == 0 else args.max_k
     log = PerQueryLog(run_depth=args.run_depth, max_depth=args.run_max_depth or None)
     results = evaluate_retrieval(
         encoder, rs, batch_size=args.batch_size, max_k=max_k, progress=args.progress,
-        cache_dir=cache_dir, cache_key=model_fingerprint(args.model), block_size=args.block_size,
+        cache_dir=cache_dir, cache_key=_cache_key(args.model, backend.label), block_size=args.block_size,
         per_query=log,
     )
     results["model"] = str(args.model)
     results["data"] = str(args.data)
+    results["encoder"] = describe(backend)
     results["train_langs"], results["train_langs_source"] = _train_langs(args)
     if cache_dir is not None:
         results["search"]["cache_dir"] = str(cache_dir)
@@ -114,6 +123,14 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     print(f"wrote {out / 'results.json'}")
     return 0
+
+
+def _cache_key(model: str, backend: str) -> str:
+    """The embedding cache's encoder key: the model files, plus the backend unless it is torch."""
+    from hybrid_ray.encode import model_fingerprint
+
+    fp = model_fingerprint(model)
+    return fp if backend == "torch" else f"{fp}:{backend}"
 
 
 def _train_langs(args: argparse.Namespace) -> tuple[list[str] | None, str | None]:

@@ -35,6 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ef-search", type=int, default=None,
                    help="HNSW: search-time candidate list size, recorded as the serving default (FAISS: 16)")
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--backend", default="torch", choices=["torch", "onnx", "onnx-int8", "auto"],
+                   help="encoder engine: torch (default; GPU actors when the cluster has GPUs), onnx / "
+                        "onnx-int8 (ONNX Runtime, one CPU per actor; the model's onnx/ graph, else exported "
+                        "once into $HYBRID_RAY_CACHE/onnx), auto (onnx when the model dir has a graph and no "
+                        "GPU is visible)")
     p.add_argument("--concurrency", type=int, default=None,
                    help="encoder actors (default: one per GPU, else one per CPU)")
     p.add_argument("--progress", action="store_true", help="show Ray Data progress bars")
@@ -57,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
             args.model, corpus, args.out, shards=args.shards, factory=args.factory,
             batch_size=args.batch_size, concurrency=args.concurrency, corpus_path=str(args.corpus),
             progress=args.progress, search_params={"nprobe": args.nprobe, "efSearch": args.ef_search},
-            local=args.local,
+            local=args.local, backend=args.backend,
         )
     except ConfigError as exc:
         if exc.key not in FLAGS:
@@ -65,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError(exc.message, key=FLAGS[exc.key], value=exc.value) from exc
     kind = ", ".join([manifest["factory"], *(f"{k}={v}" for k, v in manifest["search_params"].items())])
     print(f"index {args.out}: {manifest['count']} passages, dim {manifest['dim']}, "
-          f"{len(manifest['shards'])} shard(s) [{kind}]; built {len(manifest['built'])}, "
+          f"{len(manifest['shards'])} shard(s) [{kind}], encoder {manifest['encoder_backend']}; "
+          f"built {len(manifest['built'])}, "
           f"skipped {len(manifest['skipped'])} (already complete)")
     return 0
 

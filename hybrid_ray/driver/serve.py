@@ -52,6 +52,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "the Ray cluster has GPUs and FAISS has GPU support, else CPU")
     p.add_argument("--retriever-num-gpus", type=auto_or_number(float), default="auto",
                    help="GPUs of the query encoder replica, or auto (default): GPU when the cluster has one")
+    p.add_argument("--backend", default="torch", choices=["torch", "onnx", "onnx-int8", "auto"],
+                   help="query encoder engine (app arg encoder_backend): torch (default), onnx / onnx-int8 "
+                   "(ONNX Runtime on CPU; exported once into the ONNX cache if the model has no onnx/), "
+                   "auto (onnx when the model dir has a graph and no GPU is visible)")
     p.add_argument("--nprobe", type=int, default=None, help="IVF indexes: override the manifest's nprobe")
     p.add_argument("--ef-search", type=int, default=None, help="HNSW indexes: override the manifest's efSearch")
     p.add_argument("--num-cpus-per-shard", type=float, default=1.0)
@@ -75,6 +79,7 @@ def app_args(ns: argparse.Namespace) -> dict[str, Any]:
         "max_body_bytes": ns.max_body_bytes,
         "num_gpus_per_shard": ns.num_gpus_per_shard,
         "retriever_num_gpus": ns.retriever_num_gpus,
+        "encoder_backend": ns.backend,
         "num_cpus_per_shard": ns.num_cpus_per_shard,
         "retriever_replicas": ns.retriever_replicas,
         "verify": ns.verify,

@@ -8,7 +8,9 @@ modules here translate it into what those tools do read:
 - :mod:`hybrid_ray.export.sentence_transformers`: the sentence-transformers layout (modules.json,
   pooling, normalisation, prompts), which MTEB and the vector-database integrations load;
 - :mod:`hybrid_ray.export.onnx`: an ONNX graph (+ int8) and :class:`OnnxEncoder`, a drop-in CPU
-  backend for ``DualEncoder.encode``; :func:`load_encoder` picks a backend;
+  backend for ``DualEncoder.encode``;
+- :mod:`hybrid_ray.export.backend`: the ``torch | onnx | onnx-int8 | auto`` switch of eval, index
+  and Serve (:func:`load_encoder`), exporting a missing graph once into the ONNX cache;
 - :mod:`hybrid_ray.export.model_card`: README.md with Hugging Face model-card metadata;
 - :mod:`hybrid_ray.export.bundle`: whole exports (``hybrid-ray export``, :func:`export_all`).
 

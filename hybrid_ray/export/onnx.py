@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import warnings
 from pathlib import Path
 from typing import Any, Literal
@@ -37,7 +36,7 @@ INPUTS = ("input_ids", "attention_mask")
 INT8_SETTINGS = {"weight_type": "QInt8", "per_channel": True}
 # Above this many parameter bytes the weights go to a side file (ONNX protobufs stop at 2 GiB).
 EXTERNAL_DATA_BYTES = 1 << 30
-Backend = Literal["torch", "onnx", "auto"]
+Backend = Literal["torch", "onnx", "onnx-int8", "auto"]
 EXAMPLE_TEXTS = ["a short example text", "a somewhat longer example text so that the batch needs padding"]
 
 log = logging.getLogger(__name__)
@@ -130,6 +129,9 @@ def quantize_int8(src: str | Path, dst: str | Path, *, external_data: bool = Fal
 
 
 def _session(path: Path, threads: int | None = None):
+    from hybrid_ray.export.backend import require_onnxruntime
+
+    require_onnxruntime()
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -142,17 +144,24 @@ def _session(path: Path, threads: int | None = None):
 class OnnxEncoder:
     """``DualEncoder.encode`` on ONNX Runtime (CPU): same prefixes, tokenizer, pooling, normalisation.
 
-    A drop-in for eval / index / Serve where only ``encode(texts, kind, batch_size)``, ``dim`` and
-    ``config`` are used; it holds no torch module, so there is nothing to train or move to a GPU.
+    A drop-in for eval / index / Serve where only ``encode(texts, kind, batch_size)``, ``dim``,
+    ``tokenize`` and ``config`` are used; it holds no torch module, so there is nothing to train or
+    move to a GPU. ``onnx_dir`` is where the graph lives (default ``<model_dir>/onnx``; the ONNX
+    cache for a directory exported on the fly, :mod:`hybrid_ray.export.backend`).
     """
 
-    def __init__(self, model_dir: str | Path, *, int8: bool = False, threads: int | None = None) -> None:
+    def __init__(self, model_dir: str | Path, *, int8: bool = False, threads: int | None = None,
+                 onnx_dir: str | Path | None = None) -> None:
         from transformers import AutoTokenizer
 
-        self.model_dir = Path(model_dir)
+        from hybrid_ray.export.backend import check_model_dir
+
+        self.model_dir = check_model_dir(model_dir)
         self.config: EncoderConfig
         self.config, hf_config = read_encoder_dir(self.model_dir)
-        self.path = self.model_dir / ONNX_DIR / (INT8_FILE if int8 else ONNX_FILE)
+        graph_dir = Path(onnx_dir) if onnx_dir is not None else self.model_dir / ONNX_DIR
+        self.path = graph_dir / (INT8_FILE if int8 else ONNX_FILE)
+        self.backend = "onnx-int8" if int8 else "onnx"
         if not self.path.is_file():
             raise HybridRayError(
                 f"{str(self.path)!r} does not exist: export it first with "
@@ -171,6 +180,10 @@ class OnnxEncoder:
         """Accept only CPU: this backend exists for CPU serving (GPU serving uses the torch backend)."""
         if str(device) != "cpu":
             raise HybridRayError(f"the ONNX backend runs on CPU only, not {device!r}; use backend='torch'")
+        return self
+
+    def eval(self) -> OnnxEncoder:
+        """Inference only already; here so callers treat both backends alike (``encoder.eval()``)."""
         return self
 
     def tokenize(self, texts: list[str], kind: Kind) -> dict[str, np.ndarray]:
@@ -207,38 +220,14 @@ class OnnxEncoder:
         return out
 
 
-def _onnx_runtime_available() -> bool:
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def load_encoder(model_dir: str | Path, backend: Backend = "auto", *, int8: bool = False,
-                 threads: int | None = None):
-    """A ``DualEncoder`` (``torch``) or an :class:`OnnxEncoder` (``onnx``) for ``model_dir``.
+                 threads: int | None = None, cache_dir: str | Path | None = None):
+    """A ``DualEncoder`` (``torch``) or an :class:`OnnxEncoder` (``onnx``, ``onnx-int8``) for ``model_dir``.
 
-    ``auto`` picks ONNX when the directory holds ``onnx/model.onnx`` (``model_int8.onnx`` with
-    ``int8``), onnxruntime is installed and no CUDA device is visible (eager PyTorch is the
-    faster choice on a GPU); otherwise PyTorch.
+    See :mod:`hybrid_ray.export.backend`: ``auto`` picks ONNX when the directory holds an ONNX
+    graph, onnxruntime is installed and no CUDA device is visible; ``onnx`` on a directory
+    without a graph exports one once into the ONNX cache.
     """
-    if backend not in ("torch", "onnx", "auto"):
-        raise HybridRayError(f"backend must be 'torch', 'onnx' or 'auto', got {backend!r}")
-    read_encoder_dir(model_dir)
-    if backend == "auto":
-        path = Path(model_dir) / ONNX_DIR / (INT8_FILE if int8 else ONNX_FILE)
-        backend = "onnx" if path.is_file() and _onnx_runtime_available() and not _cuda_visible() else "torch"
-    if backend == "onnx":
-        return OnnxEncoder(model_dir, int8=int8, threads=threads)
-    from hybrid_ray.modeling.encoder import DualEncoder
+    from hybrid_ray.export.backend import load_encoder as _load
 
-    return DualEncoder.from_pretrained(model_dir)
-
-
-def _cuda_visible() -> bool:
-    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
-        return False
-    import torch
-
-    return bool(torch.cuda.is_available())
+    return _load(model_dir, backend, int8=int8, threads=threads, cache_dir=cache_dir)

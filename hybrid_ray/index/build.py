@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import time
+import warnings
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -38,6 +39,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from hybrid_ray.errors import ConfigError, DataError
+from hybrid_ray.export.backend import EncoderBackend, resolve_backend
 from hybrid_ray.index.corpus import check_corpus, table_fingerprint
 from hybrid_ray.index.factory import check_shard_sizes, search_params_of
 from hybrid_ray.index.manifest import INDEX_FORMAT, MANIFEST, shard_name
@@ -94,14 +96,9 @@ class EncodeBatch:
     on GPU nodes each actor gets one GPU (``num_gpus=1``) and moves the model there.
     """
 
-    def __init__(self, model_dir: str, batch_size: int = 64, kind: str = "passage") -> None:
-        import torch
-
-        from hybrid_ray.modeling.encoder import DualEncoder
-
-        self.encoder = DualEncoder.from_pretrained(model_dir)
-        if torch.cuda.is_available():
-            self.encoder = self.encoder.to("cuda")
+    def __init__(self, model_dir: str, batch_size: int = 64, kind: str = "passage",
+                 backend: EncoderBackend | None = None, threads: int | None = None) -> None:
+        self.encoder = _open(model_dir, backend or EncoderBackend("torch"), threads)
         self.batch_size = batch_size
         self.kind = kind
 
@@ -111,15 +108,51 @@ class EncodeBatch:
         return {"row": np.asarray(batch["row"], dtype=np.int64), "emb": np.asarray(emb, dtype=np.float32)}
 
 
-def _ray_resources(concurrency: int | None, num_gpus: float | None) -> tuple[int, float]:
-    """Actor count and GPUs per actor: one actor per GPU on GPU nodes, else one per CPU."""
+def _open(model_dir: str | Path, backend: EncoderBackend, threads: int | None) -> Any:
+    """The backend's encoder; a torch one moves to the GPU when this process sees one."""
+    from hybrid_ray.export.backend import open_encoder
+
+    encoder = open_encoder(model_dir, backend, threads=threads)
+    if backend.uses_gpu:
+        import torch
+
+        if torch.cuda.is_available():
+            encoder = encoder.to("cuda")
+    return encoder
+
+
+def _ray_resources(concurrency: int | None, num_gpus: float | None, cpu_only: bool = False) -> tuple[int, float]:
+    """Actor count and GPUs per actor: one actor per GPU on GPU nodes, else one per CPU.
+
+    ``cpu_only`` (the ONNX Runtime backend): never a GPU, one actor per CPU.
+    """
     import ray
 
     res = ray.cluster_resources()
+    if cpu_only:
+        if num_gpus:
+            raise ConfigError("the ONNX backend encodes on CPU; do not ask for GPUs", key="num_gpus", value=num_gpus)
+        return int(concurrency or max(1, int(res.get("CPU", 1)))), 0.0
     gpus = float(res.get("GPU", 0)) if num_gpus is None else float(num_gpus)
     if concurrency is None:
         concurrency = max(1, int(res.get("GPU", 0))) if gpus > 0 else max(1, int(res.get("CPU", 1)))
     return int(concurrency), (1.0 if gpus > 0 and num_gpus is None else gpus)
+
+
+def actor_restart_args() -> dict[str, Any]:
+    """Ray remote args for the encoding actors: no restarts on a local cluster, Ray Data's default elsewhere.
+
+    Ray Data makes pool actors restartable (``max_restarts=-1``) and passes their constructor
+    arguments by object reference; that pair makes Ray's C++ core print an ``E ... core_worker.cc``
+    notice (ray#53727) straight to the *driver's* stderr for every actor, where no Python log
+    filter reaches it, although nothing failed. On one machine a restart buys nothing (a dead
+    encoding actor means the machine is out of memory, and a rerun resumes from the finished
+    shards), so locally the actors are not restartable and the notice is never emitted. On a
+    cluster (``RAY_ADDRESS`` / a submitted job) node loss is real: Ray Data's default stays.
+    """
+    from hybrid_ray.local import on_cluster
+
+    return {} if on_cluster() else {"max_restarts": 0}
 
 
 def encode_rows_ray(
@@ -132,6 +165,7 @@ def encode_rows_ray(
     num_gpus: float | None = None,
     progress: bool = False,
     kind: str = "passage",
+    backend: EncoderBackend | None = None,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Encode the rows of ``texts`` inside ``ranges`` with a pool of Ray Data actors.
 
@@ -141,7 +175,8 @@ def encode_rows_ray(
     """
     import ray
 
-    concurrency, gpus_per_actor = _ray_resources(concurrency, num_gpus)
+    backend = backend or EncoderBackend("torch")
+    concurrency, gpus_per_actor = _ray_resources(concurrency, num_gpus, cpu_only=not backend.uses_gpu)
     ray.data.DataContext.get_current().enable_progress_bars = progress
     total = sum(e - s for s, e in ranges)
     # Enough blocks for every actor to have work, few enough that scheduling does not dominate.
@@ -154,14 +189,23 @@ def encode_rows_ray(
                                     "text": texts.slice(b, n)}))
     ds = ray.data.from_arrow(tables)
     kwargs: dict[str, Any] = {"num_gpus": gpus_per_actor} if gpus_per_actor > 0 else {"num_cpus": 1}
-    ds = ds.map_batches(
-        EncodeBatch,
-        fn_constructor_kwargs={"model_dir": str(model_dir), "batch_size": batch_size, "kind": kind},
-        batch_size=batch_size,
-        batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=concurrency),
-        **kwargs,
-    )
+    restarts = actor_restart_args()
+    with warnings.catch_warnings():
+        if restarts:
+            # Ray 2.60 has no named map_batches parameter for max_restarts; the **ray_remote_args
+            # route (the one Ray Data's own comment names) warns that it goes away in Ray 2.64.
+            warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+        ds = ds.map_batches(
+            EncodeBatch,
+            # One CPU per actor: an ONNX Runtime session with one thread (it would start one per core).
+            fn_constructor_kwargs={"model_dir": str(model_dir), "batch_size": batch_size, "kind": kind,
+                                   "backend": backend, "threads": None if gpus_per_actor > 0 else 1},
+            batch_size=batch_size,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=concurrency),
+            **kwargs,
+            **restarts,
+        )
     for out in ds.iter_batches(batch_format="numpy", batch_size=None):
         yield np.asarray(out["row"], dtype=np.int64), np.asarray(out["emb"], dtype=np.float32)
 
@@ -173,17 +217,13 @@ def encode_rows_local(
     *,
     batch_size: int = 64,
     kind: str = "passage",
+    backend: EncoderBackend | None = None,
     **_: Any,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """In-process counterpart of :func:`encode_rows_ray` (no Ray): small corpora, tests, laptops."""
-    import torch
-
     from hybrid_ray.encode import encode_batches
-    from hybrid_ray.modeling.encoder import DualEncoder
 
-    encoder = DualEncoder.from_pretrained(model_dir)
-    if torch.cuda.is_available():
-        encoder = encoder.to("cuda")
+    encoder = _open(model_dir, backend or EncoderBackend("torch"), None)
     for s, e in ranges:
         row = s
         for emb in encode_batches(encoder, texts.slice(s, e - s), kind, batch_size):
@@ -231,6 +271,7 @@ def _shard_complete(out_dir: Path, name: str, expect: dict[str, Any]) -> dict[st
         rec = json.loads(rec_path.read_text())
     except json.JSONDecodeError:
         return None
+    rec.setdefault("encoder_backend", "torch")  # records from before the field were all torch-encoded
     if any(rec.get(k) != v for k, v in expect.items()):
         return None
     for info in rec.get("files", {}).values():
@@ -277,6 +318,8 @@ def build_sharded_index(
     progress: bool = False,
     search_params: dict[str, Any] | None = None,
     local: bool = False,
+    backend: str = "torch",
+    onnx_cache_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Encode ``corpus`` (docid, lang, text) and write a resumable sharded index to ``out_dir``.
 
@@ -285,6 +328,10 @@ def build_sharded_index(
     are recorded in the manifest as the serving defaults. An index type that needs more training
     vectors than a shard holds (IVF ``nlist``, PQ codebooks) is refused before encoding. Returns
     the manifest, plus ``built`` / ``skipped`` shard names for this run (not stored in the manifest).
+
+    ``backend`` (``torch`` | ``onnx`` | ``onnx-int8`` | ``auto``, :mod:`hybrid_ray.export.backend`)
+    is resolved here, once (an ONNX graph the model lacks is exported now, not by every actor),
+    and recorded per shard: a shard encoded by another backend is rebuilt.
     """
     from hybrid_ray.local import init_ray
 
@@ -302,6 +349,7 @@ def build_sharded_index(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model_sha = model_fingerprint(model_dir)
+    resolved = resolve_backend(model_dir, backend, cache_dir=onnx_cache_dir, prepare=False)  # no export yet
     t0 = time.perf_counter()
     records: dict[str, dict[str, Any]] = {}
     pending: dict[str, dict[str, Any]] = {}
@@ -309,7 +357,7 @@ def build_sharded_index(
         name = shard_name(i)
         expect = {"name": name, "offset": start, "count": end - start, "factory": factory,
                   "input_sha256": table_fingerprint(corpus.slice(start, end - start)),
-                  "model_sha256": model_sha}
+                  "model_sha256": model_sha, "encoder_backend": resolved.label}
         rec = _shard_complete(out_dir, name, expect)
         if rec is not None:
             records[name] = rec
@@ -319,6 +367,7 @@ def build_sharded_index(
     if pending:
         # The old manifest would describe files about to be replaced: drop it until we finish.
         (out_dir / MANIFEST).unlink(missing_ok=True)
+        resolved = resolve_backend(model_dir, backend, cache_dir=onnx_cache_dir)  # exports a missing graph
         if not local:
             init_ray()
         writers = {n: _ShardWriter(out_dir, n, e["offset"], e["offset"] + e["count"])
@@ -329,7 +378,7 @@ def build_sharded_index(
             encode = encode_rows_local if local else encode_rows_ray
             stream = encode(model_dir, corpus.column("text"), [(w.start, w.end) for w in writers.values()],
                             batch_size=batch_size, concurrency=concurrency, num_gpus=num_gpus,
-                            progress=progress)
+                            progress=progress, backend=resolved)
             for rows, emb in stream:
                 # A batch never spans shards (blocks are cut at shard bounds) but be safe anyway.
                 owner = np.searchsorted(starts, rows, side="right") - 1
@@ -356,6 +405,7 @@ def build_sharded_index(
         "model_dir": str(Path(model_dir).resolve()),
         "model_sha256": model_sha,
         "model_config": config,
+        "encoder_backend": resolved.label,
         "corpus": corpus_path,
         "dim": dims.pop(),
         # Inner product == cosine only for normalised vectors; recorded so serving can check it.

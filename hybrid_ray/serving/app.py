@@ -118,7 +118,8 @@ class Retriever(BatchedEncoding, RetrievalService):
         manifest = read_manifest(self.args.index_dir)
         model_dir = self.args.model_dir or manifest["model_dir"]
         gpus = self.args.retriever_num_gpus
-        self.encoder = load_encoder(model_dir, gpus == "auto" or float(gpus) > 0, self.args.retriever_num_cpus)
+        self.encoder = load_encoder(model_dir, gpus == "auto" or float(gpus) > 0, self.args.retriever_num_cpus,
+                                    self.args.encoder_backend, self.args.onnx_cache_dir)
         check_encoder(self.encoder, manifest, model_dir)
         self.dim = int(self.encoder.dim)
         self.shard_names = [s["name"] for s in manifest["shards"]]
@@ -263,7 +264,9 @@ def build_app(args: dict[str, Any]) -> serve.Application:
         log.warning("GPU 'auto': not connected to Ray, so no cluster resources to look at; using CPU "
                     "(set num_gpus_per_shard / retriever_num_gpus explicitly, or deploy a config file)")
     has_gpu = faiss_has_gpu()
-    shard_gpus, retr_gpus = plan_gpus(a.num_gpus_per_shard, a.retriever_num_gpus,
+    # An ONNX Runtime encoder runs on CPU: "auto" must not reserve a GPU it would leave idle.
+    retr_want = 0.0 if a.encoder_backend.startswith("onnx") else a.retriever_num_gpus
+    shard_gpus, retr_gpus = plan_gpus(a.num_gpus_per_shard, retr_want,
                                      0 if in_ingress else n_shards, gpus or 0.0, has_gpu)
     if a.num_gpus_per_shard == "auto" and (gpus or 0) > 0 and not has_gpu:
         log.warning("the cluster has GPUs but this FAISS is CPU-only: shards search on CPU "

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from hybrid_ray.errors import ConfigError
 
@@ -46,6 +46,12 @@ class AppArgs(BaseModel):
                                "(default: the index manifest's, else FAISS's 1)")
     ef_search: int | None = Field(None, ge=1, description="HNSW indexes: efSearch (default: the "
                                   "index manifest's, else FAISS's 16)")
+    encoder_backend: Literal["torch", "onnx", "onnx-int8", "auto"] = Field(
+        "torch", description="query encoder engine: torch (eager PyTorch, CPU or GPU), onnx / onnx-int8 "
+        "(ONNX Runtime, CPU; the model dir's onnx/ graph, else exported once into onnx_cache_dir), auto "
+        "(onnx when the model dir has a graph and no GPU is visible)")
+    onnx_cache_dir: str | None = Field(None, description="where graphs exported on the fly are kept "
+                                       "(default $HYBRID_RAY_CACHE/onnx, i.e. ~/.cache/hybrid_ray/onnx)")
     retriever_replicas: int = Field(1, ge=1)
     verify: bool = Field(True, description="check shard sha256 checksums at load")
     access_log: bool = Field(True, description="Serve per-request access log lines (off for load tests)")
@@ -70,6 +76,14 @@ class AppArgs(BaseModel):
         if not isinstance(v, str) and v < 0:
             raise ValueError("must be >= 0 or 'auto'")
         return v
+
+    @model_validator(mode="after")
+    def _onnx_is_cpu(self) -> AppArgs:
+        gpus = self.retriever_num_gpus
+        if self.encoder_backend.startswith("onnx") and gpus != "auto" and float(gpus) > 0:
+            raise ValueError(f"encoder_backend {self.encoder_backend!r} runs on CPU: set retriever_num_gpus "
+                             "to 0 (or 'auto'), or use encoder_backend 'torch' on a GPU")
+        return self
 
     @classmethod
     def parse(cls, args: dict[str, Any] | AppArgs | None) -> AppArgs:

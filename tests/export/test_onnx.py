@@ -61,8 +61,7 @@ def test_load_encoder_backends(full_export, mean_dir, monkeypatch):
     assert isinstance(load_encoder(mean_dir, "auto"), DualEncoder)  # no onnx/ there
     with pytest.raises(HybridRayError, match="backend must be"):
         load_encoder(full_export, "tensorrt")
-    with pytest.raises(HybridRayError, match=str(mean_dir)):
-        load_encoder(mean_dir, "onnx")
+    # load_encoder(mean_dir, "onnx") exports into the ONNX cache: tests/export/test_backend.py
 
 
 def test_onnx_encoder_errors(full_export, tmp_path):

@@ -239,6 +239,41 @@ def test_metrics_after_requests(live):
     assert 'hybrid_ray_shard_latency_seconds_count{shard="shard-0001"}' in text
 
 
+def test_onnx_backend_deployment_embeds_like_torch(live, tmp_path_factory):
+    """A second app on the same Serve: encoder_backend onnx, a model without a graph (so the
+    replica exports it into onnx_cache_dir), /embed within cosine 0.999 of eager PyTorch.
+
+    The model is the export tests' discriminative tiny encoder: the default tiny init embeds every
+    text alike (cosine ~0.9999), which would make the comparison vacuous.
+    """
+    from ray import serve
+
+    from hybrid_ray.index import build_sharded_index
+    from hybrid_ray.modeling.encoder import DualEncoder
+    from hybrid_ray.serving.app import build_app
+    from tests.export.conftest import tiny_dir
+
+    root = tmp_path_factory.mktemp("serve-onnx")
+    model = tiny_dir(root, pooling="cls")
+    build_sharded_index(model, _corpus(), root / "index", shards=1, local=True)
+    args = {"index_dir": str(root / "index"), "encoder_backend": "onnx", "onnx_cache_dir": str(root / "cache"),
+            "retriever_num_cpus": 1, "max_embed_texts": 8}
+    serve.run(build_app(args), name="hybrid-ray-onnx", route_prefix="/onnx", blocking=False)
+    try:
+        texts = ["hello world", "red house", "let there be light", "the cat and the dog"]
+        ref = DualEncoder.from_pretrained(model)
+        for kind in ("query", "passage"):
+            r = live.post("/onnx/embed", json={"texts": texts, "kind": kind})
+            assert r.status_code == 200, r.text
+            got, expect = np.asarray(r.json()["embeddings"]), ref.encode(texts, kind)
+            cos = (got * expect).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(expect, axis=1))
+            assert cos.min() > 0.999, (kind, cos)
+            assert (expect @ expect.T)[np.triu_indices(len(texts), 1)].max() < 0.99  # texts really differ
+        assert len(list((root / "cache").iterdir())) == 1  # the replica exported the graph once
+    finally:
+        serve.delete("hybrid-ray-onnx")
+
+
 # --------------------------------------------------------------------------- shard health (no Serve)
 def _shard_class():
     from hybrid_ray.serving.app import ShardSearcher
