@@ -306,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shards", type=int, default=2)
     p.add_argument("--passages", type=int, default=3000)
     p.add_argument("--max-batch-size", type=int, default=32)
-    p.add_argument("--batch-wait-timeout-s", type=float, default=0.005)
+    p.add_argument("--batch-wait-timeout-s", type=float, default=0.0)
     p.add_argument("--locust-path", default=None,
                    help="extra sys.path for the Locust process (a Locust installed apart from this env)")
     p.add_argument("--out", type=Path, default=RESULTS)
