@@ -27,6 +27,7 @@ _BODIES = json.loads(open(os.environ["BENCH_QUERIES"], encoding="utf-8").read())
 _WARMUP_S = float(os.environ.get("BENCH_WARMUP_S", "2"))
 _T0 = time.time()
 _SAMPLES: list[tuple[float, float]] = []  # (start epoch s, response time ms) after the warm-up
+_ALL = [0]  # every request sent, warm-up included (the server CPU time is per request of the whole run)
 _FAILURES: list[str] = []
 _OFFSETS = itertools.count()
 
@@ -39,6 +40,7 @@ def _started(environment, **_kw) -> None:
 
 @events.request.add_listener
 def _record(request_type, name, response_time, response_length, exception, start_time=None, **_kw) -> None:
+    _ALL[0] += 1
     start = start_time if start_time is not None else time.time() - response_time / 1e3
     if start - _T0 < _WARMUP_S:
         return
@@ -54,7 +56,7 @@ def _write(environment, **_kw) -> None:
         return
     measured_from = _T0 + _WARMUP_S
     data = {"t_start": _T0, "measured_from": measured_from, "t_end": time.time(),
-            "samples": _SAMPLES, "failures": len(_FAILURES), "failure_examples": _FAILURES[:5]}
+            "samples": _SAMPLES, "samples_all": _ALL[0], "failures": len(_FAILURES), "failure_examples": _FAILURES[:5]}
     tmp = f"{out}.tmp"
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(data, f)

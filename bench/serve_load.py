@@ -147,6 +147,72 @@ def run_direct(index_dir: Path, bodies: list[dict[str, Any]], n: int = 200) -> d
             "p99_ms": round(float(np.percentile(a, 99)) * 1e3, 2), "qps_1_thread": round(n / a.sum(), 1)}
 
 
+def server_cpu_s() -> dict[int, float] | None:
+    """CPU seconds (user + system) of every process descended from this one, by pid (Linux /proc).
+
+    Why: on a shared machine the kernel splits the cores between everyone's runnable threads, so a
+    server made of several processes (proxy, replicas, Ray) gets a larger share than one bare
+    process. CPU time per request is the comparison that does not depend on that share. Locust is
+    started and gone between two snapshots, so it is never counted; this process idles meanwhile.
+    """
+    try:
+        tick = os.sysconf("SC_CLK_TCK")
+        parent: dict[int, int] = {}
+        cpu: dict[int, float] = {}
+        for d in Path("/proc").iterdir():
+            if not d.name.isdigit():
+                continue
+            try:
+                fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            parent[int(d.name)] = int(fields[1])
+            cpu[int(d.name)] = (int(fields[11]) + int(fields[12])) / tick
+    except (OSError, ValueError, IndexError):
+        return None
+    me, out = os.getpid(), {}
+    for pid in cpu:
+        p, seen = parent.get(pid), 0
+        while p and p != me and seen < 64:
+            p, seen = parent.get(p), seen + 1
+        if p == me:
+            out[pid] = cpu[pid]
+    return out
+
+
+def cpu_delta(before: dict[int, float] | None, after: dict[int, float] | None) -> float | None:
+    if before is None or after is None:
+        return None
+    return sum(t - before.get(pid, 0.0) for pid, t in after.items())
+
+
+def _process_name(pid: int) -> str:
+    """A short name: Ray's actor title (``ray::ProxyActor``), else the program (``raylet``, ``gcs_server``)."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return "?"
+    first = argv[0].decode(errors="replace")
+    if first.startswith("ray::"):
+        return first.split()[0]
+    prog = Path(first).name
+    if prog.startswith("python") and len(argv) > 1:
+        script = next((a.decode(errors="replace") for a in argv[1:] if a and not a.startswith(b"-")), "")
+        return f"python {Path(script).name}" if script else prog
+    return prog
+
+
+def cpu_by_process(before: dict[int, float] | None, after: dict[int, float] | None) -> dict[str, float]:
+    """Where the servers' CPU went during a run, summed by process name (largest first)."""
+    if before is None or after is None:
+        return {}
+    out: dict[str, float] = {}
+    for pid, t in after.items():
+        name = _process_name(pid)
+        out[name] = out.get(name, 0.0) + t - before.get(pid, 0.0)
+    return {k: round(v, 2) for k, v in sorted(out.items(), key=lambda kv: -kv[1]) if v >= 0.05}
+
+
 def locust(url: str, queries_file: Path, users: int, seconds: float, warmup_s: float, work: Path,
            locust_path: str | None = None) -> dict[str, Any]:
     """One headless Locust run against ``url``: exact latency percentiles, QPS and errors."""
@@ -158,8 +224,10 @@ def locust(url: str, queries_file: Path, users: int, seconds: float, warmup_s: f
     cmd = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--host", url,
            "-u", str(users), "-r", str(users), "-t", f"{warmup_s + seconds:g}s", "--only-summary",
            "--loglevel", "WARNING", "--exit-code-on-error", "0", "--csv", str(work / f"csv-{users}u")]
-    loadavg_before = loadavg()
+    loadavg_before, cpu_before = loadavg(), server_cpu_s()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=warmup_s + seconds + 120)
+    cpu_after = server_cpu_s()
+    server_cpu = cpu_delta(cpu_before, cpu_after)
     if proc.returncode != 0 or not out.exists():
         raise RuntimeError(f"locust failed (exit {proc.returncode}): {proc.stderr[-2000:]}")
     data = json.loads(out.read_text())
@@ -170,6 +238,11 @@ def locust(url: str, queries_file: Path, users: int, seconds: float, warmup_s: f
             "error_examples": data["failure_examples"], "qps": round(lat.size / seconds, 1),
             "p50_ms": pct(50), "p95_ms": pct(95), "p99_ms": pct(99),
             "mean_ms": round(float(lat.mean()), 2) if lat.size else None,
+            # the servers' CPU over the whole run (warm-up included) per request sent in it
+            "server_cpu_s": round(server_cpu, 2) if server_cpu is not None else None,
+            "server_cpu_ms_per_request": round(server_cpu * 1e3 / data["samples_all"], 2)
+            if server_cpu is not None and data.get("samples_all") else None,
+            "server_cpu_s_by_process": cpu_by_process(cpu_before, cpu_after),
             "loadavg_before": loadavg_before, "loadavg_after": loadavg()}
 
 
@@ -251,7 +324,8 @@ def markdown(r: dict[str, Any]) -> str:
 
     def row(label: str, x: dict[str, Any]) -> str:
         return (f"| {label} | {x['requests']} | {x['errors']} | {x['qps']} | {x['p50_ms']} | {x['p95_ms']} "
-                f"| {x['p99_ms']} | {x['one_user']['p50_ms']} | {x['loadavg_before'][0]} / "
+                f"| {x['p99_ms']} | {x['one_user']['p50_ms']} | {x.get('server_cpu_ms_per_request')} "
+                f"| {x['loadavg_before'][0]} / "
                 f"{x['loadavg_after'][0]} |")
 
     rs, rf, t = r["ratio"]["serve"], r["ratio"]["fanout"], r["targets"]
@@ -269,13 +343,14 @@ def markdown(r: dict[str, Any]) -> str:
         f"for {c['seconds']:g} s after a {c['warmup_s']:g} s warm-up, then 1 user for {c['seq_seconds']:g} s; "
         "k=10, a third of the queries language-filtered. Percentiles from every request's exact time.",
         "",
-        "| run | requests | errors | QPS | p50 ms | p95 ms | p99 ms | 1-user p50 ms | load 1m before / after |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| run | requests | errors | QPS | p50 ms | p95 ms | p99 ms | 1-user p50 ms | server CPU ms / request "
+        "| load 1m before / after |",
+        "|---|---|---|---|---|---|---|---|---|---|",
         row("bare uvicorn, 1 process (baseline)", b),
         row("Ray Serve, shards in the ingress replica (common deployment)", s),
         row(f"Ray Serve, fan-out to {c['shards']} shard deployments (before)", f),
         f"| direct in-process call (1 thread, no HTTP) | {d['calls']} | 0 | {d['qps_1_thread']} | {d['p50_ms']} "
-        f"| | {d['p99_ms']} | | |",
+        f"| | {d['p99_ms']} | | | |",
         "",
         f"**Serve (in-ingress) / bare: p50 {rs['p50']}x, p95 {rs['p95']}x, QPS {rs['qps']}x** "
         f"(targets p50 <= {TARGET_P50_RATIO}x, QPS >= {TARGET_QPS_RATIO}x: {verdict}); one user p50 "
@@ -285,8 +360,16 @@ def markdown(r: dict[str, Any]) -> str:
         f"batch {s['mean_batch_size']} over {s['search_batches']} batches, encode+search per batch "
         f"{s['local_batch_ms']} ms; fan-out: request {f['replica_request_ms']} ms, batch {f['mean_batch_size']}, "
         f"query encoding {f['encode_batch_ms']} ms per batch, shard round trips {f['shard_call_ms']} ms. "
-        f"Client p50 minus the replica's mean request time is roughly the proxy hop. Startup: serve "
+        f"Client p50 minus the replica's mean request time is roughly the proxy hop. Server CPU seconds "
+        f"by process during the load run: in-ingress {s.get('server_cpu_s_by_process')}; bare "
+        f"{b.get('server_cpu_s_by_process')}. Startup: serve "
         f"{s['startup_s']} s, fan-out {f['startup_s']} s, bare {b['startup_s']} s.",
+        "",
+        "Server CPU ms / request: CPU time (user + system) of every server process over the load run "
+        "(warm-up included) divided by the requests sent in it; for Serve that is the proxy, replicas, "
+        "controller, raylet and GCS, for bare the one uvicorn process; Locust is not counted. On a "
+        "shared machine the kernel shares the cores out per runnable thread, so several processes get "
+        "more of them than one: QPS ratios then favour Serve, CPU per request does not.",
         "",
         "The bare baseline is the same FastAPI routes and guard (`hybrid_ray.serving.http.make_api`) over "
         "`bench.serve_baseline.LocalRetriever` (encoder + all shards in one uvicorn process, no batching) in "
