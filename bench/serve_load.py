@@ -196,6 +196,8 @@ def _process_name(pid: int) -> str:
     if first.startswith("ray::"):
         return first.split()[0]
     prog = Path(first).name
+    if prog.startswith("python") and b"-c" in argv[1:]:
+        return "python -c (Ray worker)"
     if prog.startswith("python") and len(argv) > 1:
         script = next((a.decode(errors="replace") for a in argv[1:] if a and not a.startswith(b"-")), "")
         return f"python {Path(script).name}" if script else prog
