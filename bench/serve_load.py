@@ -195,6 +195,9 @@ def _process_name(pid: int) -> str:
     first = argv[0].decode(errors="replace")
     if first.startswith("ray::"):
         return first.split()[0]
+    if len([a for a in argv if a]) == 1:  # a rewritten title: one string, words separated by spaces
+        argv = [a.encode() for a in first.split(" ")]
+        first = argv[0].decode(errors="replace")
     prog = Path(first).name
     if prog.startswith("python") and b"-c" in argv[1:]:
         return "python -c (Ray worker)"
