@@ -1,46 +1,52 @@
-"""Loopback load test of the Ray Serve retrieval app vs a bare single-process server.
+"""Loopback load test of the Ray Serve retrieval app vs a bare single-process server, with Locust.
 
 ``python -m bench.serve_load [--model DIR] [--clients 8] [--seconds 15] [--shards 2]``
 
-One run measures, with the same encoder, the same index files and the same client load:
+One run measures, with the same encoder, the same index files and the same Locust load
+(headless, ``bench/locust_search.py``: closed-loop users, every answer checked for 200 and k hits):
 
-1. **serve**: the real app (``hybrid_ray.serving.app:build_app``: Retriever ingress with ``@serve.batch``,
-   one ShardSearcher deployment per shard) on a local Ray, HTTP on 127.0.0.1.
-2. **bare**: the same FastAPI routes and validation (``hybrid_ray.serving.http.make_api``) over
-   ``bench.serve_baseline.LocalRetriever`` -- encoder + every shard's FAISS index in ONE uvicorn process
-   (a subprocess on 127.0.0.1, started after Ray is shut down so the two never share the CPUs).
-   No Ray, no batching, no inter-process hops: the ratio serve/bare is the serving layer's cost
-   (or gain, once batching pays off with a large encoder).
-3. **direct**: in-process encode + search calls, sequential, no HTTP: the floor.
+1. **bare**: the same FastAPI routes, validation and guard (``hybrid_ray.serving.http.make_api``)
+   over ``bench.serve_baseline.LocalRetriever`` -- encoder + every shard's FAISS index in ONE uvicorn
+   process on 127.0.0.1, no Ray, no batching. Run first, before Ray starts, so the two never share the CPUs.
+2. **serve**: the real app (``hybrid_ray.serving.app:build_app``) in its common deployment: the
+   index fits ``ingress_shard_budget_mb``, so the shards are held in the Retriever replica
+   (HTTP proxy -> Retriever, one actor hop, ``@serve.batch``).
+3. **serve fan-out**: the same app with ``ingress_shard_budget_mb: 0`` (one ShardSearcher deployment
+   per shard, a handle call per shard per batch): the path every query took before in-ingress shards.
+4. **direct**: in-process encode + search calls, sequential, no HTTP: the floor.
 
-Clients are closed-loop threads (each sends its next request when the previous one returns) with
-one ``httpx.Client`` each, for ``--seconds`` after a warm-up. Every non-200 answer or exception is
-an error; the run fails (exit 1) if there is any. A third of the queries carry a language filter.
-Writes bench/results/serve_load.json and serve_load.md.
+Each server gets a one-user Locust run (the per-request path cost without queueing) and a
+``--clients``-user run for ``--seconds`` after a warm-up. p50/p95/p99 and QPS are computed from
+Locust's exact per-request samples (its CSV percentiles are bucketed). Every non-200 answer, wrong
+hit count or exception is an error; the run fails (exit 1) if there is any. A third of the queries
+carry a language filter. The 1-minute load average is recorded before and after every phase (the
+machine is shared). Writes bench/results/serve_load.json and serve_load.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import platform
 import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from hybrid_ray.io import write_json_atomic, write_text_atomic
+from bench.common import command, loadavg, machine, versions, write_results
 
 RESULTS = Path(__file__).parent / "results"
+LOCUSTFILE = Path(__file__).with_name("locust_search.py")
 LANGS = ("en", "de", "fr")
 WORDS = ["god", "light", "day", "night", "water", "earth", "heaven", "man", "said", "let", "cat", "dog",
          "house", "red", "blue", "green", "one", "two", "three", "world", "hello", "the", "of", "and"]
+#: The issue's targets for the common deployment against the bare baseline (same run).
+TARGET_P50_RATIO, TARGET_QPS_RATIO = 1.5, 0.67
 
 
 def corpus(n: int, seed: int = 0) -> Any:
@@ -87,55 +93,6 @@ def wait_ready(url: str, timeout_s: float = 240) -> None:
     raise RuntimeError(f"{url} not ready after {timeout_s} s")
 
 
-def load(url: str, bodies: list[dict[str, Any]], clients: int, seconds: float, warmup_s: float = 2.0
-         ) -> dict[str, Any]:
-    """Closed-loop load: ``clients`` threads for ``warmup_s`` (discarded) then ``seconds``."""
-    import httpx
-
-    lat: list[list[float]] = [[] for _ in range(clients)]
-    errors: list[list[str]] = [[] for _ in range(clients)]
-    t_start = time.monotonic()
-    t_measure = t_start + warmup_s
-    t_end = t_measure + seconds
-
-    def worker(c: int) -> None:
-        with httpx.Client(base_url=url, timeout=30) as client:
-            i = c
-            while True:
-                t0 = time.monotonic()
-                if t0 >= t_end:
-                    return
-                try:
-                    r = client.post("/search", json=bodies[i % len(bodies)])
-                    ok = r.status_code == 200 and len(r.json()["hits"]) == bodies[i % len(bodies)]["k"]
-                    err = None if ok else f"{r.status_code}: {r.text[:200]}"
-                except httpx.HTTPError as exc:
-                    err = f"{type(exc).__name__}: {exc}"
-                t1 = time.monotonic()
-                if t0 >= t_measure:
-                    lat[c].append(t1 - t0)
-                    if err:
-                        errors[c].append(err)
-                i += clients
-
-    threads = [threading.Thread(target=worker, args=(c,), daemon=True) for c in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    all_lat = np.asarray([x for row in lat for x in row])
-    all_err = [e for row in errors for e in row]
-    return {
-        "requests": int(all_lat.size),
-        "errors": len(all_err),
-        "error_examples": all_err[:3],
-        "qps": round(all_lat.size / seconds, 1),
-        "p50_ms": round(float(np.percentile(all_lat, 50)) * 1e3, 2) if all_lat.size else None,
-        "p99_ms": round(float(np.percentile(all_lat, 99)) * 1e3, 2) if all_lat.size else None,
-        "mean_ms": round(float(all_lat.mean()) * 1e3, 2) if all_lat.size else None,
-    }
-
-
 def batch_stats(metrics_text: str) -> dict[str, float]:
     """Where the time goes inside the Retriever replica, from its Prometheus text (whole run)."""
     vals: dict[str, float] = {}
@@ -154,71 +111,10 @@ def batch_stats(metrics_text: str) -> dict[str, float]:
         "mean_batch_size": mean("hybrid_ray_batch_size", 'op="search"', 1.0),
         "replica_request_ms": mean("hybrid_ray_request_latency_seconds", 'endpoint="/search"'),
         "encode_batch_ms": mean("hybrid_ray_encode_latency_seconds", 'kind="query"'),
+        "local_batch_ms": mean("hybrid_ray_encode_latency_seconds", 'kind="query+search"'),
         "shard_call_ms": {lab.split('"')[1]: mean("hybrid_ray_shard_latency_seconds", lab)
                           for lab in shard_labels},
     }
-
-
-def sequential(url: str, bodies: list[dict[str, Any]], n: int = 40) -> float:
-    """p50 ms of one client, one request at a time: the per-request path cost without queueing."""
-    import httpx
-
-    lat = []
-    with httpx.Client(base_url=url, timeout=30) as c:
-        for i in range(n + 5):
-            t0 = time.perf_counter()
-            c.post("/search", json=bodies[i % len(bodies)]).raise_for_status()
-            if i >= 5:
-                lat.append(time.perf_counter() - t0)
-    return round(float(np.percentile(lat, 50)) * 1e3, 2)
-
-
-def run_serve(index_dir: Path, args: argparse.Namespace, bodies: list[dict[str, Any]]) -> dict[str, Any]:
-    import httpx
-    import ray
-    from ray import serve
-
-    from hybrid_ray.serving.app import build_app
-
-    port = free_port()
-    t0 = time.perf_counter()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    app_args = {"index_dir": str(index_dir), "num_cpus_per_shard": 0.5, "retriever_num_cpus": 1,
-                "access_log": False,
-                "max_batch_size": args.max_batch_size, "batch_wait_timeout_s": args.batch_wait_timeout_s}
-    serve.run(build_app(app_args), name="bench", route_prefix="/", blocking=False)
-    url = f"http://127.0.0.1:{port}"
-    wait_ready(url)
-    startup = time.perf_counter() - t0
-    try:
-        seq = sequential(url, bodies)
-        res = load(url, bodies, args.clients, args.seconds) | {"sequential_p50_ms": seq}
-        res |= batch_stats(httpx.get(f"{url}/metrics", timeout=10).text)
-    finally:
-        serve.shutdown()
-        ray.shutdown()
-    return res | {"startup_s": round(startup, 1), "app_args": app_args}
-
-
-def run_bare(index_dir: Path, args: argparse.Namespace, bodies: list[dict[str, Any]]) -> dict[str, Any]:
-    port = free_port()
-    env = os.environ | {"OMP_NUM_THREADS": "1"}  # as Ray gives a 1-CPU replica
-    cmd = [sys.executable, "-m", "bench.serve_load", "--bare-server", str(index_dir), "--port", str(port)]
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_ready(url, 120)
-        startup = time.perf_counter() - t0
-        seq = sequential(url, bodies)
-        res = load(url, bodies, args.clients, args.seconds) | {"sequential_p50_ms": seq}
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-    return res | {"startup_s": round(startup, 1)}
 
 
 def bare_server(index_dir: str, port: int) -> None:
@@ -251,70 +147,239 @@ def run_direct(index_dir: Path, bodies: list[dict[str, Any]], n: int = 200) -> d
             "p99_ms": round(float(np.percentile(a, 99)) * 1e3, 2), "qps_1_thread": round(n / a.sum(), 1)}
 
 
-def _versions() -> dict[str, str]:
-    import faiss
-    import fastapi
-    import ray
-    import torch
+def server_cpu_s() -> dict[int, float] | None:
+    """CPU seconds (user + system) of every process descended from this one, by pid (Linux /proc).
 
-    return {"python": platform.python_version(), "ray": ray.__version__, "torch": torch.__version__,
-            "faiss": faiss.__version__, "fastapi": fastapi.__version__, "numpy": np.__version__}
-
-
-def _machine() -> dict[str, Any]:
-    cpu = platform.processor() or "unknown"
+    Why: on a shared machine the kernel splits the cores between everyone's runnable threads, so a
+    server made of several processes (proxy, replicas, Ray) gets a larger share than one bare
+    process. CPU time per request is the comparison that does not depend on that share. Locust is
+    started and gone between two snapshots, so it is never counted; this process idles meanwhile.
+    """
     try:
-        cpu = next(ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                   if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+        tick = os.sysconf("SC_CLK_TCK")
+        parent: dict[int, int] = {}
+        cpu: dict[int, float] = {}
+        for d in Path("/proc").iterdir():
+            if not d.name.isdigit():
+                continue
+            try:
+                fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            parent[int(d.name)] = int(fields[1])
+            cpu[int(d.name)] = (int(fields[11]) + int(fields[12])) / tick
+    except (OSError, ValueError, IndexError):
+        return None
+    me, out = os.getpid(), {}
+    for pid in cpu:
+        p, seen = parent.get(pid), 0
+        while p and p != me and seen < 64:
+            p, seen = parent.get(p), seen + 1
+        if p == me:
+            out[pid] = cpu[pid]
+    return out
+
+
+def cpu_delta(before: dict[int, float] | None, after: dict[int, float] | None) -> float | None:
+    if before is None or after is None:
+        return None
+    return sum(t - before.get(pid, 0.0) for pid, t in after.items())
+
+
+def _process_name(pid: int) -> str:
+    """A short name: Ray's actor title (``ray::ProxyActor``), else the program (``raylet``, ``gcs_server``)."""
     try:
-        load1 = os.getloadavg()[0]
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
-        load1 = -1.0
-    return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(), "loadavg_1m_at_start": load1}
+        return "?"
+    first = argv[0].decode(errors="replace")
+    if first.startswith("ray::"):
+        return first.split()[0]
+    if len([a for a in argv if a]) == 1:  # a rewritten title: one string, words separated by spaces
+        argv = [a.encode() for a in first.split(" ")]
+        first = argv[0].decode(errors="replace")
+    prog = Path(first).name
+    if prog.startswith("python") and b"-c" in argv[1:]:
+        return "python -c (Ray worker)"
+    if prog.startswith("python") and len(argv) > 1:
+        script = next((a.decode(errors="replace") for a in argv[1:] if a and not a.startswith(b"-")), "")
+        return f"python {Path(script).name}" if script else prog
+    return prog
+
+
+def cpu_by_process(before: dict[int, float] | None, after: dict[int, float] | None) -> dict[str, float]:
+    """Where the servers' CPU went during a run, summed by process name (largest first)."""
+    if before is None or after is None:
+        return {}
+    out: dict[str, float] = {}
+    for pid, t in after.items():
+        name = _process_name(pid)
+        out[name] = out.get(name, 0.0) + t - before.get(pid, 0.0)
+    return {k: round(v, 2) for k, v in sorted(out.items(), key=lambda kv: -kv[1]) if v >= 0.05}
+
+
+def locust(url: str, queries_file: Path, users: int, seconds: float, warmup_s: float, work: Path,
+           locust_path: str | None = None) -> dict[str, Any]:
+    """One headless Locust run against ``url``: exact latency percentiles, QPS and errors."""
+    out = work / f"locust-{users}u-{time.monotonic_ns()}.json"
+    env = os.environ | {"BENCH_QUERIES": str(queries_file), "BENCH_WARMUP_S": str(warmup_s),
+                        "BENCH_OUT": str(out)}
+    if locust_path:  # a Locust installed apart from this environment (--locust-path)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (locust_path, env.get("PYTHONPATH")) if p)
+    cmd = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--host", url,
+           "-u", str(users), "-r", str(users), "-t", f"{warmup_s + seconds:g}s", "--only-summary",
+           "--loglevel", "WARNING", "--exit-code-on-error", "0", "--csv", str(work / f"csv-{users}u")]
+    loadavg_before, cpu_before = loadavg(), server_cpu_s()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=warmup_s + seconds + 120)
+    cpu_after = server_cpu_s()
+    server_cpu = cpu_delta(cpu_before, cpu_after)
+    if proc.returncode != 0 or not out.exists():
+        raise RuntimeError(f"locust failed (exit {proc.returncode}): {proc.stderr[-2000:]}")
+    data = json.loads(out.read_text())
+    t_end = data["measured_from"] + seconds
+    lat = np.asarray([ms for start, ms in data["samples"] if start < t_end])
+    pct = (lambda q: round(float(np.percentile(lat, q)), 2)) if lat.size else (lambda q: None)
+    return {"users": users, "requests": int(lat.size), "errors": int(data["failures"]),
+            "error_examples": data["failure_examples"], "qps": round(lat.size / seconds, 1),
+            "p50_ms": pct(50), "p95_ms": pct(95), "p99_ms": pct(99),
+            "mean_ms": round(float(lat.mean()), 2) if lat.size else None,
+            # the servers' CPU over the whole run (warm-up included) per request sent in it
+            "server_cpu_s": round(server_cpu, 2) if server_cpu is not None else None,
+            "server_cpu_ms_per_request": round(server_cpu * 1e3 / data["samples_all"], 2)
+            if server_cpu is not None and data.get("samples_all") else None,
+            "server_cpu_s_by_process": cpu_by_process(cpu_before, cpu_after),
+            "loadavg_before": loadavg_before, "loadavg_after": loadavg()}
+
+
+def locust_version(locust_path: str | None) -> str:
+    """The version of the Locust that :func:`locust` runs (it may live outside this environment)."""
+    env = os.environ | ({"PYTHONPATH": locust_path} if locust_path else {})
+    try:
+        out = subprocess.run([sys.executable, "-m", "locust", "--version"], env=env, capture_output=True,
+                             text=True, timeout=60).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return "absent"
+    return out.split()[1] if out.startswith("locust ") else "absent"
+
+
+def measure(url: str, args: argparse.Namespace, queries_file: Path, work: Path) -> dict[str, Any]:
+    """A one-user run (per-request path cost) then the ``--clients``-user load run."""
+    one = locust(url, queries_file, 1, args.seq_seconds, args.warmup_s, work, args.locust_path)
+    res = locust(url, queries_file, args.clients, args.seconds, args.warmup_s, work, args.locust_path)
+    return res | {"one_user": {k: one[k] for k in ("requests", "errors", "qps", "p50_ms", "p95_ms")}}
+
+
+def run_serve(index_dir: Path, args: argparse.Namespace, queries_file: Path, work: Path, name: str,
+              **extra: Any) -> dict[str, Any]:
+    """Deploy the app as ``name`` (``extra`` app args), measure it, read its metrics, delete it."""
+    import httpx
+    from ray import serve
+
+    from hybrid_ray.serving.app import build_app
+
+    app_args = {"index_dir": str(index_dir), "num_cpus_per_shard": 0.5, "retriever_num_cpus": 1,
+                "access_log": False, "max_batch_size": args.max_batch_size,
+                "batch_wait_timeout_s": args.batch_wait_timeout_s, **extra}
+    t0 = time.perf_counter()
+    serve.run(build_app(app_args), name=name, route_prefix="/", blocking=False)
+    url = f"http://127.0.0.1:{args.serve_port}"
+    wait_ready(url)
+    startup = time.perf_counter() - t0
+    try:
+        res = measure(url, args, queries_file, work)
+        res |= batch_stats(httpx.get(f"{url}/metrics", timeout=10).text)
+    finally:
+        serve.delete(name)
+    app_args["index_dir"] = "<tmp>/index"
+    return res | {"startup_s": round(startup, 1), "app_args": app_args}
+
+
+def run_bare(index_dir: Path, args: argparse.Namespace, queries_file: Path, work: Path) -> dict[str, Any]:
+    port = free_port()
+    env = os.environ | {"OMP_NUM_THREADS": "1"}  # as Ray gives a 1-CPU replica
+    cmd = [sys.executable, "-m", "bench.serve_load", "--bare-server", str(index_dir), "--port", str(port)]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_ready(url, 120)
+        startup = time.perf_counter() - t0
+        res = measure(url, args, queries_file, work)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return res | {"startup_s": round(startup, 1)}
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 2) if a is not None and b else None
+
+
+def ratios(run: dict[str, Any], bare: dict[str, Any]) -> dict[str, float | None]:
+    return {"p50": _ratio(run["p50_ms"], bare["p50_ms"]), "p95": _ratio(run["p95_ms"], bare["p95_ms"]),
+            "qps": _ratio(run["qps"], bare["qps"]),
+            "one_user_p50": _ratio(run["one_user"]["p50_ms"], bare["one_user"]["p50_ms"])}
 
 
 def markdown(r: dict[str, Any]) -> str:
-    s, b, d = r["serve"], r["bare"], r["direct"]
-    rows = [
-        "| run | requests | errors | QPS | p50 ms | p99 ms | mean ms |",
-        "|---|---|---|---|---|---|---|",
-        f"| Ray Serve (batched, {r['config']['shards']} shard deployments) | {s['requests']} | {s['errors']} "
-        f"| {s['qps']} | {s['p50_ms']} | {s['p99_ms']} | {s['mean_ms']} |",
-        f"| bare uvicorn, 1 process | {b['requests']} | {b['errors']} | {b['qps']} | {b['p50_ms']} "
-        f"| {b['p99_ms']} | {b['mean_ms']} |",
-        f"| direct in-process call (1 thread, no HTTP) | {d['calls']} | 0 | {d['qps_1_thread']} "
-        f"| {d['p50_ms']} | {d['p99_ms']} | |",
-    ]
-    c = r["config"]
+    s, f, b, d, c = r["serve"], r["fanout"], r["bare"], r["direct"], r["config"]
+
+    def row(label: str, x: dict[str, Any]) -> str:
+        return (f"| {label} | {x['requests']} | {x['errors']} | {x['qps']} | {x['p50_ms']} | {x['p95_ms']} "
+                f"| {x['p99_ms']} | {x['one_user']['p50_ms']} | {x.get('server_cpu_ms_per_request')} "
+                f"| {x['loadavg_before'][0]} / "
+                f"{x['loadavg_after'][0]} |")
+
+    rs, rf, t = r["ratio"]["serve"], r["ratio"]["fanout"], r["targets"]
+    verdict = "met" if t["met"] else "MISSED"
     return "\n".join([
-        "# Serving load test (loopback)",
+        "# Serving load test (loopback, Locust headless)",
         "",
         f"Command: `{r['command']}`  ",
-        f"Machine: {r['machine']['cpu']}, {r['machine']['cores']} cores, load average at start "
-        f"{r['machine']['loadavg_1m_at_start']:.2f} (shared machine)  ",
+        f"Machine: {r['machine']['cpu']}, {r['machine']['cores']} cores (shared with other users); 1/5/15-min "
+        f"load average before the run {r['machine']['loadavg']}, after {r['loadavg_after']}  ",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in r["versions"].items()),
         "",
         f"Model: {c['model']} (dim {c['dim']}); {c['passages']} passages in {len(LANGS)} languages, "
-        f"{c['shards']} shards (Flat, exact); {c['clients']} closed-loop clients for {c['seconds']} s "
-        "after a 2 s warm-up; k=10, a third of the queries language-filtered.",
+        f"{c['shards']} shards (Flat, exact); Locust: {c['clients']} closed-loop users (FastHttpUser, no wait) "
+        f"for {c['seconds']:g} s after a {c['warmup_s']:g} s warm-up, then 1 user for {c['seq_seconds']:g} s; "
+        "k=10, a third of the queries language-filtered. Percentiles from every request's exact time.",
         "",
-        *rows,
+        "| run | requests | errors | QPS | p50 ms | p95 ms | p99 ms | 1-user p50 ms | server CPU ms / request "
+        "| load 1m before / after |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+        row("bare uvicorn, 1 process (baseline)", b),
+        row("Ray Serve, shards in the ingress replica (common deployment)", s),
+        row(f"Ray Serve, fan-out to {c['shards']} shard deployments (before)", f),
+        f"| direct in-process call (1 thread, no HTTP) | {d['calls']} | 0 | {d['qps_1_thread']} | {d['p50_ms']} "
+        f"| | {d['p99_ms']} | | | |",
         "",
-        f"Serving-layer ratio (serve / bare): p50 {r['ratio']['p50']}x, p99 {r['ratio']['p99']}x, "
-        f"QPS {r['ratio']['qps']}x. Mean @serve.batch size {s['mean_batch_size']} over "
-        f"{s['search_batches']} batches. Serve startup {s['startup_s']} s, bare {b['startup_s']} s.",
+        f"**Serve (in-ingress) / bare: p50 {rs['p50']}x, p95 {rs['p95']}x, QPS {rs['qps']}x** "
+        f"(targets p50 <= {TARGET_P50_RATIO}x, QPS >= {TARGET_QPS_RATIO}x: {verdict}); one user p50 "
+        f"{rs['one_user_p50']}x. Fan-out / bare: p50 {rf['p50']}x, p95 {rf['p95']}x, QPS {rf['qps']}x.",
         "",
-        f"One client, one request at a time (p50): Ray Serve {s['sequential_p50_ms']} ms, bare "
-        f"{b['sequential_p50_ms']} ms. Inside the Retriever replica under load (means): request "
-        f"{s['replica_request_ms']} ms, query encoding {s['encode_batch_ms']} ms per batch, shard round "
-        f"trips {s['shard_call_ms']} ms.",
+        f"Inside the Retriever replica under load (means): in-ingress: request {s['replica_request_ms']} ms, "
+        f"batch {s['mean_batch_size']} over {s['search_batches']} batches, encode+search per batch "
+        f"{s['local_batch_ms']} ms; fan-out: request {f['replica_request_ms']} ms, batch {f['mean_batch_size']}, "
+        f"query encoding {f['encode_batch_ms']} ms per batch, shard round trips {f['shard_call_ms']} ms. "
+        f"Client p50 minus the replica's mean request time is roughly the proxy hop. Server CPU seconds "
+        f"by process during the load run: in-ingress {s.get('server_cpu_s_by_process')}; bare "
+        f"{b.get('server_cpu_s_by_process')}. Startup: serve "
+        f"{s['startup_s']} s, fan-out {f['startup_s']} s, bare {b['startup_s']} s.",
         "",
-        "The bare baseline is the same FastAPI routes (`hybrid_ray.serving.http.make_api`) over "
-        "`bench.serve_baseline.LocalRetriever` (encoder + all shards in one uvicorn process, no batching) in a "
-        "subprocess, run after Ray is shut down. Clients, Ray and the servers share the same cores, "
-        "so absolute figures are a lower bound for a dedicated host; the ratio is the point.",
+        "Server CPU ms / request: CPU time (user + system) of every server process over the load run "
+        "(warm-up included) divided by the requests sent in it; for Serve that is the proxy, replicas, "
+        "controller, raylet and GCS, for bare the one uvicorn process; Locust is not counted. On a "
+        "shared machine the kernel shares the cores out per runnable thread, so several processes get "
+        "more of them than one: QPS ratios then favour Serve, CPU per request does not.",
+        "",
+        "The bare baseline is the same FastAPI routes and guard (`hybrid_ray.serving.http.make_api`) over "
+        "`bench.serve_baseline.LocalRetriever` (encoder + all shards in one uvicorn process, no batching) in "
+        "a subprocess, run before Ray starts. Locust, Ray and the servers share the same cores, so absolute "
+        "figures are a lower bound for a dedicated host; the ratios, from one run, are the point.",
         "",
     ])
 
@@ -322,12 +387,16 @@ def markdown(r: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.serve_load", description=__doc__.splitlines()[0])
     p.add_argument("--model", default=None, help="encoder dir (default: a tiny offline encoder)")
-    p.add_argument("--clients", type=int, default=8)
-    p.add_argument("--seconds", type=float, default=15.0)
+    p.add_argument("--clients", type=int, default=8, help="Locust users of the load run")
+    p.add_argument("--seconds", type=float, default=15.0, help="measured seconds of the load run")
+    p.add_argument("--seq-seconds", type=float, default=6.0, help="measured seconds of the 1-user run")
+    p.add_argument("--warmup-s", type=float, default=2.0, help="seconds of every run not recorded")
     p.add_argument("--shards", type=int, default=2)
     p.add_argument("--passages", type=int, default=3000)
     p.add_argument("--max-batch-size", type=int, default=32)
-    p.add_argument("--batch-wait-timeout-s", type=float, default=0.005)
+    p.add_argument("--batch-wait-timeout-s", type=float, default=0.0)
+    p.add_argument("--locust-path", default=None,
+                   help="extra sys.path for the Locust process (a Locust installed apart from this env)")
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--bare-server", default=None, help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
@@ -341,48 +410,67 @@ def main(argv: list[str] | None = None) -> int:
     from hybrid_ray.testing import tiny_encoder
 
     apply_loopback_env()
+    if locust_version(args.locust_path) == "absent":
+        print("locust is not installed: pip install -c constraints.txt '.[bench]' (or point --locust-path "
+              "at a directory holding it)", file=sys.stderr)
+        return 2
     t_all = time.perf_counter()
-    machine = _machine()
+    mach = machine()
     with tempfile.TemporaryDirectory(prefix="serve-load-") as tmp:
+        work = Path(tmp)
         model = args.model
         if model is None:
-            model = str(Path(tmp) / "tiny-model")
+            model = str(work / "tiny-model")
             tiny_encoder(model)
-        index_dir = Path(tmp) / "index"
-        # Replica logs are not forwarded: the driver is also the load generator.
-        init_ray(num_cpus=4, log_to_driver=False)
+        index_dir = work / "index"
         t0 = time.perf_counter()
-        manifest = build_sharded_index(model, corpus(args.passages), index_dir, shards=args.shards,
-                                       concurrency=1)
+        manifest = build_sharded_index(model, corpus(args.passages), index_dir, shards=args.shards, local=True)
         build_s = time.perf_counter() - t0
-        bodies = queries(256)
-        print(f"index built in {build_s:.1f} s; load-testing Ray Serve...", flush=True)
-        serve_res = run_serve(index_dir, args, bodies)
-        print(f"serve: {serve_res['qps']} QPS, p50 {serve_res['p50_ms']} ms; bare baseline...", flush=True)
-        bare_res = run_bare(index_dir, args, bodies)
-        direct = run_direct(index_dir, bodies)
+        queries_file = work / "queries.json"
+        queries_file.write_text(json.dumps(queries(256)))
+        print(f"index built in {build_s:.1f} s; bare baseline...", flush=True)
+        bare_res = run_bare(index_dir, args, queries_file, work)
+        print(f"bare: {bare_res['qps']} QPS, p50 {bare_res['p50_ms']} ms; Ray Serve (in-ingress)...", flush=True)
+        import ray
+        from ray import serve
+
+        # Replica logs are not forwarded: this process drives the runs.
+        init_ray(num_cpus=4, log_to_driver=False)
+        args.serve_port = free_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": args.serve_port})
+        try:
+            serve_res = run_serve(index_dir, args, queries_file, work, "bench")
+            print(f"serve: {serve_res['qps']} QPS, p50 {serve_res['p50_ms']} ms; fan-out...", flush=True)
+            fan_res = run_serve(index_dir, args, queries_file, work, "bench-fanout", ingress_shard_budget_mb=0)
+            print(f"fan-out: {fan_res['qps']} QPS, p50 {fan_res['p50_ms']} ms; direct...", flush=True)
+        finally:
+            serve.shutdown()
+            ray.shutdown()
+        direct = run_direct(index_dir, queries(256))
+    rs = ratios(serve_res, bare_res)
     result = {
-        "command": "python -m bench.serve_load " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "machine": machine,
-        "versions": _versions(),
+        "command": command("bench.serve_load", argv),
+        "machine": mach,
+        "loadavg_after": loadavg(),
+        "versions": versions(["ray", "torch", "faiss-cpu", "fastapi", "uvicorn", "numpy"])
+        | {"locust": locust_version(args.locust_path)},
         "config": {"model": "tiny offline BERT (2 layers, 32 dims)" if args.model is None else args.model,
                    "dim": manifest["dim"], "passages": args.passages, "shards": args.shards,
-                   "clients": args.clients, "seconds": args.seconds, "index_build_s": round(build_s, 1)},
-        "serve": serve_res,
+                   "clients": args.clients, "seconds": args.seconds, "seq_seconds": args.seq_seconds,
+                   "warmup_s": args.warmup_s, "index_build_s": round(build_s, 1), "load_tool": "locust headless"},
         "bare": bare_res,
+        "serve": serve_res,
+        "fanout": fan_res,
         "direct": direct,
-        "ratio": {
-            "p50": round(serve_res["p50_ms"] / bare_res["p50_ms"], 2),
-            "p99": round(serve_res["p99_ms"] / bare_res["p99_ms"], 2),
-            "qps": round(serve_res["qps"] / bare_res["qps"], 2),
-        },
+        "ratio": {"serve": rs, "fanout": ratios(fan_res, bare_res)},
+        "targets": {"p50_ratio_max": TARGET_P50_RATIO, "qps_ratio_min": TARGET_QPS_RATIO,
+                    "met": bool(rs["p50"] is not None and rs["qps"] is not None
+                                and rs["p50"] <= TARGET_P50_RATIO and rs["qps"] >= TARGET_QPS_RATIO)},
         "total_s": round(time.perf_counter() - t_all, 1),
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(args.out / "serve_load.json", result)
-    write_text_atomic(args.out / "serve_load.md", markdown(result))
+    write_results(args.out, "serve_load", result, markdown(result))
     print(markdown(result))
-    errors = serve_res["errors"] + bare_res["errors"]
+    errors = serve_res["errors"] + bare_res["errors"] + fan_res["errors"]
     if errors:
         print(f"FAILED: {errors} errors", file=sys.stderr)
     return 1 if errors else 0

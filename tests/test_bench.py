@@ -216,3 +216,47 @@ def test_cached_loss_bench_smoke(tmp_path: Path) -> None:
         assert point["peak_rss_mib"] >= point["base_rss_mib"] > 0 and point["s_per_pair"] > 0
     assert "load average" in result["uptime_before"]
     assert "| cached_infonce | 4 |" in (tmp_path / "cached_loss.md").read_text()
+
+
+def _serve_run(qps: float, p50: float, p95: float) -> dict:
+    return {"requests": int(qps * 15), "errors": 0, "qps": qps, "p50_ms": p50, "p95_ms": p95, "p99_ms": p95 * 1.2,
+            "mean_ms": p50, "loadavg_before": [1.0, 1.0, 1.0], "loadavg_after": [1.2, 1.0, 1.0],
+            "one_user": {"requests": 100, "errors": 0, "qps": 50.0, "p50_ms": p50 / 4, "p95_ms": p95 / 4},
+            "startup_s": 10.0, "search_batches": 10, "mean_batch_size": 3.0, "replica_request_ms": p50 / 2,
+            "encode_batch_ms": 1.0, "local_batch_ms": 2.0, "shard_call_ms": {}}
+
+
+@pytest.mark.parametrize(("serve_p50", "serve_qps", "met"), [(30.0, 200.0, True), (40.0, 200.0, False),
+                                                              (30.0, 100.0, False)])
+def test_serve_load_ratios_and_targets_in_the_report(serve_p50, serve_qps, met) -> None:
+    """The serving report's ratios come from the same run's bare baseline; the verdict follows the targets."""
+    from bench import serve_load
+
+    bare, serve = _serve_run(250.0, 25.0, 40.0), _serve_run(serve_qps, serve_p50, 60.0)
+    rs = serve_load.ratios(serve, bare)
+    assert rs["p50"] == round(serve_p50 / 25.0, 2) and rs["qps"] == round(serve_qps / 250.0, 2)
+    verdict = rs["p50"] <= serve_load.TARGET_P50_RATIO and rs["qps"] >= serve_load.TARGET_QPS_RATIO
+    assert verdict is met
+    result = {"command": "python -m bench.serve_load", "machine": {"cpu": "x", "cores": 2, "loadavg": [1, 1, 1]},
+              "loadavg_after": [1, 1, 1], "versions": {"locust": "2.47.0"},
+              "config": {"model": "tiny", "dim": 32, "passages": 3000, "shards": 2, "clients": 8, "seconds": 15.0,
+                         "seq_seconds": 6.0, "warmup_s": 2.0},
+              "bare": bare, "serve": serve, "fanout": _serve_run(100.0, 60.0, 90.0),
+              "direct": {"calls": 200, "p50_ms": 2.0, "p99_ms": 4.0, "qps_1_thread": 400.0},
+              "ratio": {"serve": rs, "fanout": serve_load.ratios(_serve_run(100.0, 60.0, 90.0), bare)},
+              "targets": {"met": verdict}}
+    md = serve_load.markdown(result)
+    assert f"p50 {rs['p50']}x" in md and ("met)" if met else "MISSED)") in md
+    assert md.count("| Ray Serve") == 2 and "| bare uvicorn" in md
+
+
+def test_locustfile_is_valid_python_with_a_user() -> None:
+    """Locust is a bench extra (not in the test env): the user class is checked without importing it."""
+    import ast
+
+    from bench import serve_load
+
+    tree = ast.parse(serve_load.LOCUSTFILE.read_text())
+    users = [n for n in tree.body if isinstance(n, ast.ClassDef) and any(
+        getattr(b, "id", None) == "FastHttpUser" for b in n.bases)]
+    assert [u.name for u in users] == ["SearchUser"]

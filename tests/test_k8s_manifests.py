@@ -599,16 +599,35 @@ def test_rayjob_lifecycle_fields():
     assert spec["activeDeadlineSeconds"] > 0
 
 
+def _probe_urls(probe: dict) -> list[str]:
+    """The URLs a probe calls, in order (httpGet, or the wget calls of an exec probe)."""
+    if "httpGet" in probe:
+        return [f"http://localhost:{probe['httpGet']['port']}{probe['httpGet']['path']}"]
+    return re.findall(r"http://localhost:\d+\S*", " ".join(probe["exec"]["command"]))
+
+
 def test_rayservice_probes():
+    """Workers: ready = raylet + Serve proxy + the app's /ready; alive = raylet + the app's /health,
+    after a startupProbe on /health that allows a slow index load. All on the Serve port of serveConfigV2."""
     cluster = _cluster_spec(_load(RAYSERVICE))
     head = cluster["headGroupSpec"]["template"]["spec"]["containers"][0]
     assert head["readinessProbe"] and head["livenessProbe"]
+    serve = f"http://localhost:{_serve_config()['http_options']['port']}"
+    raylet = "http://localhost:52365/api/local_raylet_healthz"
     for group in cluster["workerGroupSpecs"]:
         worker = group["template"]["spec"]["containers"][0]
-        readiness = yaml.safe_dump(worker["readinessProbe"])
-        assert "/-/healthz" in readiness and "/health" in readiness.replace("/-/healthz", "")
-        assert "/ready" in readiness
-        assert worker["livenessProbe"]
+        assert _probe_urls(worker["readinessProbe"]) == [raylet, f"{serve}/-/healthz", f"{serve}/ready"]
+        assert _probe_urls(worker["livenessProbe"]) == [raylet, f"{serve}/health"]
+        assert _probe_urls(worker["startupProbe"]) == [f"{serve}/health"]
+        for kind in ("readinessProbe", "livenessProbe", "startupProbe"):
+            probe = worker[kind]
+            # every wget's own timeout fits in the probe's timeout (else the kubelet kills it first)
+            wget_t = sum(int(t) for t in re.findall(r"-T (\d+)", " ".join(probe.get("exec", {}).get("command", []))))
+            assert wget_t <= probe["timeoutSeconds"], (kind, wget_t, probe["timeoutSeconds"])
+        ready, alive, start = worker["readinessProbe"], worker["livenessProbe"], worker["startupProbe"]
+        assert ready["periodSeconds"] * ready["failureThreshold"] <= 15, "a lost shard must leave traffic fast"
+        assert alive["periodSeconds"] * alive["failureThreshold"] >= 30, "one slow /health must not restart"
+        assert start["periodSeconds"] * start["failureThreshold"] >= 600, "index load takes minutes"
 
 
 def test_rayjob_probes():

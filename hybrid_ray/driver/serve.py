@@ -41,7 +41,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--blocking", action=argparse.BooleanOptionalAction, default=True,
                    help="wait for Ctrl-C (default) or return once the app is ready")
     p.add_argument("--max-batch-size", type=int, default=32)
-    p.add_argument("--batch-wait-timeout-s", type=float, default=0.005)
+    p.add_argument("--batch-wait-timeout-s", type=float, default=0.0)
     p.add_argument("--max-ongoing-requests", type=int, default=128)
     p.add_argument("--k-limit", type=int, default=100)
     p.add_argument("--max-query-chars", type=int, default=2048)

@@ -48,7 +48,10 @@ from hybrid_ray.serving.shard import ShardCore, ShardHits, merge_hits
 log = logging.getLogger(__name__)
 
 
-@serve.deployment(health_check_period_s=10, health_check_timeout_s=30)
+# health_check_period_s: the Serve controller notices a dead replica on its next health check and
+# only then starts a replacement, so this bounds a lost shard's outage (measured with 10 s: /ready
+# 200 again 8.7 s after a kill -9). check_health is a field read: probing every 2 s costs nothing.
+@serve.deployment(health_check_period_s=2, health_check_timeout_s=30)
 class ShardSearcher:
     """One index shard in one replica. A loading error is kept and raised by ``check_health``."""
 

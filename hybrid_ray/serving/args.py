@@ -23,7 +23,11 @@ class AppArgs(BaseModel):
     index_dir: str = Field(description="index directory written by 'hybrid-ray index'")
     model_dir: str | None = Field(None, description="encoder directory; default: the manifest's model_dir")
     max_batch_size: int = Field(32, ge=1, description="@serve.batch max batch size (query encoding)")
-    batch_wait_timeout_s: float = Field(0.005, ge=0, description="@serve.batch wait for a fuller batch")
+    # 0: the BatchGate already collects the requests that arrive while a batch runs, so an idle
+    # replica need not wait for company (measured: one client p50 14.5 ms at 0 vs 22 ms at 0.005).
+    batch_wait_timeout_s: float = Field(0.0, ge=0, description="@serve.batch wait for a fuller batch once "
+                                        "the first request is in (requests arriving during a batch are "
+                                        "collected for the next one anyway)")
     # Measured: Serve's default of 5 ongoing requests per replica capped batches at 2-3.
     max_ongoing_requests: int = Field(128, ge=1, description="/search and /embed requests a Retriever replica "
                                       "works on at once; probes and bodies still arriving do not count")

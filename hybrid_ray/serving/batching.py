@@ -7,8 +7,10 @@ passed, even while the previous batch is still running (it then waits for the
 admits a request into the batch queue only while no batch is running (:class:`BatchGate`):
 requests that arrive during a batch wait, and all of them enter the queue together when it ends,
 so the next batch holds everything that arrived meanwhile ("collect while busy"; at most
-``max_batch_size`` per batch). An idle server still answers a lone request after
-``batch_wait_timeout_s``.
+``max_batch_size`` per batch). The gate does the collecting, so ``batch_wait_timeout_s`` defaults
+to 0: a request that finds the replica idle runs at once instead of waiting for company (measured
+in ``bench/serve_load.py`` A/B runs: one client p50 14.5 ms at 0 vs 22 ms at 0.005, same QPS under
+8 clients).
 
 Isolation: text is validated per request (:func:`hybrid_ray.serving.http.valid_text`) before it
 enters a batch; if a batch still fails (an encoder or search error), each of its requests is
