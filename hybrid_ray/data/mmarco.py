@@ -13,11 +13,14 @@ language. Triples sharing a (qid, pos_id) become one pair whose negatives are th
 ``negatives_per_pair`` negatives of those triples.
 
 The files are large (8.8M passages, ~3 GB per language; 40M triples), so they are streamed with
-pyarrow's CSV reader and only the rows the selected triples need are kept.
+pyarrow's CSV reader and only the rows the selected triples need are kept; ``data convert``
+writes one language at a time (:func:`iter_mmarco`, :mod:`hybrid_ray.data.streaming`), so the
+whole multi-language table is never in memory.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -25,7 +28,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 
 from hybrid_ray.data.formats import DataFormat, register_format
-from hybrid_ray.data.pairs import open_text
+from hybrid_ray.data.pairs import iter_tsv
 from hybrid_ray.data.schema import PAIRS_SCHEMA, check_lang, first_null_row, validate_pairs_table
 from hybrid_ray.errors import DataError
 
@@ -65,11 +68,11 @@ def mmarco_langs(root: str | Path) -> list[str]:
 
 
 def _first_bad_line(path: Path, n_fields: int) -> tuple[int, str] | None:
-    with open_text(path) as f:
-        for lineno, raw in enumerate(f, start=1):
-            line = raw.rstrip("\r\n")
-            if line and len(line.split("\t")) != n_fields:
-                return lineno, line
+    try:
+        for _ in iter_tsv(path, n_fields, skip_whitespace=False):
+            pass
+    except DataError as exc:
+        return exc.line, exc.value
     return None
 
 
@@ -142,18 +145,20 @@ def _lookup(path: Path, ids: pa.Array, what: str) -> pa.Array:
     return out
 
 
-def load_mmarco(
+def iter_mmarco(
     root: str | Path,
     langs: list[str] | None = None,
     *,
     split: str = "train",
     max_triples: int | None = None,
     negatives_per_pair: int = 1,
-) -> pa.Table:
-    """mMARCO triples as a validated long-layout pairs table (one row per pair and language).
+) -> Iterator[pa.Table]:
+    """mMARCO triples as validated long-layout pairs tables, one per language (bounded memory).
 
-    ``langs`` are ISO codes or mMARCO names (default: every language with a collection).
-    ``max_triples`` reads only the first N triples (the full file has ~40M).
+    What ``data convert`` writes, chunk by chunk: memory holds the triples' ids and one language's
+    selected texts at a time (each collection is streamed and only the passages the triples use
+    are kept), never the whole multi-language table. Arguments and errors as :func:`load_mmarco`;
+    argument errors are raised at the call, data errors while iterating.
     """
     root = Path(root)
     if not root.is_dir():
@@ -166,36 +171,60 @@ def load_mmarco(
     for code in codes:
         check_lang(code, path=root)
         mmarco_name(code)
+    return _iter_languages(root, codes, split, max_triples, negatives_per_pair)
+
+
+def _iter_languages(root: Path, codes: list[str], split: str, max_triples: int | None,
+                    negatives_per_pair: int) -> Iterator[pa.Table]:
     triples = read_triples(root, max_triples)
     grouped = triples.group_by(["qid", "pos_id"], use_threads=False).aggregate([("neg_id", "list")])
+    del triples
     qids, pos_ids = grouped.column("qid").combine_chunks(), grouped.column("pos_id").combine_chunks()
     negs = pc.list_slice(grouped.column("neg_id_list").combine_chunks(), 0, negatives_per_pair)
+    del grouped
     neg_offsets = negs.offsets
     neg_flat = pc.list_flatten(negs)
     pair_ids = pc.binary_join_element_wise(qids, pos_ids, "-")
-    tables = []
+    doc_ids = pa.concat_arrays([pos_ids, neg_flat])
     for code in codes:
         name = mmarco_name(code)
         qpath = root / "queries" / split / f"{name}_queries.{split}.tsv"
         cpath = root / "collections" / f"{name}_collection.tsv"
         query = _lookup(qpath, qids, "query")
-        doc_ids = pa.concat_arrays([pos_ids, neg_flat])
         docs = _lookup(cpath, doc_ids, "passage")
         positive = docs.slice(0, len(pos_ids))
         negatives = pa.ListArray.from_arrays(neg_offsets, docs.slice(len(pos_ids)))
-        tables.append(
-            pa.table(
-                {
-                    "pair_id": pair_ids,
-                    "lang": pa.array([code] * len(pair_ids), pa.string()),
-                    "query": query,
-                    "positive": positive,
-                    "negatives": negatives,
-                },
-                schema=PAIRS_SCHEMA,
-            )
+        table = pa.table(
+            {
+                "pair_id": pair_ids,
+                "lang": pa.array([code] * len(pair_ids), pa.string()),
+                "query": query,
+                "positive": positive,
+                "negatives": negatives,
+            },
+            schema=PAIRS_SCHEMA,
         )
-    return validate_pairs_table(pa.concat_tables(tables), path=root)
+        del query, docs, positive, negatives
+        yield validate_pairs_table(table, path=root)
+
+
+def load_mmarco(
+    root: str | Path,
+    langs: list[str] | None = None,
+    *,
+    split: str = "train",
+    max_triples: int | None = None,
+    negatives_per_pair: int = 1,
+) -> pa.Table:
+    """mMARCO triples as a validated long-layout pairs table (one row per pair and language).
+
+    ``langs`` are ISO codes or mMARCO names (default: every language with a collection).
+    ``max_triples`` reads only the first N triples (the full file has ~40M). Everything in
+    memory; ``data convert`` streams the same rows (:func:`iter_mmarco`).
+    """
+    tables = list(iter_mmarco(root, langs, split=split, max_triples=max_triples,
+                              negatives_per_pair=negatives_per_pair))
+    return validate_pairs_table(pa.concat_tables(tables), path=Path(root))
 
 
 register_format(DataFormat(
@@ -207,5 +236,8 @@ register_format(DataFormat(
     convert=lambda path, opts: load_mmarco(path, opts.langs, split=opts.split or "train",
                                            max_triples=opts.max_triples,
                                            negatives_per_pair=opts.negatives_per_pair),
+    convert_stream=lambda path, opts: iter_mmarco(path, opts.langs, split=opts.split or "train",
+                                                  max_triples=opts.max_triples,
+                                                  negatives_per_pair=opts.negatives_per_pair),
     priority=50,
 ))
