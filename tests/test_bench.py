@@ -203,3 +203,18 @@ def test_train_bench_prepares_missing_inputs(tmp_path: Path, monkeypatch) -> Non
     calls.clear()
     train_throughput.prepare_inputs(args, tmp_path)
     assert [c[0] for c in calls] == ["convert"]
+
+
+def test_convert_stream_bench_smoke(tmp_path: Path) -> None:
+    """A tiny synthetic mMARCO input through both conversion paths (two child processes)."""
+    from bench import convert_stream
+
+    argv = ["--langs", "2", "--passages", "3000", "--queries", "300", "--triples", "600",
+            "--workdir", str(tmp_path), "--out", str(tmp_path / "res")]
+    assert convert_stream.main(argv) == 0
+    result = json.loads((tmp_path / "res" / "convert_stream.json").read_text())
+    assert result["output"]["identical_to_in_memory_path"] is True
+    assert 0 < result["output"]["rows"] <= 2 * result["input"]["triples"]  # one row per (pair, language)
+    assert all(r["exit_code"] == 0 and r["peak_rss_mib"] > 0 for r in result["runs"].values())
+    assert result["uptime"]["start"] and "load average" in result["uptime"]["end"]
+    assert [p.name for p in tmp_path.iterdir()] == ["res"]  # the generated input is deleted
