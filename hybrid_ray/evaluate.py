@@ -1,6 +1,8 @@
 """Evaluate a dual encoder on a :class:`RetrievalSet`: mono-, cross- and multilingual retrieval.
 
-Queries and candidates are encoded once; every setting is then an exact FAISS inner-product
+Queries and candidates are encoded once (in-process, or for large sets through the Ray Data actor
+pool shared with ``index`` and ``mine``, :mod:`hybrid_ray.encode_ray`; ``encode=EncodeOptions(...)``,
+``hybrid-ray eval --encode``); every setting is then an exact FAISS inner-product
 search (:mod:`hybrid_ray.search`) over a subset of the same candidate vectors, scored by trec_eval
 (:mod:`hybrid_ray.metrics`).
 
