@@ -1,7 +1,7 @@
 """Evaluation encoding at corpus scale: ``python -m bench.eval_encode`` (``hybrid-ray bench eval-encode``).
 
 What ``hybrid-ray eval`` does with a large candidate pool, both ways, on the same synthetic corpus
-(``--n`` passages, default 200,000, unique pseudo-word texts of 12-48 words):
+(``--n`` passages, default 200,000, unique pseudo-word texts of 8-24 words):
 
 * in-process: the model loaded in the driver, :func:`hybrid_ray.encode.encode_to_memmap` (what
   ``eval --encode local`` runs);
@@ -11,7 +11,7 @@ What ``hybrid-ray eval`` does with a large candidate pool, both ways, on the sam
   of ``--num-cpus`` CPUs, ``--concurrency`` actors of one CPU each.
 
 The encoder is small on purpose, so that 200k passages fit in minutes on 2 shared cores: a BERT
-built from a config (``--layers`` 2, ``--hidden`` 128, random weights) with the real
+built from a config (``--layers`` 2, ``--hidden`` 64, ``--max-length`` 32, random weights) with the real
 multilingual-e5 tokenizer (250k SentencePiece vocabulary) from the converted e5 directory when it
 exists, else the tiny test tokenizer. Wall times include the model load (and, for Ray, the actor
 start-up; ``ray.init`` is timed apart). Embeddings of both paths are compared (max abs difference,
@@ -49,7 +49,7 @@ def synthetic_passages(n: int, seed: int = 0) -> list[str]:
     rng = np.random.default_rng(seed)
     syl = ["ka", "lo", "mi", "ne", "ru", "sa", "ti", "vo", "be", "da", "fi", "go", "ha", "je", "ku", "ma"]
     words = ["".join(rng.choice(syl, size=int(rng.integers(1, 4)))) for _ in range(4000)]
-    lens = rng.integers(12, 49, size=n)
+    lens = rng.integers(8, 25, size=n)
     picks = rng.integers(0, len(words), size=int(lens.sum()))
     out, at = [], 0
     for i, k in enumerate(lens.tolist()):
@@ -86,8 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=200_000, help="passages in the synthetic corpus")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--layers", type=int, default=2)
-    p.add_argument("--hidden", type=int, default=128)
-    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--hidden", type=int, default=64)
+    p.add_argument("--max-length", type=int, default=32)
     p.add_argument("--num-cpus", type=int, default=2, help="CPUs of the local Ray cluster")
     p.add_argument("--concurrency", type=int, default=None, help="Ray actors (default: one per CPU)")
     p.add_argument("--workdir", default=None, help="where the memmaps go (default: a temp dir under /tmp)")
