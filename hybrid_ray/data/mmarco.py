@@ -39,6 +39,8 @@ MMARCO_LANGUAGES: dict[str, str] = {
     "portuguese": "pt", "russian": "ru", "spanish": "es", "vietnamese": "vi",
 }
 ISO_TO_MMARCO = {code: name for name, code in MMARCO_LANGUAGES.items()}
+#: Pairs per table that :func:`iter_mmarco` yields (each language in one or more such tables).
+PAIRS_CHUNK = 100_000
 TRIPLES_FILE = "triples.train.ids.small.tsv"
 
 
@@ -118,10 +120,12 @@ def read_triples(root: str | Path, max_triples: int | None = None) -> pa.Table:
     return table
 
 
-def _lookup(path: Path, ids: pa.Array, what: str) -> pa.Array:
-    """Texts for ``ids`` (in order) from an ``id<TAB>text`` file, streaming it once.
+def _lookup_index(path: Path, ids: pa.Array, what: str) -> tuple[pa.Array, pa.Array]:
+    """``(row, texts)``: the distinct texts ``ids`` use, from an ``id<TAB>text`` file streamed once,
+    and for each id its row in ``texts`` (``pc.take(texts, row)`` = the texts in ``ids`` order).
 
-    Raises DataError naming the file and the first id it lacks, or whose text is empty.
+    Memory holds each used text once, however many ids repeat it. Raises DataError naming the
+    file and the first id it lacks, or whose text is empty.
     """
     wanted = pc.unique(ids)
     found_ids, found_texts = [], []
@@ -132,17 +136,24 @@ def _lookup(path: Path, ids: pa.Array, what: str) -> pa.Array:
             found_texts.append(pc.filter(batch.column(1), mask))
     have = pa.concat_arrays(found_ids) if found_ids else pa.array([], pa.string())
     texts = pa.concat_arrays(found_texts) if found_texts else pa.array([], pa.string())
+    del found_ids, found_texts
     idx = pc.index_in(ids, value_set=have)
     row = first_null_row(idx)
     if row is not None:
         missing = ids[row].as_py()
         raise DataError(f"{what} id used by a triple is missing from this file", path=path, value=missing)
-    out = pc.utf8_trim_whitespace(pc.take(texts, idx))
-    empty = pc.equal(pc.utf8_length(out), 0)
+    texts = pc.utf8_trim_whitespace(texts)
+    empty = pc.take(pc.equal(pc.utf8_length(texts), 0), idx)
     if pc.any(empty).as_py():
         bad = ids[pc.index(empty, True).as_py()].as_py()
         raise DataError(f"empty {what} text", path=path, field="text", value=bad)
-    return out
+    return idx, texts
+
+
+def _lookup(path: Path, ids: pa.Array, what: str) -> pa.Array:
+    """Texts for ``ids`` (in order) from an ``id<TAB>text`` file, streaming it once (see :func:`_lookup_index`)."""
+    idx, texts = _lookup_index(path, ids, what)
+    return pc.take(texts, idx)
 
 
 def iter_mmarco(
@@ -153,12 +164,14 @@ def iter_mmarco(
     max_triples: int | None = None,
     negatives_per_pair: int = 1,
 ) -> Iterator[pa.Table]:
-    """mMARCO triples as validated long-layout pairs tables, one per language (bounded memory).
+    """mMARCO triples as validated long-layout pairs tables, language by language, in chunks of
+    :data:`PAIRS_CHUNK` pairs (bounded memory).
 
-    What ``data convert`` writes, chunk by chunk: memory holds the triples' ids and one language's
-    selected texts at a time (each collection is streamed and only the passages the triples use
-    are kept), never the whole multi-language table. Arguments and errors as :func:`load_mmarco`;
-    argument errors are raised at the call, data errors while iterating.
+    What ``data convert`` writes, chunk by chunk: memory holds the triples' ids, one language's
+    distinct selected texts (each collection is streamed and only the passages the triples use
+    are kept, once each) and one chunk of rows, never the whole multi-language table. Arguments
+    and errors as :func:`load_mmarco`; argument errors are raised at the call, data errors while
+    iterating.
     """
     root = Path(root)
     if not root.is_dir():
@@ -186,26 +199,33 @@ def _iter_languages(root: Path, codes: list[str], split: str, max_triples: int |
     neg_flat = pc.list_flatten(negs)
     pair_ids = pc.binary_join_element_wise(qids, pos_ids, "-")
     doc_ids = pa.concat_arrays([pos_ids, neg_flat])
+    n_pairs = len(pair_ids)
+    base = neg_offsets[0].as_py()  # offset of the first negative in neg_flat
     for code in codes:
         name = mmarco_name(code)
         qpath = root / "queries" / split / f"{name}_queries.{split}.tsv"
         cpath = root / "collections" / f"{name}_collection.tsv"
-        query = _lookup(qpath, qids, "query")
-        docs = _lookup(cpath, doc_ids, "passage")
-        positive = docs.slice(0, len(pos_ids))
-        negatives = pa.ListArray.from_arrays(neg_offsets, docs.slice(len(pos_ids)))
-        table = pa.table(
-            {
-                "pair_id": pair_ids,
-                "lang": pa.array([code] * len(pair_ids), pa.string()),
-                "query": query,
-                "positive": positive,
-                "negatives": negatives,
-            },
-            schema=PAIRS_SCHEMA,
-        )
-        del query, docs, positive, negatives
-        yield validate_pairs_table(table, path=root)
+        q_idx, q_texts = _lookup_index(qpath, qids, "query")
+        d_idx, d_texts = _lookup_index(cpath, doc_ids, "passage")
+        lang = pa.scalar(code, pa.string())
+        # Output in chunks of pairs: only the distinct texts stay in memory, not the rows.
+        for start in range(0, n_pairs, PAIRS_CHUNK):
+            n = min(PAIRS_CHUNK, n_pairs - start)
+            offs = neg_offsets.slice(start, n + 1)
+            first, last = offs[0].as_py(), offs[-1].as_py()
+            neg_idx = d_idx.slice(n_pairs + first - base, last - first)
+            table = pa.table(
+                {
+                    "pair_id": pair_ids.slice(start, n),
+                    "lang": pa.repeat(lang, n),
+                    "query": pc.take(q_texts, q_idx.slice(start, n)),
+                    "positive": pc.take(d_texts, d_idx.slice(start, n)),
+                    "negatives": pa.ListArray.from_arrays(pc.subtract(offs, first), pc.take(d_texts, neg_idx)),
+                },
+                schema=PAIRS_SCHEMA,
+            )
+            yield validate_pairs_table(table, path=root)
+        del q_idx, q_texts, d_idx, d_texts
 
 
 def load_mmarco(

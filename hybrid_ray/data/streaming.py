@@ -55,28 +55,34 @@ def write_pairs_stream(tables: Iterable[pa.Table], path: str | Path) -> tuple[in
     """Validate and write pairs chunks to one Parquet file; returns ``(rows, languages)``.
 
     Each chunk is validated like :func:`hybrid_ray.data.pairs.write_pairs` validates a whole
-    table. The only cross-row check, duplicate ``(pair_id, lang)``, stays exact because a
-    language may appear in one chunk only (a DataError otherwise): the converters emit one
-    chunk per language.
+    table. The only cross-row check, duplicate ``(pair_id, lang)``, also runs across chunks: the
+    ``pair_id`` column of every chunk is kept per language (ids only, no texts) and checked at
+    the end, before the file is published.
     """
     path = Path(path)
     if not path.name.endswith(".parquet"):
         raise DataError("streaming output must be a .parquet file", path=path)
-    seen: list[str] = []
+    ids: dict[str, list[pa.Array]] = {}
 
     def checked() -> Iterator[pa.Table]:
         for table in tables:
             table = validate_pairs_table(table, path=path)
-            langs = pc.unique(table.column("lang")).to_pylist()
-            again = sorted(set(langs) & set(seen))
-            if again:
-                raise DataError("a language appears in two chunks of a streamed pairs table", path=path,
-                                field="lang", value=again[0])
-            seen.extend(langs)
+            for lang in pc.unique(table.column("lang")).to_pylist():
+                sel = pc.equal(table.column("lang"), lang)
+                ids.setdefault(lang, []).extend(pc.filter(table.column("pair_id"), sel).chunks)
             yield table
+        for lang, chunks in ids.items():
+            if len(chunks) < 2:
+                continue  # one chunk: validate_pairs_table checked it
+            col = pa.chunked_array(chunks, pa.string())
+            if pc.count_distinct(col).as_py() != len(col):
+                counts = pc.value_counts(col)
+                dup = next(v["values"].as_py() for v in counts if v["counts"].as_py() > 1)
+                raise DataError("duplicate (pair_id, lang) across chunks of a streamed pairs table", path=path,
+                                field="pair_id", value=f"{dup}\x1f{lang}")
 
     rows = write_parquet_stream(checked(), path, PAIRS_SCHEMA)
-    return rows, sorted(seen)
+    return rows, sorted(ids)
 
 
 @dataclass

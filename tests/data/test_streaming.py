@@ -49,6 +49,19 @@ def test_mmarco_streamed_equals_in_memory(mmarco_dir, tmp_path, capsys):
     assert [sorted(set(c.column("lang").to_pylist())) for c in chunks] == [["de"], ["en"]]  # one per language
 
 
+def test_mmarco_chunks_of_pairs_give_the_same_rows(mmarco_dir, tmp_path, monkeypatch):
+    from hybrid_ray.data import mmarco
+
+    whole = load_mmarco(mmarco_dir, negatives_per_pair=2)
+    monkeypatch.setattr(mmarco, "PAIRS_CHUNK", 1)  # 3 pairs -> 3 tables per language
+    chunks = list(iter_mmarco(mmarco_dir, negatives_per_pair=2))
+    assert len(chunks) == 2 * 3 and all(c.num_rows == 1 for c in chunks)
+    assert pa.concat_tables(chunks).equals(whole)
+    out = tmp_path / "chunked.parquet"
+    assert write_pairs_stream(iter(chunks), out) == (6, ["de", "en"])
+    assert pq.read_table(out).equals(whole)
+
+
 def test_mmarco_malformed_line_names_file_and_line(mmarco_dir, tmp_path):
     coll = mmarco_dir / "collections" / "german_collection.tsv"
     coll.write_text(coll.read_text() + "104\tone\ttoo many\n", encoding="utf-8")
@@ -58,10 +71,10 @@ def test_mmarco_malformed_line_names_file_and_line(mmarco_dir, tmp_path):
     assert not out.exists() and not list(tmp_path.glob(".x.parquet*"))  # atomic: no partial output
 
 
-def test_pairs_stream_refuses_a_language_in_two_chunks(mmarco_dir, tmp_path):
+def test_pairs_stream_refuses_a_pair_repeated_across_chunks(mmarco_dir, tmp_path):
     en = next(c for c in iter_mmarco(mmarco_dir) if c.column("lang")[0].as_py() == "en")
-    with pytest.raises(DataError, match="two chunks"):
-        write_pairs_stream(iter([en, en]), tmp_path / "dup.parquet")
+    with pytest.raises(DataError, match="duplicate .pair_id, lang. across chunks"):
+        write_pairs_stream(iter([en, en.slice(1, 1)]), tmp_path / "dup.parquet")
     assert not (tmp_path / "dup.parquet").exists()
 
 
