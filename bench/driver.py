@@ -1,4 +1,4 @@
-"""``hybrid-ray bench {train,sampler,search,encode,cached,serve,all} [args...]``: run the benchmarks.
+"""``hybrid-ray bench {train,sampler,search,encode,eval-encode,convert,cached,serve,all} ...``: run the benchmarks.
 
 Each benchmark is its own ``python -m bench.<module>`` program with a ``main(argv) -> int``; this
 dispatcher only maps short names to modules, imported lazily so that ``hybrid-ray bench --help``
@@ -21,6 +21,8 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "data": ("bench.data_scale", "per-worker memory + start-up: read_pairs vs memory-mapped open_pairs"),
     "search": ("bench.search", "FAISS Flat / sharded / IVF / HNSW: build time, QPS, recall@10"),
     "encode": ("bench.encode", "passage encoding: Ray Data actor pool vs one process"),
+    "eval-encode": ("bench.eval_encode", "eval encoding of a 200k-passage corpus: Ray Data actor pool vs in-process"),
+    "convert": ("bench.convert_stream", "streaming mMARCO conversion of a >= 2 GB synthetic input: peak RSS, time"),
     "backends": ("bench.encode_backends", "CPU encoding: eager PyTorch vs ONNX Runtime vs ONNX int8 (+ cosine)"),
     "cached": ("bench.cached_loss", "peak memory + s/pair vs batch size: plain vs cached (GradCache) InfoNCE"),
     "serve": ("bench.serve_load", "Ray Serve retrieval app under closed-loop HTTP load vs a bare server"),

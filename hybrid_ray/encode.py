@@ -20,7 +20,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -189,8 +189,13 @@ def encode_to_memmap_cached(
     *,
     key: str | None = None,
     progress: bool = True,
+    write: Callable[[Path], np.ndarray] | None = None,
 ) -> np.ndarray:
     """:func:`encode_to_memmap`, reusing ``out_path`` when its sidecar records the same key.
+
+    ``write(out_path)``: another way to produce the file (e.g. Ray Data actors through
+    :func:`hybrid_ray.encode_ray.write_rows_memmap`); the key does not name the backend, because
+    both give the same vectors (to float rounding), so either reuses the other's file.
 
     ``key`` identifies the encoder (e.g. :func:`model_fingerprint`); None never reuses (the file
     is re-encoded and replaced atomically). The stored key also covers ``kind``, ``batch_size``
@@ -212,7 +217,10 @@ def encode_to_memmap_cached(
         except (OSError, ValueError):
             pass
     meta_path.unlink(missing_ok=True)
-    arr = encode_to_memmap(encoder, texts, kind, out_path, batch_size, progress=progress)
+    if write is not None:
+        arr = write(out_path)
+    else:
+        arr = encode_to_memmap(encoder, texts, kind, out_path, batch_size, progress=progress)
     if full_key is not None:
         write_json_atomic(meta_path, {"key": full_key, "kind": kind, "shape": list(arr.shape),
                                       "dtype": "float32"})

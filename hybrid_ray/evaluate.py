@@ -1,6 +1,8 @@
 """Evaluate a dual encoder on a :class:`RetrievalSet`: mono-, cross- and multilingual retrieval.
 
-Queries and candidates are encoded once; every setting is then an exact FAISS inner-product
+Queries and candidates are encoded once (in-process, or for large sets through the Ray Data actor
+pool shared with ``index`` and ``mine``, :mod:`hybrid_ray.encode_ray`; ``encode=EncodeOptions(...)``,
+``hybrid-ray eval --encode``); every setting is then an exact FAISS inner-product
 search (:mod:`hybrid_ray.search`) over a subset of the same candidate vectors, scored by trec_eval
 (:mod:`hybrid_ray.metrics`).
 
@@ -51,7 +53,7 @@ keeps trec_eval's input small (121 language pairs x 1,190 queries for XQuAD-R).
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +62,7 @@ import pyarrow as pa
 
 from hybrid_ray.data.retrieval import RetrievalSet
 from hybrid_ray.encode import Encoder, encode_texts, encode_to_memmap_cached
+from hybrid_ray.encode_ray import EncodeOptions, collect_rows, encode_rows, write_rows_memmap
 from hybrid_ray.errors import ConfigError, DataError
 from hybrid_ray.metric_registry import metrics_for, metrics_over
 from hybrid_ray.metrics import evaluate_run, language_bias, macro, run_from_ranking
@@ -142,6 +145,34 @@ class _Encoded:
             self.rel_rows.append(np.asarray(sorted(rows), dtype=np.int64))
 
 
+def _encode_one(
+    encoder: Encoder, texts: pa.ChunkedArray, kind: str, name: str, batch_size: int,
+    cache_dir: Path | None, progress: bool, cache_key: str | None, opts: EncodeOptions,
+) -> tuple[np.ndarray, str]:
+    """One text set's embeddings and the backend that made them (``local`` or ``ray``).
+
+    ``local`` is the in-process path with the caller's ``encoder``; ``ray`` is the Ray Data actor
+    pool :mod:`hybrid_ray.encode_ray` shared with ``index`` and ``mine`` (actors load
+    ``opts.model_dir``). Both fill the same memmap (and cache key) under ``cache_dir``.
+    """
+    backend = opts.backend(len(texts))
+    desc = f"encode {name}"
+
+    def ray_stream() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        return encode_rows("ray", opts.model_dir, texts, [(0, len(texts))], batch_size=batch_size,
+                           concurrency=opts.concurrency, num_gpus=opts.num_gpus, progress=progress, kind=kind,
+                           backend=opts.encoder_backend)
+
+    if cache_dir is None:
+        if backend == "local":
+            return encode_texts(encoder, texts, kind, batch_size, progress=progress, desc=desc), backend
+        return collect_rows(ray_stream(), len(texts)), backend
+    write = None if backend == "local" else (lambda path: write_rows_memmap(ray_stream(), len(texts), path))
+    arr = encode_to_memmap_cached(encoder, texts, kind, cache_dir / f"{name}.npy", batch_size, key=cache_key,
+                                  progress=progress, write=write)
+    return arr, backend
+
+
 def _encode(
     encoder: Encoder,
     rs: RetrievalSet,
@@ -149,21 +180,17 @@ def _encode(
     cache_dir: str | Path | None,
     progress: bool,
     cache_key: str | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Query and candidate embeddings: in memory, or streamed to memmaps under ``cache_dir``."""
-    q_text = rs.queries.column("text")
-    c_text = rs.corpus.column("text")
-    if cache_dir is None:
-        q_emb = encode_texts(encoder, q_text, "query", batch_size, progress=progress, desc="encode queries")
-        c_emb = encode_texts(encoder, c_text, "passage", batch_size, progress=progress,
-                             desc="encode candidates")
-        return q_emb, c_emb
-    cache_dir = Path(cache_dir)
-    q_emb = encode_to_memmap_cached(encoder, q_text, "query", cache_dir / "queries.npy", batch_size,
-                                    key=cache_key, progress=progress)
-    c_emb = encode_to_memmap_cached(encoder, c_text, "passage", cache_dir / "candidates.npy", batch_size,
-                                    key=cache_key, progress=progress)
-    return q_emb, c_emb
+    opts: EncodeOptions | None = None,
+) -> tuple[np.ndarray, np.ndarray, dict[str, str]]:
+    """Query and candidate embeddings (in memory, or streamed to memmaps under ``cache_dir``) and
+    the backend each set went through: small sets in-process, large ones on Ray under ``auto``."""
+    opts = opts or EncodeOptions()
+    cache = None if cache_dir is None else Path(cache_dir)
+    q_emb, q_b = _encode_one(encoder, rs.queries.column("text"), "query", "queries", batch_size, cache, progress,
+                             cache_key, opts)
+    c_emb, c_b = _encode_one(encoder, rs.corpus.column("text"), "passage", "candidates", batch_size, cache,
+                             progress, cache_key, opts)
+    return q_emb, c_emb, {"queries": q_b, "candidates": c_b}
 
 
 def _check_max_k(max_k: MaxK) -> None:
@@ -386,6 +413,7 @@ def evaluate_retrieval(
     use_gpu: bool = True,
     progress: bool = False,
     per_query: PerQueryLog | None = None,
+    encode: EncodeOptions | None = None,
 ) -> dict[str, Any]:
     """Encode ``rs`` once with ``encoder`` and compute every metric of ``setting``.
 
@@ -398,6 +426,9 @@ def evaluate_retrieval(
     candidate rows per search block (default: 64 MiB of vectors).
     ``per_query``: a :class:`hybrid_ray.runfiles.PerQueryLog` that receives every scored query
     (metrics, relevant ranks, ranked list) for ``per_query.parquet`` and the TREC run files.
+    ``encode``: :class:`hybrid_ray.encode_ray.EncodeOptions` (default: in-process with ``encoder``);
+    with ``mode="ray"`` / ``"auto"`` large text sets go through the Ray Data actor pool of
+    ``hybrid-ray index``; the search below is the same either way.
     Returns a JSON-able dict; :func:`hybrid_ray.eval_table.format_table` renders it.
     """
     if setting == "auto":
@@ -408,7 +439,7 @@ def evaluate_retrieval(
     if rs.queries.num_rows == 0 or rs.corpus.num_rows == 0:
         raise DataError(f"retrieval set {rs.name!r} has no queries or no candidates")
     t0 = time.perf_counter()
-    q_emb, c_emb = _encode(encoder, rs, batch_size, cache_dir, progress, cache_key)
+    q_emb, c_emb, backends = _encode(encoder, rs, batch_size, cache_dir, progress, cache_key, encode)
     t_enc = time.perf_counter() - t0
     enc = _Encoded(rs, q_emb, c_emb)
     run = _lareqa if setting == "lareqa" else _miracl
@@ -424,6 +455,7 @@ def evaluate_retrieval(
         "search": {"index": "Flat (exact inner product)", "max_k": max_k, "depths": body.pop("depths"),
                    "truncated": body.pop("truncated"),
                    "embeddings": "memmap" if cache_dir is not None else "memory"},
+        "encoding": {"mode": (encode or EncodeOptions()).mode, **backends},
         **body,
         "timing_s": {"encode": round(t_enc, 3), "total": round(time.perf_counter() - t0, 3)},
     }

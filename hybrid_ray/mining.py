@@ -44,7 +44,8 @@ import pyarrow.compute as pc
 from hybrid_ray.data.pairs import list_splits, read_pairs, write_pairs
 from hybrid_ray.data.schema import check_lang
 from hybrid_ray.encode import texts_digest
-from hybrid_ray.errors import ConfigError, DataError
+from hybrid_ray.encode_ray import choose_backend, encode_rows, write_rows_memmap
+from hybrid_ray.errors import ConfigError
 from hybrid_ray.io import atomic_dir, atomic_path, write_json_atomic
 from hybrid_ray.search import exact_search
 
@@ -121,8 +122,6 @@ def embed(
     model_sha: str, report: Report,
 ) -> np.ndarray:
     """``texts`` encoded (``kind``) into a float32 memmap at ``path``; reused when its key matches."""
-    from hybrid_ray.index.build import encode_rows_local, encode_rows_ray
-
     digest, n = texts_digest(texts)
     key = {"format": WORK_FORMAT, "model_sha256": model_sha, "kind": kind, "texts_sha256": digest,
            "count": n, "batch_size": cfg.batch_size}
@@ -136,26 +135,15 @@ def embed(
     except (OSError, ValueError):
         pass
     meta.unlink(missing_ok=True)
-    local = cfg.encode == "local" or (cfg.encode == "auto" and n <= cfg.local_max_rows)
-    if not local:
-        from hybrid_ray.local import init_ray
+    backend = choose_backend(cfg.encode, n, cfg.local_max_rows)
+    t0, last = time.perf_counter(), [0.0]
 
-        init_ray()
-    encode = encode_rows_local if local else encode_rows_ray
-    t0, done, last = time.perf_counter(), 0, 0.0
-    with atomic_path(path) as tmp:
-        mm = None
-        for rows, emb in encode(model_dir, texts, [(0, n)], batch_size=cfg.batch_size,
-                                concurrency=cfg.concurrency, kind=kind):
-            if mm is None:
-                mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, emb.shape[1]))
-            mm[rows] = emb
-            done += len(rows)
-            last = _progress(report, f"encode {kind} texts", done, n, t0, last)
-        if mm is None or done != n:
-            raise DataError(f"encoding returned {done} of {n} {kind} vectors", path=path)
-        mm.flush()
-        del mm
+    def on_batch(done: int) -> None:
+        last[0] = _progress(report, f"encode {kind} texts", done, n, t0, last[0])
+
+    stream = encode_rows(backend, model_dir, texts, [(0, n)], batch_size=cfg.batch_size,
+                         concurrency=cfg.concurrency, kind=kind)
+    write_rows_memmap(stream, n, path, on_batch=on_batch)
     write_json_atomic(meta, {"key": key})
     return np.load(path, mmap_mode="r")
 

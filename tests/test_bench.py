@@ -260,3 +260,18 @@ def test_locustfile_is_valid_python_with_a_user() -> None:
     users = [n for n in tree.body if isinstance(n, ast.ClassDef) and any(
         getattr(b, "id", None) == "FastHttpUser" for b in n.bases)]
     assert [u.name for u in users] == ["SearchUser"]
+
+
+def test_convert_stream_bench_smoke(tmp_path: Path) -> None:
+    """A tiny synthetic mMARCO input through both conversion paths (two child processes)."""
+    from bench import convert_stream
+
+    argv = ["--langs", "2", "--passages", "3000", "--queries", "300", "--triples", "600",
+            "--workdir", str(tmp_path), "--out", str(tmp_path / "res")]
+    assert convert_stream.main(argv) == 0
+    result = json.loads((tmp_path / "res" / "convert_stream.json").read_text())
+    assert result["output"]["identical_to_in_memory_path"] is True
+    assert 0 < result["output"]["rows"] <= 2 * result["input"]["triples"]  # one row per (pair, language)
+    assert all(r["exit_code"] == 0 and r["peak_rss_mib"] > 0 for r in result["runs"].values())
+    assert result["uptime"]["start"] and "load average" in result["uptime"]["end"]
+    assert [p.name for p in tmp_path.iterdir()] == ["res"]  # the generated input is deleted

@@ -143,7 +143,7 @@ def test_build_search_resume_and_corruption(ray_local, model_dir, pairs_file, tm
 
 # --------------------------------------------------------------------------- approximate indexes (no Ray)
 def test_ivf_shard_smaller_than_nlist_fails_before_encoding(model_dir, pairs_file, tmp_path, monkeypatch):
-    import hybrid_ray.index.build as index_mod
+    import hybrid_ray.encode_ray as index_mod
     from hybrid_ray.errors import ConfigError
 
     def must_not_encode(*_, **__):

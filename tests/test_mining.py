@@ -15,9 +15,9 @@ import pyarrow as pa
 import pytest
 
 from hybrid_ray import cli
+from hybrid_ray import encode_ray as build_mod
 from hybrid_ray.data.pairs import read_pairs, write_pairs
 from hybrid_ray.data.parallel import ParallelPairs
-from hybrid_ray.index import build as build_mod
 from hybrid_ray.mining import MiningConfig, RowFacts, mine_table, normalize_texts, select_negatives
 
 D = 16

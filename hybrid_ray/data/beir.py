@@ -23,17 +23,21 @@ naming the file and line.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
 
 from hybrid_ray.data.formats import DataFormat, register_format
-from hybrid_ray.data.pairs import iter_jsonl, open_text, read_meta
-from hybrid_ray.data.retrieval import RetrievalSet
+from hybrid_ray.data.pairs import iter_jsonl, iter_tsv, read_meta
+from hybrid_ray.data.retrieval import CORPUS_SCHEMA, QUERIES_SCHEMA, RetrievalSet
 from hybrid_ray.data.schema import check_lang
+from hybrid_ray.data.streaming import StreamedRetrieval
 from hybrid_ray.errors import DataError
 
 QRELS_HEADER = ("query-id", "corpus-id", "score")
+#: Corpus rows per table when a BEIR corpus is streamed (:func:`stream_beir`).
+BATCH_ROWS = 50_000
 DEFAULT_SPLIT = "test"
 
 
@@ -65,9 +69,8 @@ def beir_splits(root: Path) -> list[str]:
     return sorted({p.stem for s in beir_sets(root).values() for p in (s / "qrels").glob("*.tsv")})
 
 
-def _read_rows(path: Path, *, title: bool, default_lang: str | None) -> dict[str, tuple[str, str]]:
-    """``{_id: (lang, text)}``; every problem names the file and line."""
-    rows: dict[str, tuple[str, str]] = {}
+def _iter_rows(path: Path, *, title: bool, default_lang: str | None) -> Iterator[tuple[int, str, str, str]]:
+    """``(line, _id, lang, text)`` per row; every problem names the file and line (duplicates: the caller)."""
     for lineno, obj in iter_jsonl(path):
         _id, text = obj.get("_id"), obj.get("text")
         if not isinstance(_id, (str, int)) or str(_id).strip() == "":
@@ -76,51 +79,42 @@ def _read_rows(path: Path, *, title: bool, default_lang: str | None) -> dict[str
         head = str(obj.get("title") or "") if title else ""
         if not isinstance(text, str) or not (text.strip() or str(head).strip()):
             raise DataError("missing or empty 'text'", path=path, line=lineno, field="text", value=text)
-        if _id in rows:
-            raise DataError("duplicate '_id'", path=path, line=lineno, field="_id", value=_id)
         lang = obj.get("lang", default_lang)
         if lang is None:
             raise DataError("no language: add a 'lang' field, a meta.json {\"lang\": ...}, per-language "
                             "directories, or name one language (--langs XX)", path=path, line=lineno)
         lang = check_lang(lang, path=path, field="lang", line=lineno)
-        rows[_id] = (lang, f"{head} {text}".strip() if head else text)
+        yield lineno, _id, lang, (f"{head} {text}".strip() if head else text)
+
+
+def _read_rows(path: Path, *, title: bool, default_lang: str | None) -> dict[str, tuple[str, str]]:
+    """``{_id: (lang, text)}``; every problem names the file and line."""
+    rows: dict[str, tuple[str, str]] = {}
+    for lineno, _id, lang, text in _iter_rows(path, title=title, default_lang=default_lang):
+        if _id in rows:
+            raise DataError("duplicate '_id'", path=path, line=lineno, field="_id", value=_id)
+        rows[_id] = (lang, text)
     return rows
 
 
 def read_qrels_tsv(path: Path) -> dict[str, dict[str, int]]:
     """``{query-id: {corpus-id: score}}`` from a BEIR qrels TSV (header required)."""
     qrels: dict[str, dict[str, int]] = {}
-    with open_text(path) as f:
-        for lineno, raw in enumerate(f, start=1):
-            line = raw.rstrip("\r\n")
-            if not line.strip():
-                continue
-            parts = line.split("\t")
-            if lineno == 1:
-                if tuple(p.strip() for p in parts) != QRELS_HEADER:
-                    raise DataError(f"expected the header {'<TAB>'.join(QRELS_HEADER)}", path=path, line=1,
-                                    value=line)
-                continue
-            if len(parts) != 3:
-                raise DataError(f"expected 3 tab-separated fields, got {len(parts)}", path=path, line=lineno,
-                                value=line)
-            try:
-                score = int(parts[2])
-            except ValueError:
-                raise DataError("score is not an integer", path=path, line=lineno, field="score",
-                                value=parts[2]) from None
-            qrels.setdefault(parts[0].strip(), {})[parts[1].strip()] = score
+    for lineno, parts, _ in iter_tsv(path, 3, header=QRELS_HEADER):
+        try:
+            score = int(parts[2])
+        except ValueError:
+            raise DataError("score is not an integer", path=path, line=lineno, field="score",
+                            value=parts[2]) from None
+        qrels.setdefault(parts[0].strip(), {})[parts[1].strip()] = score
     return qrels
 
 
 def _qrels_lines(path: Path) -> dict[tuple[str, str], int]:
     """First line of each (query-id, corpus-id) judgement, for errors about missing ids."""
     where: dict[tuple[str, str], int] = {}
-    with open_text(path) as f:
-        for lineno, raw in enumerate(f, start=1):
-            parts = raw.rstrip("\r\n").split("\t")
-            if lineno > 1 and len(parts) == 3:
-                where.setdefault((parts[0].strip(), parts[1].strip()), lineno)
+    for lineno, parts, _ in iter_tsv(path, 3, header=QRELS_HEADER):
+        where.setdefault((parts[0].strip(), parts[1].strip()), lineno)
     return where
 
 
@@ -138,49 +132,96 @@ def _split_file(root: Path, split: str | None) -> Path:
     return path
 
 
-def load_beir(root: str | Path, split: str | None = None, langs: list[str] | None = None) -> RetrievalSet:
-    """A BEIR set (or a directory of per-language ones) as a :class:`RetrievalSet` (see the module docstring)."""
+def stream_beir(root: str | Path, split: str | None = None, langs: list[str] | None = None,
+                batch_rows: int | None = None) -> StreamedRetrieval:
+    """A BEIR set (or a directory of per-language ones) with the corpus as a stream of tables.
+
+    Queries and qrels (small) are read up front; the corpus is read row by row as the result's
+    ``corpus`` iterator is consumed, ``batch_rows`` rows per table (default :data:`BATCH_ROWS`),
+    keeping only the ids (for the duplicate check and the qrels cross-check at the end of each set's corpus). Errors as
+    :func:`load_beir`.
+    """
     root = Path(root)
     sets = beir_sets(root)
     option = langs[0] if langs is not None and len(langs) == 1 else None
-    q_ids, q_langs, q_texts, c_ids, c_langs, c_texts = [], [], [], [], [], []
+    keep = set(langs) if langs else None
+    q_ids, q_langs, q_texts = [], [], []
     qrels_all: dict[str, dict[str, int]] = {}
+    plans = []
+    qrels_path = None
     for dir_lang, path in sets.items():
         meta = read_meta(path)
         default = meta.get("lang") or meta.get("language") or dir_lang or option
         corpus_path, queries_path = _file(path, "corpus"), _file(path, "queries")
         assert corpus_path is not None and queries_path is not None  # beir_sets checked
-        corpus = _read_rows(corpus_path, title=True, default_lang=default)
+        if default is None:  # a corpus without any language fails on its first row, before the queries
+            next(_iter_rows(corpus_path, title=True, default_lang=None), None)
         queries = _read_rows(queries_path, title=False, default_lang=default)
         qrels_path = _split_file(path, split)
         qrels = read_qrels_tsv(qrels_path)
-        where = None
-        for qid, rel in qrels.items():
-            for docid in rel:
-                if qid not in queries or docid not in corpus:
-                    where = where or _qrels_lines(qrels_path)
-                    field, value = ("query-id", qid) if qid not in queries else ("corpus-id", docid)
-                    other = "queries" if field == "query-id" else "corpus"
-                    raise DataError(f"{field} not in {other}", path=qrels_path, line=where.get((qid, docid)),
-                                    field=field, value=value)
+        plans.append((dir_lang, corpus_path, default, qrels_path, qrels))
         suffix = f"/{dir_lang}" if dir_lang is not None else ""
-        for docid, (lang, text) in corpus.items():
-            c_ids.append(docid + suffix)
-            c_langs.append(lang)
-            c_texts.append(text)
         for qid in qrels:  # only the split's queries, in qrels order
+            if qid not in queries:
+                where = _qrels_lines(qrels_path)
+                docid = next(iter(qrels[qid]), "")
+                raise DataError("query-id not in queries", path=qrels_path, line=where.get((qid, docid)),
+                                field="query-id", value=qid)
             lang, text = queries[qid]
+            if keep is not None and lang not in keep:
+                continue
             q_ids.append(qid + suffix)
             q_langs.append(lang)
             q_texts.append(text)
             qrels_all[qid + suffix] = {d + suffix: r for d, r in qrels[qid].items()}
-    rs = RetrievalSet(
+    kept_docs: set[str] = set()
+    batch_rows = batch_rows or BATCH_ROWS
+
+    def corpus() -> Iterator[pa.Table]:
+        for dir_lang, corpus_path, default, qrels_path, qrels in plans:
+            suffix = f"/{dir_lang}" if dir_lang is not None else ""
+            ids: set[str] = set()
+            cols: tuple[list[str], list[str], list[str]] = ([], [], [])
+            for lineno, _id, lang, text in _iter_rows(corpus_path, title=True, default_lang=default):
+                if _id in ids:
+                    raise DataError("duplicate '_id'", path=corpus_path, line=lineno, field="_id", value=_id)
+                ids.add(_id)
+                if keep is not None and lang not in keep:
+                    continue
+                kept_docs.add(_id + suffix)
+                for col, v in zip(cols, (_id + suffix, lang, text), strict=True):
+                    col.append(v)
+                if len(cols[0]) >= batch_rows:
+                    yield pa.table(dict(zip(("docid", "lang", "text"), cols, strict=True)), schema=CORPUS_SCHEMA)
+                    cols = ([], [], [])
+            if cols[0]:
+                yield pa.table(dict(zip(("docid", "lang", "text"), cols, strict=True)), schema=CORPUS_SCHEMA)
+            for qid, rel in qrels.items():
+                for docid in rel:
+                    if docid not in ids:
+                        raise DataError("corpus-id not in corpus", path=qrels_path,
+                                        line=_qrels_lines(qrels_path).get((qid, docid)), field="corpus-id",
+                                        value=docid)
+
+    def final_qrels() -> dict[str, dict[str, int]]:
+        if keep is None:
+            return qrels_all
+        return {q: {d: r for d, r in rel.items() if d in kept_docs} for q, rel in qrels_all.items()}
+
+    assert qrels_path is not None  # beir_sets returned at least one set
+    return StreamedRetrieval(
         name=f"beir-{root.name}-{qrels_path.stem}",
-        queries=pa.table({"qid": q_ids, "lang": q_langs, "text": q_texts}),
-        corpus=pa.table({"docid": c_ids, "lang": c_langs, "text": c_texts}),
-        qrels=qrels_all,
+        queries=pa.table({"qid": q_ids, "lang": q_langs, "text": q_texts}, schema=QUERIES_SCHEMA),
+        corpus=corpus(), qrels=final_qrels,
     )
-    return rs.filter_langs(langs) if langs else rs
+
+
+def load_beir(root: str | Path, split: str | None = None, langs: list[str] | None = None) -> RetrievalSet:
+    """A BEIR set (or a directory of per-language ones) as a :class:`RetrievalSet` (see the module docstring).
+
+    ``data convert`` streams the same thing (:func:`stream_beir`) instead of loading it.
+    """
+    return stream_beir(root, split, langs).to_retrieval_set()
 
 
 def _detect(path: Path) -> bool:
@@ -197,6 +238,7 @@ register_format(DataFormat(
     detect=_detect,
     load_retrieval=load_beir,
     convert=lambda path, opts: load_beir(path, opts.split, opts.langs),
+    convert_stream=lambda path, opts: stream_beir(path, opts.split, opts.langs),
     splits=lambda path: {s: s for s in beir_splits(path)},
     priority=25,  # after pairs and retrieval dirs (Parquet), before MIRACL (topics files)
 ))

@@ -21,6 +21,9 @@ A format provides what it can (the commands check for the capability they need):
 * ``load_retrieval(path, split, langs)``: a :class:`RetrievalSet` (what ``eval`` and validation read);
 * ``convert(path, options)``: what ``data convert`` writes: a pairs table (``kind="pairs"``, written
   as Parquet) or a RetrievalSet (``kind="retrieval"``, written as a directory);
+* ``convert_stream(path, options)``: the same output with bounded memory, which ``data convert``
+  prefers: pairs as an iterator of validated tables (one language per table), a retrieval set as
+  a :class:`~hybrid_ray.data.streaming.StreamedRetrieval` (corpus as an iterator of tables);
 * ``splits(path)``: ``{label: split}`` that ``data stats`` describes (default: the path as one split).
 """
 
@@ -28,7 +31,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -40,6 +43,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
     from hybrid_ray.data.retrieval import RetrievalSet
+    from hybrid_ray.data.streaming import StreamedRetrieval
 
 Kind = Literal["pairs", "retrieval"]
 Capability = Literal["pairs", "retrieval", "convert", "read"]
@@ -72,6 +76,7 @@ class DataFormat:
     load_pairs: Callable[[Path, str | None, list[str] | None], pa.Table] | None = None
     load_retrieval: Callable[[Path, str | None, list[str] | None], RetrievalSet] | None = None
     convert: Callable[[Path, ConvertOptions], pa.Table | RetrievalSet] | None = None
+    convert_stream: Callable[[Path, ConvertOptions], Iterator[pa.Table] | StreamedRetrieval] | None = None
     splits: Callable[[Path], Mapping[str, str | None]] | None = None
     priority: int = 100
     aliases: tuple[str, ...] = ()

@@ -156,6 +156,40 @@ def _fill_negatives(table: pa.Table) -> pa.Table:
     return table.set_column(table.column_names.index("negatives"), "negatives", filled)
 
 
+def iter_tsv(
+    path: str | Path,
+    n_fields: int | None = None,
+    *,
+    message: str = "expected {expected} tab-separated fields, got {n}",
+    sep: str | None = "\t",
+    header: tuple[str, ...] | None = None,
+    skip_whitespace: bool = True,
+) -> Iterator[tuple[int, list[str], str]]:
+    """Yield ``(line_number, fields, line)`` for each non-blank line of a (gzipped) TSV file.
+
+    The one line loop of the TSV readers (MIRACL topics / qrels, BEIR qrels, mMARCO diagnostics):
+    a line with other than ``n_fields`` fields raises a DataError naming the file and line, with
+    ``message`` (``{n}``: the count found, ``{expected}``: ``n_fields``) and the line as value.
+    ``sep=None`` splits on runs of whitespace (TREC qrels). ``header``: line 1 must be exactly
+    these fields (and is not yielded). Blank lines are skipped (``skip_whitespace=False``: only
+    empty ones, so a whitespace-only line counts as a malformed one).
+    """
+    with open_text(path) as f:
+        for lineno, raw in enumerate(f, start=1):
+            line = raw.rstrip("\r\n")
+            if not (line.strip() if skip_whitespace else line):
+                continue
+            parts = line.split(sep)
+            if header is not None and lineno == 1:
+                if tuple(p.strip() for p in parts) != header:
+                    raise DataError(f"expected the header {'<TAB>'.join(header)}", path=path, line=1, value=line)
+                continue
+            if n_fields is not None and len(parts) != n_fields:
+                raise DataError(message.format(n=len(parts), expected=n_fields), path=path, line=lineno,
+                                value=line.strip() if sep is None else line)
+            yield lineno, parts, line
+
+
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield ``(line_number, object)`` for each non-blank line; bad JSON raises a DataError."""
     with open_text(path) as f:

@@ -126,11 +126,7 @@ class RetrievalSet:
 
     def qrels_table(self) -> pa.Table:
         """The qrels as a flat ``(qid, docid, relevance)`` table (for Parquet / statistics)."""
-        rows = [(q, d, r) for q, rel in self.qrels.items() for d, r in rel.items()]
-        qids, docids, rels = zip(*rows, strict=True) if rows else ((), (), ())
-        return pa.table(
-            {"qid": list(qids), "docid": list(docids), "relevance": list(rels)}, schema=QRELS_SCHEMA
-        )
+        return qrels_to_table(self.qrels)
 
     def save(self, path: str | Path) -> Path:
         """Write ``queries/corpus/qrels.parquet`` into directory ``path`` (each file atomically)."""
@@ -189,6 +185,13 @@ class RetrievalSet:
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
             raise DataError(f"columns do not match the retrieval-set schema: {exc}", path=path) from exc
         return rs.validate(source=path)
+
+
+def qrels_to_table(qrels: dict[str, dict[str, int]]) -> pa.Table:
+    """``{qid: {docid: relevance}}`` as a flat ``(qid, docid, relevance)`` table of QRELS_SCHEMA."""
+    rows = [(q, d, r) for q, rel in qrels.items() for d, r in rel.items()]
+    qids, docids, rels = zip(*rows, strict=True) if rows else ((), (), ())
+    return pa.table({"qid": list(qids), "docid": list(docids), "relevance": list(rels)}, schema=QRELS_SCHEMA)
 
 
 def _is_retrieval_dir(path: Path) -> bool:

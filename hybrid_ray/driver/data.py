@@ -112,10 +112,15 @@ def _convert(args: argparse.Namespace) -> int:
 
         if not out.name.endswith(".parquet"):
             raise DataError("--out must be a .parquet file for a training format", path=out)
-        table = fmt.convert(args.input, options)
-        write_pairs(table, out)
-        langs = sorted(set(table.column("lang").to_pylist()))
-        print(f"wrote {out}: {table.num_rows:,} rows, languages {', '.join(langs)}")
+        if fmt.convert_stream is not None:  # bounded memory: one chunk (language) at a time
+            from hybrid_ray.data.streaming import write_pairs_stream
+
+            rows, langs = write_pairs_stream(fmt.convert_stream(args.input, options), out)  # type: ignore[arg-type]
+        else:
+            table = fmt.convert(args.input, options)
+            write_pairs(table, out)
+            rows, langs = table.num_rows, sorted(set(table.column("lang").to_pylist()))
+        print(f"wrote {out}: {rows:,} rows, languages {', '.join(langs)}")
         return 0
 
     # Evaluation-only formats: a RetrievalSet directory.
@@ -127,15 +132,23 @@ def _convert(args: argparse.Namespace) -> int:
         )
     if out.exists() and any(out.iterdir()) and not (out / "retrieval.json").is_file():
         raise DataError("refusing to replace a non-empty directory that is not a retrieval set", path=out)
-    rs = fmt.convert(args.input, options)
     from hybrid_ray.io import atomic_dir
 
-    with atomic_dir(out) as tmp:
-        rs.save(tmp)
-    print(
-        f"wrote {out} (eval-only retrieval set '{rs.name}'): {rs.queries.num_rows:,} queries, "
-        f"{rs.corpus.num_rows:,} candidates, languages {', '.join(rs.langs)}"
-    )
+    if fmt.convert_stream is not None:  # bounded memory: the corpus is written batch by batch
+        from hybrid_ray.data.streaming import write_retrieval_stream
+
+        streamed = fmt.convert_stream(args.input, options)
+        with atomic_dir(out) as tmp:
+            counts = write_retrieval_stream(tmp, streamed)  # type: ignore[arg-type]
+        name, n_q, n_c = streamed.name, counts["queries"], counts["corpus"]  # type: ignore[union-attr]
+        langs = sorted(set(streamed.queries.column("lang").to_pylist()))  # type: ignore[union-attr]
+    else:
+        rs = fmt.convert(args.input, options)
+        with atomic_dir(out) as tmp:
+            rs.save(tmp)
+        name, n_q, n_c, langs = rs.name, rs.queries.num_rows, rs.corpus.num_rows, rs.langs
+    print(f"wrote {out} (eval-only retrieval set '{name}'): {n_q:,} queries, {n_c:,} candidates, "
+          f"languages {', '.join(langs)}")
     return 0
 
 

@@ -23,6 +23,12 @@ size reuses them. ``--no-cache`` keeps everything in memory (small sets).
 ``--backend onnx`` (or ``onnx-int8``) encodes with ONNX Runtime on CPU instead of eager PyTorch
 (:mod:`hybrid_ray.export.backend`); ``results.json`` records it under ``encoder``, and the cached
 embeddings of one backend are never reused by another.
+
+Encoding (``--encode``): ``local`` runs the model in this process; ``ray`` encodes through the
+Ray Data actor pool that ``hybrid-ray index`` and ``mine`` use (:mod:`hybrid_ray.encode_ray`;
+``--concurrency`` actors, ``--num-gpus`` per actor); ``auto`` (default) encodes each text set
+(queries, candidates) in-process up to ``--local-max-rows`` rows and on Ray above. Search is the
+same exact blockwise search either way; ``results.json`` records the backend of each set.
 """
 
 from __future__ import annotations
@@ -59,6 +65,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--block-size", type=int, default=None,
                    help="candidate rows per search block (default: 64 MiB of vectors)")
     p.add_argument("--progress", action="store_true", help="show encoding progress bars")
+    p.add_argument("--encode", choices=("auto", "ray", "local"), default="auto",
+                   help="Ray Data actor pool (the one of 'index' and 'mine'), in-process, or auto: in-process "
+                        "for text sets up to --local-max-rows, Ray above (default auto)")
+    p.add_argument("--local-max-rows", type=int, default=None,
+                   help="auto: largest text set encoded in-process (default 50,000)")
+    p.add_argument("--concurrency", type=int, default=None,
+                   help="Ray encoder actors (default: one per GPU, else one per CPU)")
+    p.add_argument("--num-gpus", type=float, default=None,
+                   help="GPUs per Ray encoder actor (default: 1 when the cluster has GPUs, else 0)")
     p.add_argument("--run-depth", type=int, default=None,
                    help="candidates per query in the TREC run files (default: the largest metric cut-off, "
                         "extended to the last relevant candidate; 0 = the whole searched list)")
@@ -83,6 +98,13 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError("must be >= 0 (0 = no cap)", key="--run-max-depth", value=args.run_max_depth)
     if args.run_depth is not None and args.run_depth < 0:
         raise ConfigError("must be >= 0 (0 = the whole searched list)", key="--run-depth", value=args.run_depth)
+    if args.local_max_rows is not None and args.local_max_rows < 0:
+        raise ConfigError("must be >= 0", key="--local-max-rows", value=args.local_max_rows)
+    if args.concurrency is not None and args.concurrency < 1:
+        raise ConfigError("must be >= 1", key="--concurrency", value=args.concurrency)
+    if args.num_gpus is not None and args.num_gpus < 0:
+        raise ConfigError("must be >= 0", key="--num-gpus", value=args.num_gpus)
+    from hybrid_ray.encode_ray import EVAL_LOCAL_MAX_ROWS, EncodeOptions
     from hybrid_ray.eval_table import format_table, map_matrix
     from hybrid_ray.evaluate import evaluate_retrieval, subsample_queries
     from hybrid_ray.export.backend import describe, open_encoder, resolve_backend
@@ -103,6 +125,10 @@ def main(argv: list[str] | None = None) -> int:
         encoder, rs, batch_size=args.batch_size, max_k=max_k, progress=args.progress,
         cache_dir=cache_dir, cache_key=_cache_key(args.model, backend.label), block_size=args.block_size,
         per_query=log,
+        encode=EncodeOptions(mode=args.encode, model_dir=args.model, concurrency=args.concurrency,
+                             num_gpus=args.num_gpus, encoder_backend=backend,
+                             local_max_rows=EVAL_LOCAL_MAX_ROWS if args.local_max_rows is None
+                             else args.local_max_rows),
     )
     results["model"] = str(args.model)
     results["data"] = str(args.data)

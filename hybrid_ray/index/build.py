@@ -1,4 +1,4 @@
-"""Sharded index build: encode a corpus with Ray Data, write one FAISS index per shard + manifest.
+"""Sharded index build: encode a corpus (Ray Data, :mod:`hybrid_ray.encode_ray`), one FAISS index per shard.
 
 Layout of an index directory::
 
@@ -27,8 +27,6 @@ import json
 import logging
 import os
 import time
-import warnings
-from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -38,8 +36,18 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+# The encoding backends live in hybrid_ray.encode_ray (shared with ``mine`` and ``eval``); the
+# names stay importable from here for callers of the index package.
+from hybrid_ray.encode_ray import (  # noqa: F401  (re-exported)
+    EncodeBatch,
+    _ray_resources,
+    actor_restart_args,
+    encode_rows,
+    encode_rows_local,
+    encode_rows_ray,
+)
 from hybrid_ray.errors import ConfigError, DataError
-from hybrid_ray.export.backend import EncoderBackend, resolve_backend
+from hybrid_ray.export.backend import resolve_backend
 from hybrid_ray.index.corpus import check_corpus, table_fingerprint
 from hybrid_ray.index.factory import check_shard_sizes, search_params_of
 from hybrid_ray.index.manifest import INDEX_FORMAT, MANIFEST, shard_name
@@ -86,149 +94,6 @@ def shard_bounds(n: int, shards: int) -> list[tuple[int, int]]:
         out.append((start, end))
         start = end
     return out
-
-
-# --------------------------------------------------------------------------- Ray Data encoding
-class EncodeBatch:
-    """Ray Data callable class: loads the encoder once per actor, embeds passage batches.
-
-    A class (not a function) so the model is loaded once per worker rather than once per batch;
-    on GPU nodes each actor gets one GPU (``num_gpus=1``) and moves the model there.
-    """
-
-    def __init__(self, model_dir: str, batch_size: int = 64, kind: str = "passage",
-                 backend: EncoderBackend | None = None, threads: int | None = None) -> None:
-        self.encoder = _open(model_dir, backend or EncoderBackend("torch"), threads)
-        self.batch_size = batch_size
-        self.kind = kind
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        texts = [str(t) for t in batch["text"]]
-        emb = self.encoder.encode(texts, self.kind, batch_size=self.batch_size)
-        return {"row": np.asarray(batch["row"], dtype=np.int64), "emb": np.asarray(emb, dtype=np.float32)}
-
-
-def _open(model_dir: str | Path, backend: EncoderBackend, threads: int | None) -> Any:
-    """The backend's encoder; a torch one moves to the GPU when this process sees one."""
-    from hybrid_ray.export.backend import open_encoder
-
-    encoder = open_encoder(model_dir, backend, threads=threads)
-    if backend.uses_gpu:
-        import torch
-
-        if torch.cuda.is_available():
-            encoder = encoder.to("cuda")
-    return encoder
-
-
-def _ray_resources(concurrency: int | None, num_gpus: float | None, cpu_only: bool = False) -> tuple[int, float]:
-    """Actor count and GPUs per actor: one actor per GPU on GPU nodes, else one per CPU.
-
-    ``cpu_only`` (the ONNX Runtime backend): never a GPU, one actor per CPU.
-    """
-    import ray
-
-    res = ray.cluster_resources()
-    if cpu_only:
-        if num_gpus:
-            raise ConfigError("the ONNX backend encodes on CPU; do not ask for GPUs", key="num_gpus", value=num_gpus)
-        return int(concurrency or max(1, int(res.get("CPU", 1)))), 0.0
-    gpus = float(res.get("GPU", 0)) if num_gpus is None else float(num_gpus)
-    if concurrency is None:
-        concurrency = max(1, int(res.get("GPU", 0))) if gpus > 0 else max(1, int(res.get("CPU", 1)))
-    return int(concurrency), (1.0 if gpus > 0 and num_gpus is None else gpus)
-
-
-def actor_restart_args() -> dict[str, Any]:
-    """Ray remote args for the encoding actors: no restarts on a local cluster, Ray Data's default elsewhere.
-
-    Ray Data makes pool actors restartable (``max_restarts=-1``) and passes their constructor
-    arguments by object reference; that pair makes Ray's C++ core print an ``E ... core_worker.cc``
-    notice (ray#53727) straight to the *driver's* stderr for every actor, where no Python log
-    filter reaches it, although nothing failed. On one machine a restart buys nothing (a dead
-    encoding actor means the machine is out of memory, and a rerun resumes from the finished
-    shards), so locally the actors are not restartable and the notice is never emitted. On a
-    cluster (``RAY_ADDRESS`` / a submitted job) node loss is real: Ray Data's default stays.
-    """
-    from hybrid_ray.local import on_cluster
-
-    return {} if on_cluster() else {"max_restarts": 0}
-
-
-def encode_rows_ray(
-    model_dir: str | Path,
-    texts: pa.Array | pa.ChunkedArray,
-    ranges: list[tuple[int, int]],
-    *,
-    batch_size: int = 64,
-    concurrency: int | None = None,
-    num_gpus: float | None = None,
-    progress: bool = False,
-    kind: str = "passage",
-    backend: EncoderBackend | None = None,
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Encode the rows of ``texts`` inside ``ranges`` with a pool of Ray Data actors.
-
-    Yields ``(rows, embeddings)`` batches in completion order (not row order). One pipeline,
-    and so one actor pool and one model load per actor, serves every range: starting actors
-    (importing torch, loading weights) costs far more than encoding a small shard.
-    """
-    import ray
-
-    backend = backend or EncoderBackend("torch")
-    concurrency, gpus_per_actor = _ray_resources(concurrency, num_gpus, cpu_only=not backend.uses_gpu)
-    ray.data.DataContext.get_current().enable_progress_bars = progress
-    total = sum(e - s for s, e in ranges)
-    # Enough blocks for every actor to have work, few enough that scheduling does not dominate.
-    block = max(batch_size, -(-total // (4 * concurrency)))
-    tables = []
-    for s, e in ranges:
-        for b in range(s, e, block):
-            n = min(block, e - b)
-            tables.append(pa.table({"row": pa.array(np.arange(b, b + n, dtype=np.int64)),
-                                    "text": texts.slice(b, n)}))
-    ds = ray.data.from_arrow(tables)
-    kwargs: dict[str, Any] = {"num_gpus": gpus_per_actor} if gpus_per_actor > 0 else {"num_cpus": 1}
-    restarts = actor_restart_args()
-    with warnings.catch_warnings():
-        if restarts:
-            # Ray 2.60 has no named map_batches parameter for max_restarts; the **ray_remote_args
-            # route (the one Ray Data's own comment names) warns that it goes away in Ray 2.64.
-            warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
-        ds = ds.map_batches(
-            EncodeBatch,
-            # One CPU per actor: an ONNX Runtime session with one thread (it would start one per core).
-            fn_constructor_kwargs={"model_dir": str(model_dir), "batch_size": batch_size, "kind": kind,
-                                   "backend": backend, "threads": None if gpus_per_actor > 0 else 1},
-            batch_size=batch_size,
-            batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=concurrency),
-            **kwargs,
-            **restarts,
-        )
-    for out in ds.iter_batches(batch_format="numpy", batch_size=None):
-        yield np.asarray(out["row"], dtype=np.int64), np.asarray(out["emb"], dtype=np.float32)
-
-
-def encode_rows_local(
-    model_dir: str | Path,
-    texts: pa.Array | pa.ChunkedArray,
-    ranges: list[tuple[int, int]],
-    *,
-    batch_size: int = 64,
-    kind: str = "passage",
-    backend: EncoderBackend | None = None,
-    **_: Any,
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """In-process counterpart of :func:`encode_rows_ray` (no Ray): small corpora, tests, laptops."""
-    from hybrid_ray.encode import encode_batches
-
-    encoder = _open(model_dir, backend or EncoderBackend("torch"), None)
-    for s, e in ranges:
-        row = s
-        for emb in encode_batches(encoder, texts.slice(s, e - s), kind, batch_size):
-            yield np.arange(row, row + len(emb), dtype=np.int64), emb
-            row += len(emb)
 
 
 class _ShardWriter:
@@ -333,8 +198,6 @@ def build_sharded_index(
     is resolved here, once (an ONNX graph the model lacks is exported now, not by every actor),
     and recorded per shard: a shard encoded by another backend is rebuilt.
     """
-    from hybrid_ray.local import init_ray
-
     corpus = check_corpus(corpus, Path(corpus_path or "<corpus>"))
     if corpus.num_rows == 0:
         raise DataError("the corpus is empty", path=corpus_path)
@@ -368,17 +231,15 @@ def build_sharded_index(
         # The old manifest would describe files about to be replaced: drop it until we finish.
         (out_dir / MANIFEST).unlink(missing_ok=True)
         resolved = resolve_backend(model_dir, backend, cache_dir=onnx_cache_dir)  # exports a missing graph
-        if not local:
-            init_ray()
         writers = {n: _ShardWriter(out_dir, n, e["offset"], e["offset"] + e["count"])
                    for n, e in pending.items()}
         starts = np.asarray([w.start for w in writers.values()])
         names = list(writers)
         try:
-            encode = encode_rows_local if local else encode_rows_ray
-            stream = encode(model_dir, corpus.column("text"), [(w.start, w.end) for w in writers.values()],
-                            batch_size=batch_size, concurrency=concurrency, num_gpus=num_gpus,
-                            progress=progress, backend=resolved)
+            stream = encode_rows("local" if local else "ray", model_dir, corpus.column("text"),
+                                 [(w.start, w.end) for w in writers.values()], batch_size=batch_size,
+                                 concurrency=concurrency, num_gpus=num_gpus, progress=progress,
+                                 backend=resolved)
             for rows, emb in stream:
                 # A batch never spans shards (blocks are cut at shard bounds) but be safe anyway.
                 owner = np.searchsorted(starts, rows, side="right") - 1
@@ -421,3 +282,7 @@ def build_sharded_index(
     }
     write_json_atomic(out_dir / MANIFEST, manifest)
     return manifest | {"built": built, "skipped": skipped}
+
+
+__all__ = ["EncodeBatch", "build_sharded_index", "encode_rows_local", "encode_rows_ray", "model_config",
+           "model_fingerprint", "shard_bounds"]
