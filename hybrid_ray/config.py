@@ -51,6 +51,9 @@ class ModelConfig(EncoderConfig):
 
     name_or_path: str = MISSING  # HF model dir or hub name, or a registered builder ("tiny")
     freeze_embeddings: bool = False  # freeze the word embeddings (most of a multilingual model's size)
+    # Train only the top N transformer layers (+ pooler); embeddings and the layers below are frozen.
+    # What makes a CPU experiment affordable (None: train everything not otherwise frozen).
+    train_top_layers: int | None = None
 
     def encoder_config(self) -> EncoderConfig:
         """The ``EncoderConfig`` part (what travels with the saved weights)."""
@@ -59,6 +62,9 @@ class ModelConfig(EncoderConfig):
     def check(self) -> None:
         from hybrid_ray.modeling.builders import is_registered
 
+        if self.train_top_layers is not None and self.train_top_layers < 1:
+            raise ConfigError("must be >= 1 (or null to train every layer)", key="model.train_top_layers",
+                              value=self.train_top_layers)
         name = self.name_or_path
         if not is_registered(name) and name.startswith((".", "/", "~")) and not Path(name).expanduser().exists():
             raise ConfigError("model directory does not exist", key="model.name_or_path", value=name)

@@ -64,6 +64,10 @@ def build_encoder(model_cfg: ModelConfig):
             model_cfg.name_or_path, **{f.name: getattr(enc_cfg, f.name) for f in fields(EncoderConfig)})
     if model_cfg.freeze_embeddings:
         encoder.model.get_input_embeddings().weight.requires_grad_(False)
+    if model_cfg.train_top_layers is not None:
+        from hybrid_ray.modeling.freeze import train_top_layers
+
+        train_top_layers(encoder.model, model_cfg.train_top_layers)
     return encoder
 
 
