@@ -93,8 +93,20 @@ class SamplerConfig:
     lang_temperature: float = 1.0
     lang_weights: dict[str, float] | None = None
     steps_per_epoch: int | None = None
+    # Domain weighting, independent of alpha (needs a 'domain' column): none = batches mix domains
+    # as the data does; otherwise each batch is drawn from ONE domain with these probabilities.
+    domain_sampling: str = "none"  # none | uniform | temperature | weights
+    domain_temperature: float = 1.0
+    domain_weights: dict[str, float] | None = None
 
     def check(self) -> None:
+        if self.domain_sampling not in ("none", "uniform", "temperature", "weights"):
+            raise ConfigError("must be none, uniform, temperature or weights", key="sampler.domain_sampling",
+                              value=self.domain_sampling)
+        if not self.domain_temperature > 0:
+            raise ConfigError("must be > 0", key="sampler.domain_temperature", value=self.domain_temperature)
+        if self.domain_sampling == "weights" and not self.domain_weights:
+            raise ConfigError("domain_sampling=weights needs sampler.domain_weights", key="sampler.domain_weights")
         if not 0.0 <= self.alpha <= 1.0:
             raise ConfigError("must be in [0, 1]", key="sampler.alpha", value=self.alpha)
         if self.lang_sampling not in ("uniform", "temperature", "weights"):
