@@ -59,6 +59,7 @@ import numpy as np
 import pyarrow as pa
 
 from hybrid_ray.data.retrieval import RetrievalSet
+from hybrid_ray.domains import domain_breakdown
 from hybrid_ray.encode import Encoder, encode_texts, encode_to_memmap_cached
 from hybrid_ray.errors import ConfigError, DataError
 from hybrid_ray.metric_registry import metrics_for, metrics_over
@@ -117,7 +118,7 @@ def subsample_queries(rs: RetrievalSet, max_per_lang: int | None) -> RetrievalSe
             seen[lang] = seen.get(lang, 0) + 1
     queries = rs.queries.take(pa.array(keep, pa.int64()))
     qids = set(queries.column("qid").to_pylist())
-    return RetrievalSet(rs.name, queries, rs.corpus, {q: r for q, r in rs.qrels.items() if q in qids})
+    return RetrievalSet(rs.name, queries, rs.corpus, {q: r for q, r in rs.qrels.items() if q in qids}, rs.domains)
 
 
 class _Encoded:
@@ -407,6 +408,8 @@ def evaluate_retrieval(
     _check_max_k(max_k)
     if rs.queries.num_rows == 0 or rs.corpus.num_rows == 0:
         raise DataError(f"retrieval set {rs.name!r} has no queries or no candidates")
+    if per_query is not None and rs.domains:
+        per_query.domains = dict(rs.domains)
     t0 = time.perf_counter()
     q_emb, c_emb = _encode(encoder, rs, batch_size, cache_dir, progress, cache_key)
     t_enc = time.perf_counter() - t0
@@ -425,5 +428,6 @@ def evaluate_retrieval(
                    "truncated": body.pop("truncated"),
                    "embeddings": "memmap" if cache_dir is not None else "memory"},
         **body,
+        **({"per_domain": domain_breakdown(per_query.table())} if per_query is not None and rs.domains else {}),
         "timing_s": {"encode": round(t_enc, 3), "total": round(time.perf_counter() - t0, 3)},
     }
