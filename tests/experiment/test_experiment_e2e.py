@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pyarrow as pa
+import pytest
 
 from hybrid_ray.data.pairs import write_pairs
 from hybrid_ray.experiment.config import load_experiment_config
@@ -19,6 +20,7 @@ def _with_domain(t: pa.Table) -> pa.Table:
     return t.append_column("domain", pa.array(["a" if int(i.lstrip("ptq")) % 2 else "b" for i in ids]))
 
 
+@pytest.mark.slow  # ~1.5 min on an idle 2-core machine, 6.6 min under load 47 (Ray start + 3 trials)
 def test_tiny_experiment(tmp_path: Path) -> None:
     data = tmp_path / "pairs"
     write_pairs(_with_domain(signature_pairs(48, 0)), data / "train.parquet")
