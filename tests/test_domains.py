@@ -63,3 +63,19 @@ def test_breakdown_is_a_macro_over_language_cells() -> None:
     assert out["law"]["n_queries"] == 3
     assert "| law | 0.7500 |" in "\n".join(format_domain_table(out))
     assert domain_breakdown(pq.drop_columns(["domain"])) == {}
+
+
+def test_jsonl_domain_is_read_when_given(tmp_path: Path) -> None:
+    import json
+
+    from hybrid_ray.data.pairs import read_pairs
+    from hybrid_ray.data.stats import describe
+
+    rows = _pairs().to_pylist()
+    (tmp_path / "with.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    (tmp_path / "without.jsonl").write_text("\n".join(json.dumps({k: v for k, v in r.items() if k != "domain"})
+                                                      for r in rows) + "\n")
+    assert read_pairs(tmp_path / "with.jsonl").column("domain").to_pylist()[-1] == "letters"
+    assert "domain" not in read_pairs(tmp_path / "without.jsonl").column_names
+    stats = describe(tmp_path / "with.jsonl")
+    assert next(iter(stats["splits"].values()))["domains"] == {"law": 2, "letters": 2}
