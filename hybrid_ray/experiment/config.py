@@ -16,8 +16,8 @@ An *experiment config* (YAML, see ``experiments/``)::
       - {name: prophets-ood, path: data/demo, split: test_ood}
     report: {out: docs/results/experiment-demo, compare_alpha: best}
 
-The grid is plain data (:func:`expand_grid`): the baseline first, then for each seed the default
-setting x ``alphas`` and each variant x its alphas (default: the grid's). Each trial's
+The grid is plain data (:func:`expand_grid`): for each seed the default setting x ``alphas`` and
+each variant x its alphas (default: the grid's), the baseline after the first seed. Each trial's
 training config is the base + the variant's overrides + ``sampler.alpha`` + ``sampler.seed``;
 every combination is built and validated on the driver before Ray starts.
 """
@@ -161,7 +161,7 @@ def expand_grid(cfg: ExperimentSchema) -> list[TrialSpec]:
     if dup:
         raise ConfigError("variant names must be unique and not 'default' / 'off-the-shelf'", key="variants",
                           value=sorted(dup))
-    trials: list[TrialSpec] = [TrialSpec(BASELINE_VARIANT, None, None, (), train=False)] if cfg.baseline else []
+    trials: list[TrialSpec] = []
     cells: list[tuple[str, float, tuple]] = []
     settings = [(DEFAULT_VARIANT, {}, list(cfg.alphas))]
     settings += [(v.name, dict(_plain(v.overrides)), list(v.alphas if v.alphas is not None else cfg.alphas))
@@ -178,8 +178,12 @@ def expand_grid(cfg: ExperimentSchema) -> list[TrialSpec]:
         cells += [(name, float(alpha), items) for alpha in alphas]
     # Seed-major: an experiment stopped early holds whole repetitions (every setting with seed 1,
     # then with seed 2, ...), not all seeds of the first settings only.
-    for seed in cfg.seeds:
+    # The baseline (evaluation only) after the first repetition: by then the frozen prefix the
+    # evaluations share is built (it is built while the first trials train).
+    for i, seed in enumerate(cfg.seeds):
         trials += [TrialSpec(name, alpha, int(seed), items) for name, alpha, items in cells]
+        if i == 0 and cfg.baseline:
+            trials.append(TrialSpec(BASELINE_VARIANT, None, None, (), train=False))
     return trials
 
 

@@ -109,8 +109,22 @@ def eval_texts(spec: ExperimentSpec) -> int:
     return total
 
 
-def build_prefix(spec: ExperimentSpec) -> str | None:
-    """The frozen-prefix cache of every test text (None when not applicable or not exact here)."""
+PREFIX_READY, PREFIX_FAILED = "ready", "failed"
+
+
+def prefix_root(spec: ExperimentSpec) -> Path:
+    return spec.exp_dir / "prefix"
+
+
+def build_prefix(spec: ExperimentSpec) -> None:
+    """Build and check the frozen-prefix cache of every test text under ``<exp>/prefix``.
+
+    Written to ``prefix/build`` and renamed to ``prefix/ready`` only after the check against the
+    full encoder passed (``prefix/failed`` otherwise): trials wait for one of the two (see
+    :func:`hybrid_ray.experiment.trial.wait_for_prefix`), so the prefix builds while they train.
+    """
+    import shutil
+
     import numpy as np
     import torch
 
@@ -118,33 +132,54 @@ def build_prefix(spec: ExperimentSpec) -> str | None:
     from hybrid_ray.modeling.freeze import encoder_layers
     from hybrid_ray.train_loop import build_encoder
 
-    n_top = spec.train_base.model.train_top_layers
-    if not spec.cfg.eval_prefix or not n_top:
-        return None
-    base = build_encoder(spec.train_base.model)
-    base.eval()
-    n_bottom = len(encoder_layers(base.model)) - n_top
-    if n_bottom < 1:
-        return None
-    root = spec.exp_dir / "prefix"
-    texts: dict[str, list[str]] = {"query": [], "passage": []}
-    for e in spec.cfg.eval_sets:
-        rs = load_eval_set(e)
-        texts["query"] += rs.queries.column("text").to_pylist()
-        texts["passage"] += rs.corpus.column("text").to_pylist()
-    if not FrozenPrefix.is_built(root, bottom_fingerprint(base.model, n_bottom), n_bottom):
+    root = prefix_root(spec)
+    try:
+        base = build_encoder(spec.train_base.model)
+        base.eval()
+        n_top = int(spec.train_base.model.train_top_layers or 0)
+        n_bottom = len(encoder_layers(base.model)) - n_top
+        ready = root / PREFIX_READY
+        if FrozenPrefix.is_built(ready, bottom_fingerprint(base.model, n_bottom), n_bottom):
+            return
+        texts: dict[str, list[str]] = {"query": [], "passage": []}
+        for e in spec.cfg.eval_sets:
+            rs = load_eval_set(e)
+            texts["query"] += rs.queries.column("text").to_pylist()
+            texts["passage"] += rs.corpus.column("text").to_pylist()
         t0 = time.perf_counter()
         print(f"[hybrid-ray experiment] encoding {sum(map(len, texts.values())):,} test texts through the "
-              f"{n_bottom} frozen bottom layers once (each trial then runs its top {n_top})", flush=True)
-        torch.set_num_threads(max(1, int(spec.cfg.run.ray_num_cpus or spec.train_base.run.ray_num_cpus or 2)))
-        FrozenPrefix.build(base, texts, n_bottom, root, batch_size=spec.cfg.eval_batch_size)
-        print(f"[hybrid-ray experiment] frozen prefix built in {time.perf_counter() - t0:.0f} s", flush=True)
-    sample = texts["query"][:16]
-    fast = TopLayersEncoder(base, FrozenPrefix(root)).encode(sample, "query")
-    diff = float(np.abs(fast - base.encode(sample, "query")).max())
-    if diff > 1e-4:  # never silently evaluate something else than the model
-        print(f"[hybrid-ray experiment] frozen-prefix check failed (max diff {diff:.2e}): full encoding", flush=True)
+              f"{n_bottom} frozen bottom layers once, while the first trials train (each trial then runs its "
+              f"top {n_top})", flush=True)
+        torch.set_num_threads(1)
+        build = root / "build"
+        shutil.rmtree(build, ignore_errors=True)
+        FrozenPrefix.build(base, texts, n_bottom, build, batch_size=spec.cfg.eval_batch_size)
+        sample = texts["query"][:16]
+        fast = TopLayersEncoder(base, FrozenPrefix(build)).encode(sample, "query")
+        diff = float(np.abs(fast - base.encode(sample, "query")).max())
+        if diff > 1e-4:  # never silently evaluate something else than the model
+            raise RuntimeError(f"frozen-prefix check failed (max diff {diff:.2e})")
+        shutil.rmtree(ready, ignore_errors=True)
+        build.rename(ready)
+        print(f"[hybrid-ray experiment] frozen prefix built and checked (max diff {diff:.1e}) in "
+              f"{time.perf_counter() - t0:.0f} s", flush=True)
+    except Exception as exc:  # noqa: BLE001 - trials then encode in full
+        root.mkdir(parents=True, exist_ok=True)
+        (root / PREFIX_FAILED).write_text(str(exc))
+        print(f"[hybrid-ray experiment] frozen prefix not used ({exc}): trials encode in full", flush=True)
+
+
+def _start_prefix(spec: ExperimentSpec) -> str | None:
+    """Start :func:`build_prefix` in a background thread; the directory trials wait for, or None."""
+    import shutil
+    import threading
+
+    if not spec.cfg.eval_prefix or not spec.train_base.model.train_top_layers:
         return None
+    root = prefix_root(spec)
+    shutil.rmtree(root / PREFIX_FAILED, ignore_errors=True)
+    root.mkdir(parents=True, exist_ok=True)
+    threading.Thread(target=build_prefix, args=(spec,), name="frozen-prefix", daemon=True).start()
     return str(root)
 
 
@@ -175,7 +210,7 @@ def run_experiment(spec: ExperimentSpec, *, resume: bool | None = None) -> dict[
           f"{len(spec.cfg.eval_sets)} test set(s). Expected duration ~{_fmt_s(est)} (cost model: "
           f"experiment cost.*)", flush=True)
     spec.exp_dir.mkdir(parents=True, exist_ok=True)
-    prefix = build_prefix(spec)
+    prefix = _start_prefix(spec)
     setup = ExperimentSetup(train_base=spec.train_base, eval_sets=list(spec.cfg.eval_sets),
                             exp_dir=str(spec.exp_dir), eval_batch_size=spec.cfg.eval_batch_size,
                             eval_threads=spec.cfg.run.eval_threads, train_langs=_train_langs(spec),

@@ -114,12 +114,26 @@ def _eval_encoder(setup: ExperimentSetup, enc_dir: Path | None):
 
     encoder = DualEncoder.from_pretrained(enc_dir) if enc_dir is not None else build_encoder(setup.train_base.model)
     encoder.eval()
-    if setup.prefix_dir:
+    ready = wait_for_prefix(setup.prefix_dir) if setup.prefix_dir else None
+    if ready is not None:
         try:
-            return TopLayersEncoder(encoder, FrozenPrefix(setup.prefix_dir)), "frozen-prefix + top layers"
+            return TopLayersEncoder(encoder, FrozenPrefix(ready)), "frozen-prefix + top layers"
         except ConfigError:
             pass
     return encoder, "full"
+
+
+def wait_for_prefix(root: str | Path, timeout_s: float = 4 * 3600, poll_s: float = 5.0) -> Path | None:
+    """The checked prefix under ``root`` once the driver's build finished (None if it failed)."""
+    root = Path(root)
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < timeout_s:
+        if (root / "ready" / "prefix.json").is_file():
+            return root / "ready"
+        if (root / "failed").exists():
+            return None
+        time.sleep(poll_s)
+    return None
 
 
 def run_experiment_trial(config: dict[str, Any], setup: ExperimentSetup) -> None:

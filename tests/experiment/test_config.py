@@ -19,16 +19,16 @@ from hybrid_ray.experiment.config import (
 from hybrid_ray.testing import signature_pairs
 
 
-def test_grid_is_baseline_then_seed_major_alphas_and_variants() -> None:
+def test_grid_is_seed_major_alphas_and_variants_with_the_baseline_after_seed_one() -> None:
     cfg = ExperimentSchema(train_config="x", alphas=[0.0, 0.5, 1.0], seeds=[3, 4],
                            variants=[VariantSchema(name="w", alphas=[0.5],
                                                    overrides={"sampler.domain_sampling": "uniform"})])
     trials = expand_grid(cfg)
     assert [t.label for t in trials] == [
-        "off-the-shelf", "default_a0_s3", "default_a0.5_s3", "default_a1_s3", "w_a0.5_s3",
+        "default_a0_s3", "default_a0.5_s3", "default_a1_s3", "w_a0.5_s3", "off-the-shelf",
         "default_a0_s4", "default_a0.5_s4", "default_a1_s4", "w_a0.5_s4"]
-    assert trials[0].train is False and trials[0].alpha is None
-    assert trials[4].train_overrides() == {"sampler.domain_sampling": "uniform", "sampler.alpha": 0.5,
+    assert trials[4].train is False and trials[4].alpha is None
+    assert trials[3].train_overrides() == {"sampler.domain_sampling": "uniform", "sampler.alpha": 0.5,
                                            "sampler.seed": 3}
     assert len({t.label for t in trials}) == len(trials)
     assert all(TrialSpec.from_dict(t.to_dict()) == t for t in trials)
@@ -52,7 +52,7 @@ def test_load_validates_every_trial_before_ray(tmp_path: Path) -> None:
     base = [f"train_overrides+=[data.path={tmp_path / 'pairs'}]",
             f"eval_sets=[{{name: t, path: {tmp_path / 'pairs'}, split: test}}]", f"run.storage_path={tmp_path}"]
     spec = load_experiment_config("experiments/tiny.yaml", base)
-    assert [t.label for t in spec.trials] == ["off-the-shelf", "default_a0_s1", "default_a1_s1"]
+    assert [t.label for t in spec.trials] == ["default_a0_s1", "default_a1_s1", "off-the-shelf"]
     assert spec.exp_dir == tmp_path / "experiment-tiny"
     assert estimate_seconds(spec, 1, 100) > estimate_seconds(spec, 2, 100) > 0
     # a variant whose override the training config rejects fails here, naming the trial
@@ -65,6 +65,6 @@ def test_load_validates_every_trial_before_ray(tmp_path: Path) -> None:
         from hybrid_ray.experiment.config import trial_train_config
         from hybrid_ray.train import preflight
 
-        preflight(trial_train_config(spec.train_base, spec.trials[-1], str(tmp_path)))
+        preflight(trial_train_config(spec.train_base, next(t for t in spec.trials if t.variant == "v"), str(tmp_path)))
     with pytest.raises(ConfigError, match="eval_sets"):
         load_experiment_config("experiments/tiny.yaml", [*base, "eval_sets=[{name: t, path: /nonexistent}]"])
