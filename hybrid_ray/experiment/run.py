@@ -40,24 +40,34 @@ def should_resume(exp_dir: Path, mode: str, resume: bool | None) -> bool:
     return restorable if mode == "auto" else mode == "true"
 
 
-def progress_callback(total: int, estimate_s: float):
-    """One quiet line per trial: label, its headline numbers, done / total and the ETA."""
+def progress_callback(total: int, estimate_s: float, concurrency: int = 1):
+    """One quiet line per trial: label, its headline numbers, done / total and the ETA.
+
+    ETA: the trials left (those running count half) x the mean trial time so far / concurrency;
+    before the first trial ends, what is left of the printed estimate.
+    """
     from ray import tune
 
     class ExperimentProgress(tune.Callback):
         def __init__(self) -> None:
             self.done = 0
             self.t0 = time.perf_counter()
+            self.times: list[float] = []
 
         def _eta(self) -> str:
             elapsed = time.perf_counter() - self.t0
-            if not self.done:
+            if not self.times:
                 return _fmt_s(estimate_s - elapsed)
-            return _fmt_s(elapsed / self.done * (total - self.done))
+            left = total - self.done
+            running = min(left, concurrency)
+            mean = sum(self.times) / len(self.times)
+            return _fmt_s((left - running / 2) * mean / max(1, concurrency))
 
         def on_trial_complete(self, iteration, trials, trial, **info) -> None:
             self.done += 1
             res = trial.last_result or {}
+            if res.get("trial_time_s"):
+                self.times.append(float(res["trial_time_s"]))
             keys = [k for k in res if k.endswith(("/cross_map", "/mono_map"))]
             vals = " ".join(f"{k} {res[k]:.4f}" for k in sorted(keys))
             print(f"[hybrid-ray experiment] {self.done}/{total} done: {res.get('label', trial.trial_id)} "
@@ -233,7 +243,7 @@ def run_experiment(spec: ExperimentSpec, *, resume: bool | None = None) -> dict[
             run_config=tune.RunConfig(
                 name=spec.cfg.run.name, storage_path=str(spec.exp_dir.parent),
                 failure_config=tune.FailureConfig(max_failures=int(spec.cfg.run.max_failures)),
-                verbose=tune_verbose(1), callbacks=[progress_callback(len(spec.trials), est)],
+                verbose=tune_verbose(1), callbacks=[progress_callback(len(spec.trials), est, conc)],
             ),
         )
     grid = tuner.fit()
