@@ -287,7 +287,7 @@ def format_markdown(report: dict[str, Any], header: Sequence[str] = ()) -> str:
         if comps.get("compare_alpha") is not None:
             lines += [f"Hybrid alpha compared with X-X / X-Y: **{comps['compare_alpha']:g}**.", ""]
         for why in dict.fromkeys(t["why"] for t in tests):
-            chosen = [t for t in tests if t["why"] == why]
+            chosen = [t for t in tests if t["why"] == why and t["grouping"] != "language"]
             title = why if why != "vs off-the-shelf" else "every setting vs the off-the-shelf encoder"
             lines += [f"### Paired tests: {title} (seed-averaged per-query values)", "",
                       "| A | B | metric | group | n | A | B | B - A | 95% CI | p adj. | better |",
@@ -298,6 +298,7 @@ def format_markdown(report: dict[str, Any], header: Sequence[str] = ()) -> str:
                              f"{t['mean_a']:.4f} | {t['mean_b']:.4f} | {t['diff']:+.4f} | "
                              f"[{t['ci_low']:+.4f}, {t['ci_high']:+.4f}] | {_p(t['p_adj'])} | {t['better'] or '-'} |")
             lines.append("")
+            lines += _per_language_tests([t for t in tests if t["why"] == why and t["grouping"] == "language"])
         if comps["seed_level"]:
             lines += ["### Seed-level differences (B - A per seed, mean [t-interval], one-sample t-test p)", "",
                       "| A | B | " + " | ".join(LABELS.get(m, m) for m in ms) + " |", "|---|---|" + "---|" * len(ms)]
@@ -332,6 +333,23 @@ def format_markdown(report: dict[str, Any], header: Sequence[str] = ()) -> str:
                             f"{row[c]:.4f}" if c in row else "-" for c in ("mono", "cross", "multilingual")) + " |")
             lines.append("")
     return "\n".join(lines) + "\n"
+
+
+def _per_language_tests(tests: list[dict[str, Any]]) -> list[str]:
+    """Compact per-language rows: B - A and the adjusted p for each compared metric."""
+    if not tests:
+        return []
+    metrics = list(dict.fromkeys(f"{t['setting']} {t['metric']}" for t in tests))
+    cells: dict[str, dict[str, str]] = defaultdict(dict)
+    for t in tests:
+        star = "*" if t["significant"] else ""
+        cells[t["group"]][f"{t['setting']} {t['metric']}"] = f"{t['diff']:+.4f}{star} (p {_p(t['p_adj'])})"
+    lines = [f"By query language, B - A (p adjusted within the language breakdown; * significant), "
+             f"{tests[0]['b']} vs {tests[0]['a']}:", "", "| lang | " + " | ".join(metrics) + " |",
+             "|---|" + "---:|" * len(metrics)]
+    for lang in sorted(cells):
+        lines.append(f"| {lang} | " + " | ".join(cells[lang].get(m, "-") for m in metrics) + " |")
+    return lines + [""]
 
 
 def plot_alpha_curves(report: dict[str, Any], out_png: str | Path) -> Path:
