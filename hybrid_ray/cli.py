@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "compare": ("hybrid_ray.driver.compare", "paired significance tests between evaluations (CIs, Holm)"),
     "index": ("hybrid_ray.driver.index", "encode a corpus and build sharded FAISS indexes"),
     "tune": ("hybrid_ray.driver.tune", "Ray Tune search over the mixing ratio alpha"),
+    "experiment": ("hybrid_ray.driver.experiment", "alpha x seeds x variants as one Tune experiment + report"),
     "serve": ("hybrid_ray.driver.serve", "Ray Serve retrieval endpoint over sharded indexes"),
     "bench": ("bench.driver", "reproducible benchmarks"),
     "demo": ("hybrid_ray.driver.demo", "the whole pipeline on the embedded default"),

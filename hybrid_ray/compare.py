@@ -15,7 +15,8 @@ What is compared (one "test"): a setting's metric over a group of rows.
   ``1 / (cells x queries in its cell)`` and the overall difference is exactly table(B) - table(A);
 * groups: ``overall``, by query ``language``, by ``resource`` class of the query language (low /
   mid / high from :mod:`hybrid_ray.languages`) and ``seen`` vs ``zero-shot`` (a row is seen when its
-  query language and, in a language pair, its candidate language were training languages).
+  query language and, in a language pair, its candidate language were training languages), and
+  by ``domain`` when the per-query table has a ``domain`` column (test sets with genres).
 
 Per test: a paired randomisation test (``scipy.stats.permutation_test`` with
 ``permutation_type="samples"``: A and B swap within each query, two-sided) for the p-value, and a
@@ -41,7 +42,7 @@ from hybrid_ray.errors import ConfigError, DataError
 from hybrid_ray.metric_registry import get_metric, metrics_for, metrics_over
 from hybrid_ray.runfiles import read_per_query
 
-GROUPINGS: tuple[str, ...] = ("overall", "language", "resource", "seen")
+GROUPINGS: tuple[str, ...] = ("overall", "language", "resource", "seen", "domain")
 CORRECTIONS: tuple[str, ...] = ("holm", "bh", "none")
 CI_METHODS: tuple[str, ...] = ("percentile", "basic", "BCa")
 _KEY = ("setting", "q_lang", "c_lang", "qid")
@@ -177,7 +178,9 @@ def _resource_groups(langs: Sequence[str]) -> dict[str, str]:
 
 
 def _groups(grouping: str, q_lang: np.ndarray, c_lang: np.ndarray, seen: set[str] | None,
-            resource: Mapping[str, str]) -> np.ndarray | None:
+            resource: Mapping[str, str], domain: np.ndarray | None = None) -> np.ndarray | None:
+    if grouping == "domain":
+        return domain
     if grouping == "overall":
         return np.full(len(q_lang), "all", dtype=object)
     if grouping == "language":
@@ -220,6 +223,8 @@ def compare_evals(
     q_lang = np.asarray(base.table.column("q_lang").to_pylist(), dtype=object)
     c_lang = np.asarray(base.table.column("c_lang").to_pylist(), dtype=object)
     setting = np.asarray(base.table.column("setting").to_pylist(), dtype=object)
+    domain = (np.asarray([d if d is not None else "unlabelled" for d in base.table.column("domain").to_pylist()],
+                         dtype=object) if "domain" in base.table.column_names else None)
     resource = dict(resource_groups) if resource_groups is not None else _resource_groups(sorted(set(q_lang)))
     tests: list[dict[str, Any]] = []
     for other in runs[1:]:
@@ -233,7 +238,7 @@ def compare_evals(
             rows &= ~(np.isnan(va) | np.isnan(vb))  # language bias: queries with < 2 answers carry none
             cells = np.asarray([f"{x}|{y}" for x, y in zip(q_lang, c_lang, strict=True)], dtype=object)
             for grouping in groupings:
-                labels = _groups(grouping, q_lang, c_lang, seen, resource)
+                labels = _groups(grouping, q_lang, c_lang, seen, resource, domain)
                 if labels is None:
                     continue
                 for group in sorted(set(labels[rows].tolist())):
@@ -303,7 +308,7 @@ def format_markdown(result: Mapping[str, Any]) -> str:
         if not tests:
             continue
         title = {"overall": "Overall", "language": "By query language", "resource": "By resource class",
-                 "seen": "Seen (training) vs zero-shot languages"}[grouping]
+                 "seen": "Seen (training) vs zero-shot languages", "domain": "By domain"}[grouping]
         group_col = "" if grouping == "overall" else "group | "
         lines += [f"### {title}", "", "| metric " + head.format(group_col),
                   "|---|---|" + ("---|" if group_col else "") + "---:|" * 7 + "---|"]

@@ -80,6 +80,9 @@ class ModelConfig(EncoderConfig):
     # Recompute each layer's activations in the backward (HF, non-reentrant): less memory, ~1/3 more time.
     gradient_checkpointing: bool = False
     lora: LoraSettings | None = None  # LoRA adapters instead of full fine-tuning (see LoraSettings)
+    # Train only the top N transformer layers (+ pooler); embeddings and the layers below are frozen.
+    # What makes a CPU experiment affordable (None: train everything not otherwise frozen).
+    train_top_layers: int | None = None
 
     def encoder_config(self) -> EncoderConfig:
         """The ``EncoderConfig`` part (what travels with the saved weights)."""
@@ -88,11 +91,18 @@ class ModelConfig(EncoderConfig):
     def check(self) -> None:
         from hybrid_ray.modeling.builders import is_registered
 
+        if self.train_top_layers is not None and self.train_top_layers < 1:
+            raise ConfigError("must be >= 1 (or null to train every layer)", key="model.train_top_layers",
+                              value=self.train_top_layers)
         name = self.name_or_path
         if not is_registered(name) and name.startswith((".", "/", "~")) and not Path(name).expanduser().exists():
             raise ConfigError("model directory does not exist", key="model.name_or_path", value=name)
         if self.lora is not None:
             self.lora.check()
+            if self.train_top_layers is not None:
+                # peft freezes every base weight, so the two would silently mean "LoRA only".
+                raise ConfigError("model.lora and model.train_top_layers do not combine; set one of them",
+                                  key="model.train_top_layers", value=self.train_top_layers)
 
 
 @dataclass
@@ -118,8 +128,20 @@ class SamplerConfig:
     lang_temperature: float = 1.0
     lang_weights: dict[str, float] | None = None
     steps_per_epoch: int | None = None
+    # Domain weighting, independent of alpha (needs a 'domain' column): none = batches mix domains
+    # as the data does; otherwise each batch is drawn from ONE domain with these probabilities.
+    domain_sampling: str = "none"  # none | uniform | temperature | weights
+    domain_temperature: float = 1.0
+    domain_weights: dict[str, float] | None = None
 
     def check(self) -> None:
+        if self.domain_sampling not in ("none", "uniform", "temperature", "weights"):
+            raise ConfigError("must be none, uniform, temperature or weights", key="sampler.domain_sampling",
+                              value=self.domain_sampling)
+        if not self.domain_temperature > 0:
+            raise ConfigError("must be > 0", key="sampler.domain_temperature", value=self.domain_temperature)
+        if self.domain_sampling == "weights" and not self.domain_weights:
+            raise ConfigError("domain_sampling=weights needs sampler.domain_weights", key="sampler.domain_weights")
         if not 0.0 <= self.alpha <= 1.0:
             raise ConfigError("must be in [0, 1]", key="sampler.alpha", value=self.alpha)
         if self.lang_sampling not in ("uniform", "temperature", "weights"):

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from hybrid_ray.domains import format_domain_table
 from hybrid_ray.evaluate import DEFAULT_MAX_K
 from hybrid_ray.metric_registry import get_metric, metrics_over
 
@@ -67,5 +68,6 @@ def format_table(results: dict[str, Any]) -> str:
               "| q \\ c | " + " | ".join(cls_) + " |", "|---|" + "---:|" * len(cls_)]
     for i, x in enumerate(qls):
         lines.append(f"| {x} | " + " | ".join(_fmt(v) for v in mat[i]) + " |")
-    lines += ["", f"Search: exact inner product, {depth}."]
+    lines += ["", *format_domain_table(results.get("per_domain") or {})]
+    lines += [f"Search: exact inner product, {depth}."]
     return "\n".join(lines) + "\n"

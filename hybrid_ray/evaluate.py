@@ -61,6 +61,7 @@ import numpy as np
 import pyarrow as pa
 
 from hybrid_ray.data.retrieval import RetrievalSet
+from hybrid_ray.domains import domain_breakdown
 from hybrid_ray.encode import Encoder, encode_texts, encode_to_memmap_cached
 from hybrid_ray.encode_ray import EncodeOptions, collect_rows, encode_rows, write_rows_memmap
 from hybrid_ray.errors import ConfigError, DataError
@@ -120,7 +121,7 @@ def subsample_queries(rs: RetrievalSet, max_per_lang: int | None) -> RetrievalSe
             seen[lang] = seen.get(lang, 0) + 1
     queries = rs.queries.take(pa.array(keep, pa.int64()))
     qids = set(queries.column("qid").to_pylist())
-    return RetrievalSet(rs.name, queries, rs.corpus, {q: r for q, r in rs.qrels.items() if q in qids})
+    return RetrievalSet(rs.name, queries, rs.corpus, {q: r for q, r in rs.qrels.items() if q in qids}, rs.domains)
 
 
 class _Encoded:
@@ -438,6 +439,8 @@ def evaluate_retrieval(
     _check_max_k(max_k)
     if rs.queries.num_rows == 0 or rs.corpus.num_rows == 0:
         raise DataError(f"retrieval set {rs.name!r} has no queries or no candidates")
+    if per_query is not None and rs.domains:
+        per_query.domains = dict(rs.domains)
     t0 = time.perf_counter()
     q_emb, c_emb, backends = _encode(encoder, rs, batch_size, cache_dir, progress, cache_key, encode)
     t_enc = time.perf_counter() - t0
@@ -457,5 +460,6 @@ def evaluate_retrieval(
                    "embeddings": "memmap" if cache_dir is not None else "memory"},
         "encoding": {"mode": (encode or EncodeOptions()).mode, **backends},
         **body,
+        **({"per_domain": domain_breakdown(per_query.table())} if per_query is not None and rs.domains else {}),
         "timing_s": {"encode": round(t_enc, 3), "total": round(time.perf_counter() - t0, 3)},
     }

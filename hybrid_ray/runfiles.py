@@ -12,7 +12,7 @@ ranked list it was scored on. :meth:`PerQueryLog.write` turns that into
   ``language_bias`` on ``multi`` rows; NaN where a setting does not compute one) and
   ``relevant_ranks`` (list<int32>: 1-based ranks of the relevant passages in the searched list;
   one beyond the search depth is absent, so ``len(relevant_ranks) < n_relevant`` says so). This is
-  what ``hybrid-ray compare`` pairs queries on.
+  what ``hybrid-ray compare`` pairs queries on. A set with domains adds a ``domain`` column.
 * ``runs/{setting}.trec``: the standard 6-column TREC run ``qid Q0 docid rank score tag``;
 * ``qrels/{setting}.txt``: TREC qrels ``qid 0 docid relevance`` of exactly the judgements each
   query was scored against (in a language pair only the answers in the candidate language).
@@ -93,6 +93,7 @@ class PerQueryLog:
     queries: list[_Query] = field(default_factory=list)
     cut: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     extra: dict[tuple[str, str], dict[str, float]] = field(default_factory=lambda: defaultdict(dict))
+    domains: dict[str, str] | None = None  # qid -> domain: adds a ``domain`` column to the table
 
     def depth(self, min_depth: int, k: int) -> int:
         """Listed candidates per query before extension to the last relevant one."""
@@ -159,6 +160,8 @@ class PerQueryLog:
             cols["relevant_ranks"].append(q.relevant_ranks)
         types = {"n_relevant": pa.int32(), "relevant_ranks": pa.list_(pa.int32())}
         types |= {m: pa.float64() for m in metric_names}
+        if self.domains:
+            cols["domain"] = [self.domains.get(q.qid) for q in self.queries]
         return pa.table({c: pa.array(v, types.get(c, pa.string())) for c, v in cols.items()})
 
     def write(self, out_dir: str | Path, tag: str = "hybrid-ray") -> dict[str, Any]:

@@ -24,6 +24,13 @@ Why the design looks like this
   world size; each step yields exactly one slice per rank.
 * **Resume** is exact: the plan and every permutation are pure functions of the seed, so
   ``iter_epoch(epoch, start_step)`` reproduces the rest of an epoch bit for bit.
+* **Domains** (optional, ``domain_of`` + ``domain_sampling``): each step also draws ONE domain
+  from the domain distribution (uniform / temperature / weights, like languages), from its own
+  random stream, so the batch-kind and language draws are those of the same seed without domains
+  and ``P(domain)`` does not depend on alpha. The streams are then split by domain ((language,
+  domain) for mono batches, domain for cross ones), so a batch is domain-pure: in-batch negatives
+  come from the same genre when domain sampling is on (per-row domains would let a batch straddle
+  two rounds of a stream and repeat a pair). Without domain sampling nothing changes.
 """
 
 from __future__ import annotations
@@ -41,9 +48,10 @@ from hybrid_ray.permutation import FeistelPermutation, RankSelect
 
 BatchKind = Literal["mono", "cross"]
 LangSampling = Literal["uniform", "temperature", "weights"]
+DomainSampling = Literal["none", "uniform", "temperature", "weights"]
 
 # RNG domain tags: separate, independent random streams derived from one user seed.
-_TAG_PLAN, _TAG_MONO_PERM, _TAG_CROSS_PERM, _TAG_CROSS_LANGS = 0, 1, 2, 3
+_TAG_PLAN, _TAG_MONO_PERM, _TAG_CROSS_PERM, _TAG_CROSS_LANGS, _TAG_DOMAIN, _TAG_DOMAIN_PERM = 0, 1, 2, 3, 4, 5
 # Version of the stream permutation, part of the fingerprint: a checkpoint written by a sampler
 # with another permutation (v0 was a materialised numpy shuffle) must not resume silently.
 _PERM_VERSION = "feistel-v1"
@@ -105,42 +113,44 @@ def language_distribution(
     lang_sampling: LangSampling = "uniform",
     lang_temperature: float = 1.0,
     lang_weights: Mapping[str, float] | None = None,
+    what: str = "lang",
 ) -> np.ndarray:
     """Probability of each language being picked (a mono batch's language, a cross query's).
 
     ``uniform`` is the paper's choice; ``temperature`` is the XLM-R/mT5 rule ``p ∝ n^(1/T)``
     (T=1: proportional to data, T→∞: uniform) that up-samples small languages; ``weights`` lets
-    the user say exactly. Languages without any pair always get probability 0.
+    the user say exactly. Languages without any pair always get probability 0. ``what="domain"``
+    applies the same rule to domains (error keys ``domain_*``).
     """
     counts = np.asarray(counts, dtype=np.float64)
     if lang_sampling == "uniform":
         w = (counts > 0).astype(np.float64)
     elif lang_sampling == "temperature":
         if not lang_temperature > 0:
-            raise ConfigError("must be > 0", key="lang_temperature", value=lang_temperature)
+            raise ConfigError("must be > 0", key=f"{what}_temperature", value=lang_temperature)
         w = np.where(counts > 0, counts ** (1.0 / lang_temperature), 0.0)
     elif lang_sampling == "weights":
         if not lang_weights:
-            raise ConfigError("lang_sampling='weights' needs lang_weights", key="lang_weights")
+            raise ConfigError(f"{what}_sampling='weights' needs {what}_weights", key=f"{what}_weights")
         unknown = sorted(set(lang_weights) - set(langs))
         missing = [lang for lang in langs if lang not in lang_weights]
         if unknown or missing:
             raise ConfigError(
-                f"must give a weight for exactly the data's languages {list(langs)}; "
+                f"must give a weight for exactly the data's {what}s {list(langs)}; "
                 f"unknown {unknown}, missing {missing}",
-                key="lang_weights", value=dict(lang_weights),
+                key=f"{what}_weights", value=dict(lang_weights),
             )
         w = np.array([float(lang_weights[lang]) for lang in langs])
         if (w < 0).any() or not np.isfinite(w).all():
-            raise ConfigError("weights must be finite and >= 0", key="lang_weights", value=dict(lang_weights))
+            raise ConfigError("weights must be finite and >= 0", key=f"{what}_weights", value=dict(lang_weights))
         w = np.where(counts > 0, w, 0.0)
     else:
         raise ConfigError(
-            "expected 'uniform', 'temperature' or 'weights'", key="lang_sampling", value=lang_sampling
+            "expected 'uniform', 'temperature' or 'weights'", key=f"{what}_sampling", value=lang_sampling
         )
     total = w.sum()
     if total <= 0:
-        raise ConfigError("every language has probability 0", key="lang_sampling", value=lang_sampling)
+        raise ConfigError(f"every {what} has probability 0", key=f"{what}_sampling", value=lang_sampling)
     return w / total
 
 
@@ -166,6 +176,11 @@ class HybridBatchSampler:
         lang_temperature: float = 1.0,
         lang_weights: Mapping[str, float] | None = None,
         steps_per_epoch: int | None = None,
+        domain_of: np.ndarray | None = None,
+        domains: Sequence[str] | None = None,
+        domain_sampling: DomainSampling = "none",
+        domain_temperature: float = 1.0,
+        domain_weights: Mapping[str, float] | None = None,
     ) -> None:
         available = np.asarray(available)
         if available.ndim != 2 or available.dtype != np.bool_:
@@ -193,6 +208,7 @@ class HybridBatchSampler:
         self.lang_sampling = lang_sampling
         self.lang_temperature = float(lang_temperature)
         self.lang_weights = dict(lang_weights) if lang_weights else None
+        self._init_domains(domain_of, domains, domain_sampling, domain_temperature, domain_weights)
 
         self.lang_counts = available.sum(axis=0).astype(np.int64)
         self.lang_probs = language_distribution(
@@ -227,8 +243,11 @@ class HybridBatchSampler:
                 f"(sampled) languages; found {self.n_cross}. Use alpha=1 (monolingual only) or a smaller "
                 "batch.", key="alpha", value=self.alpha,
             )
-        # Stream sizes: streams 0..L-1 are the languages, stream L is cross.
-        self._stream_sizes = np.append(self.lang_counts, self.n_cross).astype(np.int64)
+        # Stream sizes: streams 0..L-1 are the languages, stream L is cross (with domain sampling:
+        # stream l*D + d is language l in domain d, stream L*D + d is cross in domain d).
+        masks = self._stream_masks()
+        self._stream_sizes = np.array([int(m.sum()) for m in masks], dtype=np.int64)
+        self._check_domain_streams()
         self._per_round = np.maximum(self._stream_sizes // B, 1)
 
         if steps_per_epoch is None:
@@ -240,12 +259,68 @@ class HybridBatchSampler:
             )
         self.steps_per_epoch = int(steps_per_epoch)
         # Position-in-stream -> pair tables (one int64 per 64 pairs per stream), built once.
-        self._select = [RankSelect(available[:, lang]) for lang in range(self.n_langs)]
-        self._select.append(RankSelect(self._cross_ok))
+        self._select = [RankSelect(m) for m in masks]
         self._plan_cache: tuple[int, tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None
         self._fingerprint: str | None = None
         self._epoch = 0
         self._step = 0
+
+    # --------------------------------------------------------------- domains
+    def _init_domains(self, domain_of, domains, sampling: str, temperature: float, weights) -> None:
+        """Domain distribution (None when domain sampling is off) and the per-pair domain index."""
+        self.domain_sampling = sampling
+        self.domain_temperature = float(temperature)
+        self.domain_weights = dict(weights) if weights else None
+        self.domains = list(domains) if domains is not None else []
+        self.domain_of = None if domain_of is None else np.asarray(domain_of, dtype=np.int64)
+        self.domain_probs: np.ndarray | None = None
+        if sampling == "none":
+            return
+        if self.domain_of is None or not self.domains:
+            raise ConfigError("domain sampling needs data with a 'domain' column", key="domain_sampling",
+                              value=sampling)
+        if self.domain_of.shape != (self.n_pairs,):
+            raise ConfigError(f"domain_of must have one entry per pair ({self.n_pairs}), got "
+                              f"{self.domain_of.shape}", key="domain_of")
+        counts = np.bincount(self.domain_of, minlength=len(self.domains))
+        self.domain_counts = counts
+        self.domain_probs = language_distribution(counts, self.domains, sampling, temperature, weights,  # type: ignore[arg-type]
+                                                  what="domain")
+
+    def _stream_masks(self) -> list[np.ndarray]:
+        """Which pairs each stream may draw (bool per pair), in stream-id order."""
+        langs = [self.available[:, lang] for lang in range(self.n_langs)]
+        if self.domain_probs is None:
+            return [*langs, self._cross_ok]
+        in_dom = [self.domain_of == d for d in range(len(self.domains))]
+        return [m & dm for m in langs for dm in in_dom] + [self._cross_ok & dm for dm in in_dom]
+
+    def _check_domain_streams(self) -> None:
+        """Every (language, domain) / (cross, domain) stream a batch may come from holds a batch."""
+        if self.domain_probs is None:
+            return
+        B, D = self.global_batch_size, len(self.domains)
+        small = []
+        for d in np.flatnonzero(self.domain_probs > 0):
+            if self.alpha > 0:
+                small += [f"{self.langs[lang]}/{self.domains[d]} ({int(self._stream_sizes[lang * D + d])} pairs)"
+                          for lang in np.flatnonzero(self.lang_probs > 0)
+                          if self._stream_sizes[lang * D + d] < B]
+            if self.alpha < 1 and self._stream_sizes[self.n_langs * D + d] < B:
+                small.append(f"cross/{self.domains[d]} ({int(self._stream_sizes[self.n_langs * D + d])} pairs)")
+        if small:
+            raise ConfigError(
+                f"a domain-pure batch needs >= global_batch_size={B} pairs per (language, domain); too few "
+                f"in {', '.join(small[:8])}. Give those domains weight 0 (domain_sampling='weights') or "
+                "lower the batch size.", key="domain_sampling", value=self.domain_sampling,
+            )
+
+    def batch_domain_counts(self, batch: GlobalBatch) -> dict[str, int]:
+        """The batch's domain mix (domain -> rows), for logging; empty without domains."""
+        if self.domain_of is None or not self.domains:
+            return {}
+        counts = np.bincount(self.domain_of[batch.pair_idx], minlength=len(self.domains))
+        return {self.domains[d]: int(c) for d, c in enumerate(counts) if c}
 
     # ------------------------------------------------------------------ plan
     def _rng(self, *parts: int) -> np.random.Generator:
@@ -259,11 +334,16 @@ class HybridBatchSampler:
         rng = self._rng(epoch, _TAG_PLAN)
         is_mono = rng.random(steps) < self.alpha
         mono_lang = rng.choice(self.n_langs, size=steps, p=self.lang_probs)
-        stream = np.where(is_mono, mono_lang, self.n_langs).astype(np.int64)
+        if self.domain_probs is None:
+            stream = np.where(is_mono, mono_lang, self.n_langs).astype(np.int64)
+        else:  # an independent draw: the kind / language draws above are unchanged
+            D = len(self.domains)
+            dom = self._rng(epoch, _TAG_DOMAIN).choice(D, size=steps, p=self.domain_probs)
+            stream = np.where(is_mono, mono_lang * D + dom, self.n_langs * D + dom).astype(np.int64)
         # offset[t] = number of earlier steps that drew from the same stream (cumulative count).
         order = np.argsort(stream, kind="stable")
         sorted_stream = stream[order]
-        first = np.searchsorted(sorted_stream, np.arange(self.n_langs + 1))
+        first = np.searchsorted(sorted_stream, np.arange(len(self._stream_sizes)))
         offset = np.empty(steps, dtype=np.int64)
         offset[order] = np.arange(steps) - first[sorted_stream]
         plan = (is_mono, stream, offset)
@@ -275,7 +355,10 @@ class HybridBatchSampler:
 
         O(stop - start) whatever the stream size: the keyed bijection is evaluated only there.
         """
-        tag = (_TAG_MONO_PERM, stream) if stream < self.n_langs else (_TAG_CROSS_PERM, 0)
+        if self.domain_probs is not None:
+            tag: tuple[int, ...] = (_TAG_DOMAIN_PERM, stream)
+        else:
+            tag = (_TAG_MONO_PERM, stream) if stream < self.n_langs else (_TAG_CROSS_PERM, 0)
         perm = FeistelPermutation(int(self._stream_sizes[stream]), (self.seed, epoch, *tag, rnd))
         return self._select[stream](perm.slice(start, stop))
 
@@ -291,7 +374,7 @@ class HybridBatchSampler:
         rnd, j = divmod(k, per_round)
         pair_idx = self.stream_pairs(epoch, s, rnd, j * B, (j + 1) * B)
         if is_mono[step]:
-            lang = np.full(B, s, dtype=np.int64)
+            lang = np.full(B, s // len(self.domains) if self.domain_probs is not None else s, dtype=np.int64)
             return GlobalBatch("mono", pair_idx, lang, lang.copy(), epoch, step)
         q_lang, p_lang = self._cross_langs(epoch, step, pair_idx)
         return GlobalBatch("cross", pair_idx, q_lang, p_lang, epoch, step)
@@ -358,8 +441,11 @@ class HybridBatchSampler:
         h.update(json.dumps([
             self.langs, self.global_batch_size, self.alpha, self.seed, self.lang_sampling,
             self.lang_temperature, self.lang_weights, self.steps_per_epoch, self.n_pairs, _PERM_VERSION,
-        ], sort_keys=True, default=str).encode())
+        ] + ([self.domains, self.domain_sampling, self.domain_temperature, self.domain_weights]
+             if self.domain_probs is not None else []), sort_keys=True, default=str).encode())
         h.update(np.packbits(self.available).tobytes())
+        if self.domain_probs is not None:
+            h.update(np.ascontiguousarray(self.domain_of, dtype=np.int64).tobytes())
         self._fingerprint = h.hexdigest()[:16]
         return self._fingerprint
 

@@ -65,6 +65,10 @@ def build_encoder(model_cfg: ModelConfig):
             model_cfg.name_or_path, **{f.name: getattr(enc_cfg, f.name) for f in fields(EncoderConfig)})
     if model_cfg.freeze_embeddings:
         encoder.model.get_input_embeddings().weight.requires_grad_(False)
+    if model_cfg.train_top_layers is not None:
+        from hybrid_ray.modeling.freeze import train_top_layers
+
+        train_top_layers(encoder.model, model_cfg.train_top_layers)
     if model_cfg.gradient_checkpointing:
         from hybrid_ray.modeling.checkpointing import enable_gradient_checkpointing
 
@@ -95,6 +99,8 @@ def build_sampler(cfg: TrainConfig, pairs):
     from hybrid_ray.sampler import HybridBatchSampler
 
     s = cfg.sampler
+    domains = pairs.pair_domains()  # None without a 'domain' column (the sampler then refuses domain sampling)
+    domain_names, domain_of = domains if domains is not None else (None, None)
     return HybridBatchSampler(
         pairs.available,
         pairs.langs,
@@ -105,6 +111,11 @@ def build_sampler(cfg: TrainConfig, pairs):
         lang_temperature=s.lang_temperature,
         lang_weights=s.lang_weights,
         steps_per_epoch=s.steps_per_epoch,
+        domain_of=domain_of,
+        domains=domain_names,
+        domain_sampling=s.domain_sampling,
+        domain_temperature=s.domain_temperature,
+        domain_weights=s.domain_weights,
     )
 
 
@@ -241,19 +252,25 @@ def train_loop(config: dict[str, Any]) -> None:
                 "lr": float(scheduler.get_last_lr()[0]) if scheduler is not None else optim.lr,
                 "temperature": 1.0 / float(scale.detach()),
             }
+            mix = sampler.batch_domain_counts(local)  # this rank's slice; {} without domains
+            if mix:
+                metrics["batch_domains"] = ",".join(f"{d}:{n}" for d, n in sorted(mix.items()))
             if rank == 0:
                 print(
                     f"[hybrid-ray] step {global_step}/{n_total} ({100 * global_step // max(1, n_total)}%, "
                     f"ETA {_eta(global_step - start_step, time.perf_counter() - t_start, n_total - global_step)}) "
                     f"epoch {local.epoch} "
                     f"loss {metrics['loss']:.4f} {local.kind}({metrics['batch_lang']}) "
-                    f"{metrics['samples_per_s']:.1f} samples/s lr {metrics['lr']:.2e}",
+                    f"{metrics['samples_per_s']:.1f} samples/s lr {metrics['lr']:.2e}"
+                    + (f" domains {metrics['batch_domains']}" if mix else ""),
                     flush=True,
                 )
                 if writer is not None:
                     for key in ("loss", "samples_per_s", "lr", "temperature"):
                         writer.add_scalar(f"train/{key}", metrics[key], global_step)
                     writer.add_scalar("train/mono_batch", float(local.kind == "mono"), global_step)
+                    for dom, n in mix.items():
+                        writer.add_scalar(f"train/domain_frac/{dom}", n / max(1, len(local)), global_step)
                     writer.flush()
             if do_ckpt:
                 _report_with_checkpoint(engine, encoder, sampler, cfg, metrics, global_step, rank)

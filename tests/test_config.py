@@ -72,3 +72,14 @@ def test_tiny_is_a_registered_builder_not_a_path(data: Path) -> None:
     assert get_model_builder("tiny") is not None and get_model_builder("/some/dir") is None
     with pytest.raises(ConfigError, match=r"model\.name_or_path"):
         load_config("tiny.yaml", [f"data.path={data}", "model.name_or_path=./no-such-model"])
+
+
+def test_lora_and_train_top_layers_do_not_combine(tmp_path) -> None:
+    from hybrid_ray.config import load_config
+    from hybrid_ray.errors import ConfigError
+
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("")
+    with pytest.raises(ConfigError, match="do not combine") as e:
+        load_config("tiny.yaml", [f"data.path={data}", "model.train_top_layers=1", "model.lora.r=4"])
+    assert "model.train_top_layers" in str(e.value)

@@ -22,8 +22,14 @@ Verses that are empty or placeholders in a translation (Bengali marks 800 missin
 Splits are by BOOK so that no verse, and no near-duplicate context, leaks between them:
 
 - test: the General Epistles James, 1-2 Peter, 1-3 John, Jude (books 59-65), all of them
+- test_ood: the out-of-domain test set, one held-out book of another genre (Hosea, prophets)
 - dev:  Galatians, Ephesians, Philippians, Colossians (books 48-51), capped at ``max_dev_pairs``
 - train: every other book of both testaments
+
+Domains: every pair carries its book's genre in the ``domain`` column (:data:`GENRES`: law,
+history, wisdom/poetry, prophets, gospels/acts, letters, apocalyptic), so the sampler can weight
+genres and evaluation can report per genre; ``test`` is in-domain for letters, ``test_ood`` asks
+whether a letters-focused model keeps its accuracy elsewhere.
 
 Training languages: en de es ru ar zh hi tr vi sw; bn, tl and fa are held out (zero-shot: they
 appear only in dev and test).
@@ -47,7 +53,7 @@ import pyarrow.parquet as pq
 from hybrid_ray.data.leakage import drop_pairs, leaking_pair_ids, pairs_leakage
 from hybrid_ray.data.miracl import write_miracl
 from hybrid_ray.data.pairs import read_meta
-from hybrid_ray.data.schema import PAIRS_SCHEMA, check_lang, validate_pairs_table
+from hybrid_ray.data.schema import PAIRS_SCHEMA_WITH_DOMAIN, check_lang, validate_pairs_table
 from hybrid_ray.errors import DataError
 from hybrid_ray.io import atomic_dir, write_json_atomic
 
@@ -67,9 +73,23 @@ TRANSLATIONS: dict[str, str] = {
 }
 TEST_BOOKS = tuple(range(59, 66))  # James .. Jude
 DEV_BOOKS = tuple(range(48, 52))  # Galatians .. Colossians
+OOD_TEST_BOOKS = (28,)  # Hosea (prophets): the out-of-domain test set, removed from train
+#: Book-number ranges (Protestant 66-book order) of each genre, the ``domain`` of every pair.
+GENRES: dict[str, tuple[int, int]] = {
+    "law": (1, 5), "history": (6, 17), "wisdom_poetry": (18, 22), "prophets": (23, 39),
+    "gospels_acts": (40, 44), "letters": (45, 65), "apocalyptic": (66, 66),
+}
+
+
+def genre_of_book(book: int) -> str:
+    """The genre (``domain``) of a book number; DataError for a number outside 1-66."""
+    for genre, (lo, hi) in GENRES.items():
+        if lo <= book <= hi:
+            return genre
+    raise DataError("book number outside the 66-book canon", field="book", value=book)
 #: Translation whose book names make the pair ids (ASCII, no spaces: "1John", "SongOfSolomon").
 NAME_SOURCE = "k"
-SPLIT_SALT = {"train": 0, "dev": 1, "test": 2}
+SPLIT_SALT = {"train": 0, "dev": 1, "test": 2, "test_ood": 3}
 N_CANDIDATES = 8  # negative candidates kept per pair: the first non-empty one in a language wins
 #: Whole-verse placeholders for verses merged into a neighbour: the Turkish translation marks 893
 #: verses "(aynı)" ("the same"); as text they would be 893 identical queries and candidates.
@@ -95,6 +115,8 @@ def bible_db_path() -> Path:
 def split_of_book(book: int) -> str:
     if book in TEST_BOOKS:
         return "test"
+    if book in OOD_TEST_BOOKS:
+        return "test_ood"
     if book in DEV_BOOKS:
         return "dev"
     return "train"
@@ -204,7 +226,7 @@ def _positives(verses: Verses, q_idx: np.ndarray, n_pos: np.ndarray) -> dict[str
 
 def _split_table(
     pair_ids: np.ndarray, members: np.ndarray, q_idx: np.ndarray, cand: np.ndarray, langs: list[str],
-    verses: Verses, positives: dict[str, tuple[pa.Array, np.ndarray]],
+    verses: Verses, positives: dict[str, tuple[pa.Array, np.ndarray]], domains: np.ndarray,
 ) -> pa.Table:
     """Rows of the blocks ``members`` in ``langs`` (pair-major order). A (pair, lang) row is dropped
     when its query or positive is empty or incomplete; its negative is the first candidate block
@@ -229,8 +251,9 @@ def _split_table(
                     "query": text.take(pa.array(q_idx[members][keep])),
                     "positive": pos_text.take(pa.array(members[keep])),
                     "negatives": pa.ListArray.from_arrays(pa.array(offsets), pos_text.take(pa.array(neg[has]))),
+                    "domain": pa.array(domains[members][keep], pa.string()),
                 },
-                schema=PAIRS_SCHEMA,
+                schema=PAIRS_SCHEMA_WITH_DOMAIN,
             )
         )
         order_keys.append((rows[keep], np.full(n, li)))
@@ -296,14 +319,17 @@ def build_demo(
         dtype=object,
     )
     split_of = np.array([split_of_book(int(b)) for b in books])
+    domains = np.array([genre_of_book(int(b)) for b in books], dtype=object)
 
-    caps = {"dev": max_dev_pairs, "test": max_test_pairs, "train": None}
-    split_langs = {"train": langs, "dev": all_langs, "test": all_langs}
+    caps = {"dev": max_dev_pairs, "test": max_test_pairs, "test_ood": max_test_pairs, "train": None}
+    split_langs = {"train": langs, "dev": all_langs, "test": all_langs, "test_ood": all_langs}
     tables: dict[str, pa.Table] = {}
     dropped: dict[str, int] = {}
-    for split in ("train", "dev", "test"):
+    for split in ("train", "dev", "test", "test_ood"):
         members = np.nonzero(split_of == split)[0]
-        table = _split_table(pair_ids, members, q_idx, cand, split_langs[split], verses, positives)
+        if split == "test_ood" and not len(members):
+            continue  # a source without the held-out book (test fixtures): no out-of-domain set
+        table = _split_table(pair_ids, members, q_idx, cand, split_langs[split], verses, positives, domains)
         # Verses repeated word for word elsewhere in the split (refrains, formulae) would still be
         # duplicate distractors: drop those pairs in every language before capping.
         bad = leaking_pair_ids(table)
@@ -331,10 +357,12 @@ def build_demo(
     counts = {}
     for split, t in tables.items():
         per_lang = {v["values"].as_py(): v["counts"].as_py() for v in pc.value_counts(t.column("lang"))}
+        per_domain = {v["values"].as_py(): v["counts"].as_py() for v in pc.value_counts(t.column("domain"))}
         counts[split] = {
             "rows": t.num_rows,
             "pairs": pc.count_distinct(t.column("pair_id")).as_py(),
             "per_lang": dict(sorted(per_lang.items())),
+            "per_domain_rows": dict(sorted(per_domain.items())),
         }
     meta = {
         "name": "bible-next-verse" if positive_verses == 1 else f"bible-next-{positive_verses}-verses",
@@ -348,6 +376,7 @@ def build_demo(
         "translations": codes,
         "books": {
             "test": [book_names.get(b, str(b)) for b in TEST_BOOKS],
+            "test_ood": [book_names.get(b, str(b)) for b in OOD_TEST_BOOKS],
             "dev": [book_names.get(b, str(b)) for b in DEV_BOOKS],
             "train": "all other books",
         },
@@ -357,6 +386,8 @@ def build_demo(
         "counts": counts,
         "leakage": leakage,
         "miracl": {"dir": "miracl", "split": "dev", "langs": all_langs},
+        "domains": {"column": "domain", "genres": {g: list(r) for g, r in GENRES.items()},
+                    "test": genre_of_book(TEST_BOOKS[0]), "test_ood": genre_of_book(OOD_TEST_BOOKS[0])},
     }
 
     with atomic_dir(out_dir) as tmp:

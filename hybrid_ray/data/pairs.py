@@ -116,6 +116,16 @@ def read_pairs(path: str | Path, split: str | None = None) -> pa.Table:
     raise DataError("unsupported file type (expected .parquet, .jsonl or .jsonl.gz)", path=file)
 
 
+#: What JSONL rows are read as: the pairs columns plus an optional (nullable) ``domain``.
+_JSONL_SCHEMA = PAIRS_SCHEMA.append(pa.field("domain", pa.string()))
+
+
+def _drop_absent_domain(table: pa.Table) -> pa.Table:
+    """No row gave a ``domain``: the file has none (rather than one null per row)."""
+    col = table.column("domain")
+    return table.drop_columns(["domain"]) if col.null_count == table.num_rows else table
+
+
 def _read_pairs_jsonl(file: Path) -> pa.Table:
     seen: set[tuple[str, str]] = set()
 
@@ -134,13 +144,13 @@ def _read_pairs_jsonl(file: Path) -> pa.Table:
         seen.add(key)
 
     try:
-        table = read_jsonl(file, PAIRS_SCHEMA, required=REQUIRED_COLUMNS, row_check=check, fast_only=True)
-        return validate_pairs_table(_fill_negatives(table), path=file)
+        table = read_jsonl(file, _JSONL_SCHEMA, required=REQUIRED_COLUMNS, row_check=check, fast_only=True)
+        return validate_pairs_table(_drop_absent_domain(_fill_negatives(table)), path=file)
     except DataError as first:
         # Re-read line by line to name the line; keep the columnar error if that finds nothing.
-        table = read_jsonl(file, PAIRS_SCHEMA, required=REQUIRED_COLUMNS, row_check=check, slow_only=True)
+        table = read_jsonl(file, _JSONL_SCHEMA, required=REQUIRED_COLUMNS, row_check=check, slow_only=True)
         try:
-            return validate_pairs_table(_fill_negatives(table), path=file)
+            return validate_pairs_table(_drop_absent_domain(_fill_negatives(table)), path=file)
         except DataError:
             raise first from None
 

@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from hybrid_ray.data.schema import PAIRS_SCHEMA, validate_pairs_table
+from hybrid_ray.data.schema import has_domain, is_pairs_schema, validate_pairs_table
 from hybrid_ray.errors import DataError
 from hybrid_ray.io import atomic_path
 
@@ -91,7 +91,7 @@ class ParallelPairs:
         mapped = _mapped_index(table)
         if mapped is not None:
             return mapped
-        if not table.schema.equals(PAIRS_SCHEMA):
+        if not is_pairs_schema(table.schema):
             table = validate_pairs_table(table)
         langs, row_of, pair_values = _build_index(table)
         return cls(table=table, langs=langs, row_of=row_of, _pair_values=pair_values)
@@ -119,6 +119,20 @@ class ParallelPairs:
             return pa.array([], type=pa.string())
         first = np.argmax(self.available[pair_idx], axis=1)
         return take_rows(self.table.column("pair_id"), self.row_of[pair_idx, first].astype(np.int64))
+
+    def pair_domains(self) -> tuple[list[str], np.ndarray] | None:
+        """``(domains, domain_of)``: the sorted domain names and each pair's index into them, or
+        None for a table without the optional ``domain`` column. A pair's domain is read from
+        its first language's row (validation makes it the same in all of them)."""
+        if not has_domain(self.table):
+            return None
+        if self.n_pairs == 0:
+            return [], np.zeros(0, dtype=np.int64)
+        first = np.argmax(self.available, axis=1)
+        values = take_rows(self.table.column("domain"), self.row_of[np.arange(self.n_pairs), first].astype(np.int64))
+        names = sorted(set(pc.unique(values).to_pylist()))
+        index = pa.array(names, pa.string())
+        return names, pc.index_in(values, value_set=index).to_numpy(zero_copy_only=False).astype(np.int64)
 
     @property
     def n_pairs(self) -> int:

@@ -4,6 +4,10 @@ One representation serves every evaluation format: LAReQA (XQuAD-R / MLQA-R), MI
 parallel pairs. Languages are kept per query and per candidate so that evaluation can form the
 mono-, cross- and multilingual settings by filtering, and the language-bias metric can find each
 query's parallel relevant candidates in the pooled multilingual corpus.
+
+Queries may carry a ``domain`` (genre) column, kept as ``RetrievalSet.domains`` (qid -> domain):
+pairs with a ``domain`` column give it to their queries, and per-query results and reports are then
+broken down by domain (:mod:`hybrid_ray.domains`).
 """
 
 from __future__ import annotations
@@ -35,8 +39,14 @@ class RetrievalSet:
     queries: pa.Table
     corpus: pa.Table
     qrels: dict[str, dict[str, int]]
+    domains: dict[str, str] | None = None  # qid -> domain, when the source has a 'domain' column
 
     def __post_init__(self) -> None:
+        if self.domains is None and "domain" in self.queries.column_names:
+            col = self.queries.column("domain")
+            if col.null_count < self.queries.num_rows:
+                self.domains = {q: d for q, d in zip(self.queries.column("qid").to_pylist(), col.to_pylist(),
+                                                     strict=True) if d is not None}
         self.queries = self.queries.select(QUERIES_SCHEMA.names).cast(QUERIES_SCHEMA)
         self.corpus = self.corpus.select(CORPUS_SCHEMA.names).cast(CORPUS_SCHEMA)
 
@@ -56,7 +66,7 @@ class RetrievalSet:
         docids = set(corpus.column("docid").to_pylist())
         qrels = {q: {d: r for d, r in self.qrels.get(q, {}).items() if d in docids}
                  for q in queries.column("qid").to_pylist()}
-        return RetrievalSet(self.name, queries, corpus, qrels)
+        return RetrievalSet(self.name, queries, corpus, qrels, self.domains)
 
     def validate(self, source: str | Path | None = None) -> RetrievalSet:
         """Check the set is evaluable; raise a DataError naming the offending id otherwise.
@@ -122,7 +132,17 @@ class RetrievalSet:
         qrels = {i: by_pair[pid] for pid, i in zip(pair_ids, ids, strict=True)}
         queries = pa.table({"qid": ids, "lang": langs, "text": table.column("query")})
         corpus = pa.table({"docid": ids, "lang": langs, "text": table.column("positive")})
-        return cls(name=name, queries=queries, corpus=corpus, qrels=qrels)
+        domains = None
+        if "domain" in table.column_names:
+            domains = dict(zip(ids, table.column("domain").to_pylist(), strict=True))
+        return cls(name=name, queries=queries, corpus=corpus, qrels=qrels, domains=domains)
+
+    def queries_table(self) -> pa.Table:
+        """``queries`` plus the ``domain`` column when the set has domains (what :meth:`save` writes)."""
+        if not self.domains:
+            return self.queries
+        doms = [self.domains.get(q) for q in self.queries.column("qid").to_pylist()]
+        return self.queries.append_column("domain", pa.array(doms, pa.string()))
 
     def qrels_table(self) -> pa.Table:
         """The qrels as a flat ``(qid, docid, relevance)`` table (for Parquet / statistics)."""
@@ -134,7 +154,7 @@ class RetrievalSet:
 
         path = Path(path)
         for fname, table in zip(
-            RETRIEVAL_FILES, (self.queries, self.corpus, self.qrels_table()), strict=True
+            RETRIEVAL_FILES, (self.queries_table(), self.corpus, self.qrels_table()), strict=True
         ):
             with atomic_path(path / fname) as tmp:
                 pq.write_table(table, tmp, compression="zstd")

@@ -10,6 +10,9 @@ Columns
   query      string         non-empty
   positive   string         non-empty, the relevant passage, in ``lang``
   negatives  list<string>   hard negatives in ``lang``; may be empty
+  domain     string         OPTIONAL: the pair's domain / genre (e.g. ``letters``), the same in
+                            every language of a pair; lets the sampler weight domains and the
+                            evaluation break results down by domain
 
 A data set on disk is a directory with ``{split}.parquet`` files (train/dev/test) plus an
 optional ``meta.json``; a single Parquet/JSONL file is a one-split data set.
@@ -33,6 +36,20 @@ PAIRS_SCHEMA = pa.schema(
     ]
 )
 REQUIRED_COLUMNS = ("pair_id", "lang", "query", "positive")
+DOMAIN_FIELD = pa.field("domain", pa.string(), nullable=False)
+#: ``PAIRS_SCHEMA`` plus the optional ``domain`` column (what a table with domains is cast to).
+PAIRS_SCHEMA_WITH_DOMAIN = PAIRS_SCHEMA.append(DOMAIN_FIELD)
+
+
+def has_domain(table_or_schema: pa.Table | pa.Schema) -> bool:
+    """True when the table (or schema) carries the optional ``domain`` column."""
+    schema = table_or_schema if isinstance(table_or_schema, pa.Schema) else table_or_schema.schema
+    return "domain" in schema.names
+
+
+def is_pairs_schema(schema: pa.Schema) -> bool:
+    """True for an already validated pairs table's schema (with or without ``domain``)."""
+    return schema.equals(PAIRS_SCHEMA) or schema.equals(PAIRS_SCHEMA_WITH_DOMAIN)
 
 #: Names of the languages with shipped metadata (``hybrid_ray/configs/languages.csv``). Not the
 #: accepted set: every valid ISO 639-1 / 639-3 code is accepted (:func:`check_lang`).
@@ -77,9 +94,11 @@ def validate_pairs_table(table: pa.Table, *, path: object = None) -> pa.Table:
     if "negatives" not in table.column_names:
         empty = pa.array([[]] * table.num_rows, type=pa.list_(pa.string()))
         table = table.append_column("negatives", empty)
-    table = table.select(list(PAIRS_SCHEMA.names))
+    with_domain = has_domain(table)
+    target = PAIRS_SCHEMA_WITH_DOMAIN if with_domain else PAIRS_SCHEMA
+    table = table.select(list(target.names))
     # Nulls first: casting a null to the non-nullable schema fails with an opaque ValueError.
-    for name in REQUIRED_COLUMNS:
+    for name in REQUIRED_COLUMNS + (("domain",) if with_domain else ()):
         row = first_null_row(table.column(name))
         if row is not None:  # a table row (0-based), not a file line: Parquet has no lines
             raise DataError(f"null value in row {row}", path=path, field=name)
@@ -91,10 +110,10 @@ def validate_pairs_table(table: pa.Table, *, path: object = None) -> pa.Table:
             pass  # not a list column: the cast below reports the mismatch
         table = table.set_column(table.column_names.index("negatives"), "negatives", negs)
     try:
-        table = table.cast(PAIRS_SCHEMA)
+        table = table.cast(target)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, ValueError) as exc:
-        raise DataError(f"columns do not match the pairs schema {PAIRS_SCHEMA}: {exc}", path=path) from exc
-    for name in ("query", "positive", "pair_id"):
+        raise DataError(f"columns do not match the pairs schema {target}: {exc}", path=path) from exc
+    for name in ("query", "positive", "pair_id") + (("domain",) if with_domain else ()):
         row = first_blank_row(table.column(name))
         if row is not None:
             raise DataError(
@@ -112,7 +131,20 @@ def validate_pairs_table(table: pa.Table, *, path: object = None) -> pa.Table:
                 f"duplicate row for pair_id {pid!r} in language {lang!r}: each (pair_id, lang) must be unique",
                 path=path, field="pair_id", value=pid,
             )
+    if with_domain and table.num_rows:
+        _check_domain_per_pair(table, path)
     return table
+
+
+def _check_domain_per_pair(table: pa.Table, path: object) -> None:
+    """A pair is ONE passage in many languages: its domain must be the same in all of them."""
+    per_pair = table.select(["pair_id", "domain"]).group_by("pair_id").aggregate([("domain", "count_distinct")])
+    counts = per_pair.column("domain_count_distinct")
+    row = pc.index(pc.greater(counts, 1), True).as_py()
+    if row >= 0:
+        pid = per_pair.column("pair_id")[row].as_py()
+        raise DataError("a pair has different domains in different languages", path=path, field="domain",
+                        value=pid)
 
 
 def _normalize_lang_column(table: pa.Table, path: object) -> pa.Table:

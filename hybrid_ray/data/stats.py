@@ -10,9 +10,11 @@ spaces. ``format_stats`` renders with ``rich`` when it is installed, plain text 
 from __future__ import annotations
 
 import io
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -48,7 +50,18 @@ def pairs_stats(table: pa.Table) -> dict[str, Any]:
         "mean_passage_chars": _mean(pc.utf8_length(table.column("positive"))),
         "mean_negatives": round(float(_mean(pc.list_value_length(table.column("negatives"))) or 0.0), 2),
         "duplicate_distractors": pairs_leakage(table)["fraction"],
+        **_domain_counts(pp),
     }
+
+
+def _domain_counts(pp: ParallelPairs) -> dict[str, Any]:
+    """``{"domains": {domain: pairs}}`` for data with a ``domain`` column, else nothing."""
+    doms = pp.pair_domains()
+    if doms is None:
+        return {}
+    names, of = doms
+    counts = np.bincount(of, minlength=len(names))
+    return {"domains": {n: int(c) for n, c in zip(names, counts, strict=True)}}
 
 
 def retrieval_stats(rs: RetrievalSet) -> dict[str, Any]:
@@ -66,6 +79,7 @@ def retrieval_stats(rs: RetrievalSet) -> dict[str, Any]:
         "mean_query_chars": _mean(pc.utf8_length(rs.queries.column("text"))),
         "mean_passage_chars": _mean(pc.utf8_length(rs.corpus.column("text"))),
         "duplicate_distractors": duplicate_distractor_fraction(rs),
+        **({"domains": dict(sorted(Counter(rs.domains.values()).items()))} if rs.domains else {}),
     }
 
 
@@ -168,4 +182,9 @@ def format_stats(stats: dict[str, Any]) -> str:
     leaks = ", ".join(f"{n} {s['duplicate_distractors']:.1%}" for n, s in splits.items()
                       if "duplicate_distractors" in s)
     leak_line = f"\nqueries with a duplicate-text distractor in their pool: {leaks}" if leaks else ""
-    return summary + leak_line + "\n\n" + per_lang
+    domains = sorted({d for s in splits.values() for d in s.get("domains", {})})
+    per_domain = "" if not domains else "\n\n" + _render(
+        "pairs by domain" if pairs else "queries by domain", ["domain", *names],
+        [[d, *(f"{splits[n].get('domains', {}).get(d, 0):,}" for n in names)] for d in domains],
+    )
+    return summary + leak_line + "\n\n" + per_lang + per_domain

