@@ -145,15 +145,23 @@ def encode_to_memmap(
             bar.update(len(emb))
         if written != n:
             raise ConfigError(f"expected {n} texts, got {written}", key="total", value=n)
-        if mm is None:  # no texts at all: an empty [0, 0] array still makes a valid .npy
-            with open(tmp, "wb") as f:  # a file object: np.save would append ".npy" to a path
-                np.save(f, np.zeros((0, 0), np.float32), allow_pickle=False)
-        else:
-            mm.flush()
-            del mm
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
+        finish_npy(tmp, mm)
+        del mm
     return np.load(out_path, mmap_mode="r")
+
+
+def finish_npy(tmp: str | Path, mm: np.memmap | None) -> None:
+    """Flush and fsync a float32 memmap being written at ``tmp`` (before its atomic rename).
+
+    ``mm`` None (no texts at all): an empty ``[0, 0]`` array still makes a valid ``.npy``.
+    """
+    if mm is None:
+        with open(tmp, "wb") as f:  # a file object: np.save would append ".npy" to a path
+            np.save(f, np.zeros((0, 0), np.float32), allow_pickle=False)
+    else:
+        mm.flush()
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
 
 
 def texts_digest(texts: Texts, batch_size: int = 4096) -> tuple[str, int]:

@@ -21,7 +21,6 @@ per CPU), each asks for ``num_gpus`` (default 1 when the cluster has GPUs) and e
 
 from __future__ import annotations
 
-import os
 import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import pyarrow as pa
 
+from hybrid_ray.encode import finish_npy
 from hybrid_ray.errors import ConfigError, DataError
 from hybrid_ray.io import atomic_path
 
@@ -303,14 +303,8 @@ def write_rows_memmap(batches: Iterable[tuple[np.ndarray, np.ndarray]], n: int, 
                 on_batch(done)
         if done != n:
             raise DataError(f"encoding returned {done} of {n} vectors", path=out_path)
-        if mm is None:  # no texts at all: an empty [0, 0] array still makes a valid .npy
-            with open(tmp, "wb") as f:
-                np.save(f, np.zeros((0, 0), np.float32), allow_pickle=False)
-        else:
-            mm.flush()
-            del mm
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
+        finish_npy(tmp, mm)
+        del mm
     return np.load(out_path, mmap_mode="r")
 
 
