@@ -14,7 +14,8 @@ What is compared (one "test"): a setting's metric over a group of rows.
   mean over (query language, candidate language) cells, so each query carries the weight
   ``1 / (cells x queries in its cell)`` and the overall difference is exactly table(B) - table(A);
 * groups: ``overall``, by query ``language``, by ``resource`` class of the query language (low /
-  mid / high from :mod:`hybrid_ray.languages`) and ``seen`` vs ``zero-shot`` (a row is seen when its
+  mid / high from :mod:`hybrid_ray.languages`), by language ``family`` (same table;
+  ``unclassified`` when unknown), ``seen`` vs ``zero-shot`` (a row is seen when its
   query language and, in a language pair, its candidate language were training languages), and
   by ``domain`` when the per-query table has a ``domain`` column (test sets with genres).
 
@@ -25,7 +26,7 @@ O(n^2) on tens of thousands of queries) for the 95% confidence interval. Every t
 ``np.random.default_rng(seed)`` afresh, so a result does not depend on what else was tested.
 Multiple comparisons: Holm (default; family-wise error) or Benjamini-Hochberg (``bh``, false
 discovery rate, ``scipy.stats.false_discovery_control``) within each family: the overall tests
-form one family, each breakdown (language, resource, seen) another.
+form one family, each breakdown (language, resource, family, seen, domain) another.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from hybrid_ray.errors import ConfigError, DataError
 from hybrid_ray.metric_registry import get_metric, metrics_for, metrics_over
 from hybrid_ray.runfiles import read_per_query
 
-GROUPINGS: tuple[str, ...] = ("overall", "language", "resource", "seen", "domain")
+GROUPINGS: tuple[str, ...] = ("overall", "language", "resource", "family", "seen", "domain")
 CORRECTIONS: tuple[str, ...] = ("holm", "bh", "none")
 CI_METHODS: tuple[str, ...] = ("percentile", "basic", "BCa")
 _KEY = ("setting", "q_lang", "c_lang", "qid")
@@ -177,10 +178,21 @@ def _resource_groups(langs: Sequence[str]) -> dict[str, str]:
     return {lang: language_info(lang).resource_group for lang in langs}
 
 
+def _family_groups(langs: Sequence[str]) -> dict[str, str]:
+    """Language family of each language (:mod:`hybrid_ray.languages`; ``unclassified`` when unknown)."""
+    from hybrid_ray.languages import language_info
+
+    return {lang: language_info(lang).family or "unclassified" for lang in langs}
+
+
 def _groups(grouping: str, q_lang: np.ndarray, c_lang: np.ndarray, seen: set[str] | None,
-            resource: Mapping[str, str], domain: np.ndarray | None = None) -> np.ndarray | None:
+            resource: Mapping[str, str], domain: np.ndarray | None = None,
+            family: Mapping[str, str] | None = None) -> np.ndarray | None:
     if grouping == "domain":
         return domain
+    if grouping == "family":
+        family = family if family is not None else _family_groups(sorted(set(q_lang.tolist())))
+        return np.asarray([family.get(x, "unclassified") for x in q_lang], dtype=object)
     if grouping == "overall":
         return np.full(len(q_lang), "all", dtype=object)
     if grouping == "language":
@@ -226,6 +238,7 @@ def compare_evals(
     domain = (np.asarray([d if d is not None else "unlabelled" for d in base.table.column("domain").to_pylist()],
                          dtype=object) if "domain" in base.table.column_names else None)
     resource = dict(resource_groups) if resource_groups is not None else _resource_groups(sorted(set(q_lang)))
+    families = _family_groups(sorted(set(q_lang)))
     tests: list[dict[str, Any]] = []
     for other in runs[1:]:
         aligned, _ = align(base, other)
@@ -238,7 +251,7 @@ def compare_evals(
             rows &= ~(np.isnan(va) | np.isnan(vb))  # language bias: queries with < 2 answers carry none
             cells = np.asarray([f"{x}|{y}" for x, y in zip(q_lang, c_lang, strict=True)], dtype=object)
             for grouping in groupings:
-                labels = _groups(grouping, q_lang, c_lang, seen, resource, domain)
+                labels = _groups(grouping, q_lang, c_lang, seen, resource, domain, families)
                 if labels is None:
                     continue
                 for group in sorted(set(labels[rows].tolist())):
@@ -265,8 +278,8 @@ def compare_evals(
     return {
         "evals": [{"label": r.label, "path": str(r.path), "train_langs": r.train_langs} for r in runs],
         "baseline": base.label, "train_langs": sorted(seen) if seen is not None else None,
-        "resource_groups": resource, "n_resamples": n_resamples, "seed": seed, "confidence": confidence,
-        "correction": correction, "ci_method": ci_method, "tests": tests,
+        "resource_groups": resource, "families": families, "n_resamples": n_resamples, "seed": seed,
+        "confidence": confidence, "correction": correction, "ci_method": ci_method, "tests": tests,
     }
 
 
@@ -308,6 +321,7 @@ def format_markdown(result: Mapping[str, Any]) -> str:
         if not tests:
             continue
         title = {"overall": "Overall", "language": "By query language", "resource": "By resource class",
+                 "family": "By language family",
                  "seen": "Seen (training) vs zero-shot languages", "domain": "By domain"}[grouping]
         group_col = "" if grouping == "overall" else "group | "
         lines += [f"### {title}", "", "| metric " + head.format(group_col),

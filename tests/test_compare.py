@@ -97,6 +97,10 @@ def test_compare_breakdowns_find_the_language_that_moved(tmp_path):
     assert by[("mono", "map", "language", "en")]["p"] == 1.0 and by[("mono", "map", "language", "en")]["better"] is None
     assert by[("mono", "map", "resource", "low")]["better"] == "B"
     assert by[("mono", "map", "seen", "zero-shot")]["better"] == "B"
+    # families from the shipped language table: sw is Atlantic-Congo, en and de Indo-European
+    assert by[("mono", "map", "family", "Atlantic-Congo")]["better"] == "B"
+    assert by[("mono", "map", "family", "Indo-European")]["better"] is None
+    assert res["families"] == {"de": "Indo-European", "en": "Indo-European", "sw": "Atlantic-Congo"}
     assert by[("mono", "map", "seen", "seen")]["better"] is None
     assert by[("multi", "language_bias", "overall", "all")]["diff"] == 0.0
     overall = by[("mono", "map", "overall", "all")]
@@ -104,6 +108,7 @@ def test_compare_breakdowns_find_the_language_that_moved(tmp_path):
     assert res["train_langs"] == ["de", "en"]
     md = format_markdown(res)
     assert "### By query language" in md and "| mono mAP | B | sw |" in md and "Seen (training)" in md
+    assert "### By language family" in md
     json.dumps(res)
 
 

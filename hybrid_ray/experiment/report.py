@@ -238,7 +238,7 @@ def _comparisons(spec, set_name: str, res: dict[str, Any], groups: dict[str, lis
 
     hybrid = pick_compare_alpha(spec, summary)
     out["compare_alpha"] = hybrid
-    full = ("overall", "language", "resource", "seen", "domain")
+    full = ("overall", "language", "resource", "family", "seen", "domain")
     if hybrid is not None:
         hk = f"{DEFAULT_VARIANT} a={hybrid:g}"
         for ref, name in ((1.0, "X-X"), (0.0, "X-Y")):
