@@ -172,6 +172,47 @@ def test_concurrent_burst_is_batched_and_correct(live, index_dir):
     assert mean >= 4.0, f"mean batch size {mean:.2f} over {c1 - c0:.0f} batches"
 
 
+def test_bad_requests_in_a_burst_fail_alone(live, index_dir):
+    """Issue #19's probe, live: 15 /search + 15 /embed normal requests sent at the same time as
+    bad ones (a lone surrogate, valid JSON but no text; an empty query; a too-long batch). Before
+    the fix a bad text failed every request that shared its batch with a 500. Now: every normal
+    request gets its exact answer (0 collateral failures), every bad one a 4xx in the error shape."""
+    import threading
+
+    queries = [f"{WORDS[i % len(WORDS)]} {WORDS[(i * 5) % len(WORDS)]} {i}" for i in range(15)]
+    bad = [b'{"query": "\\ud800", "k": 3}', b'{"texts": ["ok", "\\udfff"]}', b'{"query": "", "k": 3}']
+    normal: dict[tuple[str, int], httpx.Response] = {}
+    errors: list[httpx.Response] = []
+
+    def send_normal(i: int) -> None:
+        with httpx.Client(base_url=live.base_url, timeout=60) as http:
+            normal[("search", i)] = http.post("/search", json={"query": queries[i], "k": 3})
+            normal[("embed", i)] = http.post("/embed", json={"texts": [queries[i]], "kind": "query"})
+
+    def send_bad(body: bytes) -> None:
+        path = "/embed" if b"texts" in body else "/search"
+        with httpx.Client(base_url=live.base_url, timeout=60) as http:
+            for _ in range(3):
+                errors.append(http.post(path, content=body, headers={"content-type": "application/json"}))
+
+    threads = [threading.Thread(target=send_normal, args=(i,)) for i in range(len(queries))]
+    threads += [threading.Thread(target=send_bad, args=(b,)) for b in bad]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    failed = [(k, r.status_code, r.text[:120]) for k, r in normal.items() if r.status_code != 200]
+    assert not failed, failed  # 0 collateral failures
+    ref = _exact(index_dir, queries, 3)
+    got = [[h["docid"] for h in normal[("search", i)].json()["hits"]] for i in range(len(queries))]
+    assert got == [[d for d, _ in e] for e in ref]
+    assert len(errors) == 3 * len(bad)
+    for r in errors:
+        assert 400 <= r.status_code < 500, (r.status_code, r.text)
+        body = r.json()
+        assert set(body) >= {"error", "detail"}, body
+
+
 def test_embed(live, index_dir):
     from hybrid_ray.modeling.encoder import DualEncoder
 
