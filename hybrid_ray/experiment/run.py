@@ -51,11 +51,17 @@ def progress_callback(total: int, estimate_s: float, concurrency: int = 1):
     class ExperimentProgress(tune.Callback):
         def __init__(self) -> None:
             self.done = 0
-            self.t0 = time.perf_counter()
+            # Wall clock, not perf_counter: Tuner.restore unpickles this callback in a new process,
+            # where a perf_counter origin means nothing; elapsed then counts from the first start.
+            self.t0 = time.time()
             self.times: list[float] = []
 
+        def _count(self, trials) -> None:
+            # From Tune's own trial states, so a resumed run counts the trials finished before it.
+            self.done = max(self.done, sum(t.status in ("TERMINATED", "ERROR") for t in trials))
+
         def _eta(self) -> str:
-            elapsed = time.perf_counter() - self.t0
+            elapsed = time.time() - self.t0
             if not self.times:
                 return _fmt_s(estimate_s - elapsed)
             left = total - self.done
@@ -65,6 +71,7 @@ def progress_callback(total: int, estimate_s: float, concurrency: int = 1):
 
         def on_trial_complete(self, iteration, trials, trial, **info) -> None:
             self.done += 1
+            self._count(trials)
             res = trial.last_result or {}
             if res.get("trial_time_s"):
                 self.times.append(float(res["trial_time_s"]))
@@ -72,10 +79,11 @@ def progress_callback(total: int, estimate_s: float, concurrency: int = 1):
             vals = " ".join(f"{k} {res[k]:.4f}" for k in sorted(keys))
             print(f"[hybrid-ray experiment] {self.done}/{total} done: {res.get('label', trial.trial_id)} "
                   f"{vals} ({res.get('trial_time_s', 0):.0f} s); elapsed "
-                  f"{_fmt_s(time.perf_counter() - self.t0)}, ETA {self._eta()}", flush=True)
+                  f"{_fmt_s(time.time() - self.t0)}, ETA {self._eta()}", flush=True)
 
         def on_trial_error(self, iteration, trials, trial, **info) -> None:
             self.done += 1
+            self._count(trials)
             print(f"[hybrid-ray experiment] {self.done}/{total} FAILED: {trial.trial_id} (see {trial.local_path}); "
                   f"ETA {self._eta()}", flush=True)
 

@@ -68,3 +68,18 @@ def test_load_validates_every_trial_before_ray(tmp_path: Path) -> None:
         preflight(trial_train_config(spec.train_base, next(t for t in spec.trials if t.variant == "v"), str(tmp_path)))
     with pytest.raises(ConfigError, match="eval_sets"):
         load_experiment_config("experiments/tiny.yaml", [*base, "eval_sets=[{name: t, path: /nonexistent}]"])
+
+
+def test_progress_counts_trials_finished_before_a_resume(capsys) -> None:
+    """After ``Tuner.restore`` the callback may start from zero: it counts Tune's finished trials."""
+    from types import SimpleNamespace
+
+    from hybrid_ray.experiment.run import progress_callback
+
+    cb = progress_callback(total=13, estimate_s=600.0, concurrency=2)
+    trials = [SimpleNamespace(status="TERMINATED")] * 8 + [SimpleNamespace(status="RUNNING")] * 5
+    trial = SimpleNamespace(last_result={"label": "default_a1_s2", "trial_time_s": 330.0,
+                                         "letters/mono_map": 0.165}, trial_id="t8")
+    cb.on_trial_complete(0, trials, trial)
+    out = capsys.readouterr().out
+    assert "8/13 done: default_a1_s2 letters/mono_map 0.1650 (330 s)" in out
