@@ -16,7 +16,6 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from hybrid_ray.errors import ConfigError
 from hybrid_ray.experiment.config import ExperimentSpec, estimate_seconds
 from hybrid_ray.experiment.trial import ExperimentSetup, load_eval_set, run_experiment_trial
 
@@ -24,20 +23,6 @@ from hybrid_ray.experiment.trial import ExperimentSetup, load_eval_set, run_expe
 def _fmt_s(secs: float) -> str:
     secs = int(round(max(0.0, secs)))
     return f"{secs // 3600}:{secs % 3600 // 60:02d}:{secs % 60:02d}"
-
-
-def should_resume(exp_dir: Path, mode: str, resume: bool | None) -> bool:
-    """Fresh start vs ``Tuner.restore`` (the CLI's --resume / --fresh win over ``run.resume``)."""
-    from ray.tune import Tuner
-
-    mode = str(mode).lower() if resume is None else ("true" if resume else "false")
-    restorable = exp_dir.is_dir() and Tuner.can_restore(str(exp_dir))
-    if mode == "true" and not restorable:
-        raise ConfigError(f"nothing to resume: {exp_dir} holds no Tune experiment state", key="run.resume")
-    if mode == "false" and restorable:
-        raise ConfigError(f"{exp_dir} already holds an experiment: resume it (--resume) or choose another "
-                          "run.name", key="run.resume")
-    return restorable if mode == "auto" else mode == "true"
 
 
 def progress_callback(total: int, estimate_s: float, concurrency: int = 1):
@@ -210,9 +195,9 @@ def run_experiment(spec: ExperimentSpec, *, resume: bool | None = None) -> dict[
     from hybrid_ray.experiment.report import build_report, write_report
     from hybrid_ray.io import write_json_atomic, write_text_atomic
     from hybrid_ray.local import init_ray
-    from hybrid_ray.tuning.search import derive_max_concurrent
+    from hybrid_ray.tuning.search import derive_max_concurrent, resume_decision
 
-    restoring = should_resume(spec.exp_dir, spec.cfg.run.resume, resume)
+    restoring = resume_decision(spec.exp_dir, spec.cfg.run.resume, resume)
     init_ray(num_cpus=spec.cfg.run.ray_num_cpus or spec.train_base.run.ray_num_cpus)
     resources = ray.cluster_resources()
     conc = spec.cfg.run.max_concurrent_trials or derive_max_concurrent(resources, spec.train_base.scaling)

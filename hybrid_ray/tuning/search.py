@@ -159,21 +159,26 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
 
 # --------------------------------------------------------------------------- running
 def should_resume(spec: TuneSpec, resume: bool | None) -> bool:
-    """Decide fresh start vs ``Tuner.restore`` before Ray starts.
+    """Decide fresh start vs ``Tuner.restore`` before Ray starts (see :func:`resume_decision`)."""
+    return resume_decision(spec.exp_dir, spec.cfg.run.resume, resume)
 
-    ``resume`` (the ``--resume`` / ``--fresh`` flags) wins over ``run.resume``. ``auto`` resumes
-    exactly when the experiment directory holds a restorable Tune state: rerunning the same command
-    after an interruption (or a RayJob retry) continues the search; a finished search is restored
-    as finished and only the result files and the export are rewritten.
+
+def resume_decision(exp_dir: Path, mode: str, resume: bool | None) -> bool:
+    """Fresh start vs ``Tuner.restore`` of the Tune experiment in ``exp_dir`` (Tune and ``experiment``).
+
+    ``resume`` (the ``--resume`` / ``--fresh`` flags) wins over ``mode`` (``run.resume``). ``auto``
+    resumes exactly when the experiment directory holds a restorable Tune state: rerunning the same
+    command after an interruption (or a RayJob retry) continues it; a finished one is restored as
+    finished and only the result files and the export are rewritten.
     """
     from ray.tune import Tuner
 
-    mode = str(spec.cfg.run.resume).lower() if resume is None else ("true" if resume else "false")
-    restorable = spec.exp_dir.is_dir() and Tuner.can_restore(str(spec.exp_dir))
+    mode = str(mode).lower() if resume is None else ("true" if resume else "false")
+    restorable = exp_dir.is_dir() and Tuner.can_restore(str(exp_dir))
     if mode == "true" and not restorable:
-        raise ConfigError(f"nothing to resume: {spec.exp_dir} holds no Tune experiment state", key="run.resume")
+        raise ConfigError(f"nothing to resume: {exp_dir} holds no Tune experiment state", key="run.resume")
     if mode == "false" and restorable:
-        raise ConfigError(f"{spec.exp_dir} already holds a Tune experiment: resume it (--resume), "
+        raise ConfigError(f"{exp_dir} already holds a Tune experiment: resume it (--resume), "
                           "or choose another run.name", key="run.resume")
     return restorable if mode == "auto" else mode == "true"
 
