@@ -33,7 +33,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from hybrid_ray.config import TrainConfig, apply_overrides, load_config
 from hybrid_ray.errors import ConfigError
-from hybrid_ray.tuning.config import REPO_ROOT, _find_config, apply_override
+from hybrid_ray.tuning.config import REPO_ROOT, _find_config, apply_override, load_schema_yaml
 
 EXPERIMENT_DIR = REPO_ROOT / "experiments"  # the application folder's shipped experiment configs
 DEFAULT_VARIANT = "default"
@@ -240,11 +240,7 @@ def load_experiment_config(path: str | Path, overrides: list[str] | None = None)
     """Schema defaults <- YAML <- ``key=value`` / ``key+=value`` overrides, the grid, and every
     trial's training config built and validated (before Ray starts)."""
     src = _find_config(path, EXPERIMENT_DIR, "--config")
-    node = OmegaConf.structured(ExperimentSchema)
-    try:
-        node = OmegaConf.merge(node, OmegaConf.load(src))
-    except OmegaConfBaseException as exc:
-        raise ConfigError(f"{str(exc).splitlines()[0]} (in {src})", key=getattr(exc, "full_key", None)) from exc
+    node = load_schema_yaml(ExperimentSchema, src)
     for item in overrides or []:
         node = _override(node, item)
     missing = sorted(OmegaConf.missing_keys(node))

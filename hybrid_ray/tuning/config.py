@@ -141,6 +141,15 @@ def _parse_value(raw: str, item: str) -> Any:
     return value
 
 
+def load_schema_yaml(schema: type, src: Path) -> DictConfig:
+    """``schema``'s defaults with the YAML file ``src`` merged in; a ConfigError naming the file and
+    the key for an unknown key or a wrong type (shared by ``tune`` and ``experiment`` configs)."""
+    try:
+        return OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.load(src))
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"{str(exc).splitlines()[0]} (in {src})", key=getattr(exc, "full_key", None)) from exc
+
+
 def apply_override(cfg: DictConfig, item: str) -> None:
     """Apply ``key=value`` (replace) or ``key+=value`` (append to a list) to ``cfg`` in place.
 
@@ -307,11 +316,7 @@ def load_tune_config(path: str | Path, overrides: list[str] | None = None, *, pr
     sampler plans a batch, as :func:`hybrid_ray.train.preflight` does.
     """
     src = _find_config(path, TUNE_CONFIG_DIR, "--config")
-    node = OmegaConf.structured(TuneSchema)
-    try:
-        node = OmegaConf.merge(node, OmegaConf.load(src))
-    except OmegaConfBaseException as exc:
-        raise ConfigError(f"{str(exc).splitlines()[0]} (in {src})", key=getattr(exc, "full_key", None)) from exc
+    node = load_schema_yaml(TuneSchema, src)
     for item in overrides or []:
         apply_override(node, item)
     missing = sorted(OmegaConf.missing_keys(node))
