@@ -59,21 +59,34 @@ from typing import Any
 from bench.common import RESULTS, command, demo_data, loadavg, machine, model_arg, versions, write_results
 from hybrid_ray.config import TrainConfig, apply_overrides, config_from_dict, to_dict
 from hybrid_ray.errors import DataError
+from hybrid_ray.step_timer import PHASES, StepTimer
 
-# name -> (kind, torch threads per process, Ray Train workers)
-CONTENDERS: dict[str, tuple[str, int, int]] = {
-    "bare-1t": ("bare", 1, 0),
-    "st-1t": ("st", 1, 0),
-    "hybrid-ray-1w": ("ray", 1, 1),
-    "bare-2t": ("bare", 2, 0),
-    "hybrid-ray-2w": ("ray", 1, 2),
+# The settings before issue 21 (what every run used until then) and the ones the defaults now pick.
+BEFORE = ("data.prefetch=0", "deepspeed.zero_stage=2")
+AFTER: tuple[str, ...] = ()  # the shipped defaults (demo.yaml + TrainConfig)
+
+# name -> (kind, torch threads per process, Ray Train workers, config overrides)
+CONTENDERS: dict[str, tuple[str, int, int, tuple[str, ...]]] = {
+    "bare-1t": ("bare", 1, 0, ()),
+    "st-1t": ("st", 1, 0, ()),
+    "hybrid-ray-1w-before": ("ray", 1, 1, BEFORE),
+    "hybrid-ray-1w": ("ray", 1, 1, AFTER),
+    "bare-2t": ("bare", 2, 0, ()),
+    "hybrid-ray-2w-before": ("ray", 1, 2, BEFORE),
+    "hybrid-ray-2w": ("ray", 1, 2, AFTER),
 }
 LABELS = {
     "bare-1t": "bare PyTorch loop, 1 process, 1 thread",
     "st-1t": "sentence-transformers MNRL (manual loop), 1 process, 1 thread",
-    "hybrid-ray-1w": "hybrid-ray, 1 Ray Train worker, ZeRO-2, 1 thread",
+    "hybrid-ray-1w-before": "hybrid-ray before: 1 Ray Train worker, ZeRO-2, batches inline",
+    "hybrid-ray-1w": "hybrid-ray now: 1 Ray Train worker, defaults",
     "bare-2t": "bare PyTorch loop, 1 process, 2 threads",
-    "hybrid-ray-2w": "hybrid-ray, 2 Ray Train workers (gloo), ZeRO-2, 1 thread each",
+    "hybrid-ray-2w-before": "hybrid-ray before: 2 Ray Train workers (gloo), ZeRO-2, batches inline",
+    "hybrid-ray-2w": "hybrid-ray now: 2 Ray Train workers (gloo), defaults",
+}
+TARGETS = {  # (numerator, denominator, key, bound, "max" | "min"): the issue's acceptance targets
+    "1 worker vs bare 1 thread, median step time": ("hybrid-ray-1w", "bare-1t", "step_s_median", 1.10, "max"),
+    "2 workers vs bare 2 threads, samples/s": ("hybrid-ray-2w", "bare-2t", "samples_per_s", 0.90, "min"),
 }
 PACKAGES = ("torch", "ray", "deepspeed", "transformers", "sentence-transformers", "tokenizers", "numpy", "psutil")
 POLL_S = 0.02
@@ -97,7 +110,6 @@ def build_config(args: argparse.Namespace, model_dir: str, data_path: str, workd
         "optim.epochs=1000",
         "optim.warmup_steps=0",
         f"sampler.alpha={args.alpha}",
-        "deepspeed.zero_stage=2",
         f"run.storage_path={workdir / 'runs'}",
         "run.checkpoint_every=0",
         "run.ray_num_cpus=2",
@@ -177,21 +189,27 @@ def _bare(cfg: TrainConfig, n_steps: int) -> dict[str, Any]:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(opt_cfg.warmup_steps, n_steps))
     collator = HybridCollator(encoder, num_negatives=cfg.data.num_negatives)
     loss_fn = build_loss(cfg.loss.name, cfg.model.temperature, dict(cfg.loss.kwargs))
+    timer = StepTimer()
     t_ready = time.perf_counter()
-    step_ends, losses = [], []
+    step_ends, losses, phases = [], [], []
     for step in range(n_steps):
-        features = collator(sampler.batch(0, step), pairs)
-        q_emb, scale = encoder(**features["query"], return_scale=True)
-        p_emb = encoder(**features["passage"])
-        loss = loss_fn(q_emb, p_emb, logit_scale=scale)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, opt_cfg.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        with timer.phase("batch"):
+            features = collator(sampler.batch(0, step), pairs)
+        with timer.phase("forward"):
+            q_emb, scale = encoder(**features["query"], return_scale=True)
+            p_emb = encoder(**features["passage"])
+            loss = loss_fn(q_emb, p_emb, logit_scale=scale)
+        with timer.phase("backward"):
+            loss.backward()
+        with timer.phase("step"):
+            torch.nn.utils.clip_grad_norm_(params, opt_cfg.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
         losses.append(float(loss.detach()))
         step_ends.append(time.perf_counter())
-    return {"t_ready": t_ready, "step_ends": step_ends, "losses": losses}
+        phases.append(timer.take())
+    return {"t_ready": t_ready, "step_ends": step_ends, "losses": losses, "phases": phases}
 
 
 def _st(cfg: TrainConfig, n_steps: int) -> dict[str, Any]:
@@ -282,8 +300,9 @@ def _ray(cfg: TrainConfig, n_steps: int, workdir: Path) -> dict[str, Any]:
         stamps = poller.stop()
     fit_s = time.perf_counter() - t_fit
     ray.shutdown()
-    losses = [json.loads(line)["loss"] for line in (trace / "rank0.jsonl").read_text().splitlines()]
-    return {"t_ready": t_fit, "step_ends": stamps[:n_steps], "losses": losses, "ray_init_s": ray_init_s,
+    lines = [json.loads(line) for line in (trace / "rank0.jsonl").read_text().splitlines()]
+    return {"t_ready": t_fit, "step_ends": stamps[:n_steps], "losses": [r["loss"] for r in lines],
+            "phases": [r.get("phases", {}) for r in lines], "ray_init_s": ray_init_s,
             "fit_s": fit_s, "reported_samples_per_s_last_window": (result.metrics or {}).get("samples_per_s")}
 
 
@@ -292,10 +311,13 @@ def run_contender(spec: dict[str, Any]) -> dict[str, Any]:
     import resource
 
     t0 = time.perf_counter()
-    kind, threads, workers = CONTENDERS[spec["name"]]
+    kind, threads, workers, overrides = CONTENDERS[spec["name"]]
     cfg, n_steps = config_from_dict(spec["cfg"]), spec["warmup"] + spec["steps"]
     if kind == "ray":
         cfg = apply_overrides(cfg, {"scaling.num_workers": workers, "run.name": spec["name"]})
+        extra = list(overrides) + (list(spec.get("now_overrides") or []) if overrides == AFTER else [])
+        if extra:
+            cfg = apply_overrides(cfg, extra)
         raw = _ray(cfg, n_steps, Path(spec["workdir"]) / spec["name"])
     else:
         import torch
@@ -322,6 +344,7 @@ class _MemSampler(threading.Thread):
         self.pid, self._halt = pid, threading.Event()
         self.peak_total = self.peak_single = self.peak_workers = 0
         self.max_procs = 0
+        self.peak_by_role: dict[str, int] = {}  # peak of each role's summed RSS (see _role)
 
     def run(self) -> None:
         import psutil
@@ -332,6 +355,7 @@ class _MemSampler(threading.Thread):
             return
         while not self._halt.is_set():
             total = single = workers = 0
+            roles: dict[str, int] = {}
             try:
                 procs = [root, *root.children(recursive=True)]
             except psutil.NoSuchProcess:
@@ -339,12 +363,15 @@ class _MemSampler(threading.Thread):
             for proc in procs:
                 try:
                     rss = proc.memory_info().rss
-                    is_worker = "TrainWorker" in " ".join(proc.cmdline())
+                    role = _role(proc, root)
                 except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                     continue
                 total += rss
                 single = max(single, rss)
-                workers += rss if is_worker else 0
+                workers += rss if role == "train workers" else 0
+                roles[role] = roles.get(role, 0) + rss
+            for role, rss in roles.items():
+                self.peak_by_role[role] = max(self.peak_by_role.get(role, 0), rss)
             self.peak_total = max(self.peak_total, total)
             self.peak_single = max(self.peak_single, single)
             self.peak_workers = max(self.peak_workers, workers)
@@ -356,11 +383,26 @@ class _MemSampler(threading.Thread):
         self.join()
 
 
+def _role(proc, root) -> str:
+    """Which part of the contender a process is (the memory breakdown's rows)."""
+    if proc.pid == root.pid:
+        return "contender process (driver)"
+    cmd = " ".join(proc.cmdline())
+    for needle, role in (("TrainWorker", "train workers"), ("TrainController", "Train controller"),
+                         ("gcs_server", "GCS"), ("raylet", "raylet"), ("dashboard", "dashboard + agents"),
+                         ("DashboardAgent", "dashboard + agents"), ("log_monitor", "log monitor"),
+                         ("ray::IDLE", "idle Ray workers")):
+        if needle in cmd:
+            return role
+    return "other Ray processes"
+
+
 def launch(name: str, cfg: TrainConfig, args: argparse.Namespace, workdir: Path, rnd: int) -> dict[str, Any]:
     """Run one contender in a fresh process (clean threads, clean memory) and summarise it."""
     spec_path = workdir / f"{name}-r{rnd}.spec.json"
     out_path = workdir / f"{name}-r{rnd}.out.json"
     spec = {"name": name, "cfg": to_dict(cfg), "warmup": args.warmup, "steps": args.steps,
+            "now_overrides": list(args.now or []),
             "workdir": str(workdir / f"r{rnd}")}
     spec_path.write_text(json.dumps(spec))
     env = dict(os.environ)
@@ -386,7 +428,7 @@ def launch(name: str, cfg: TrainConfig, args: argparse.Namespace, workdir: Path,
         tail = "\n".join((log or "").splitlines()[-40:])
         raise RuntimeError(f"contender {name} failed (exit {proc.returncode}):\n{tail}")
     raw = json.loads(out_path.read_text())
-    kind, _, workers = CONTENDERS[name]
+    kind, _, workers, _ = CONTENDERS[name]
     return summarise(name, raw, args, e2e, mem, load_before, load_after, kind, workers, rnd)
 
 
@@ -427,6 +469,8 @@ def summarise(name: str, raw: dict[str, Any], args: argparse.Namespace, e2e: flo
         "peak_rss_all_processes_mb": round(mem.peak_total / 2**20),
         "peak_rss_largest_process_mb": round(mem.peak_single / 2**20),
         "peak_rss_train_workers_mb": round(mem.peak_workers / 2**20) if kind == "ray" else None,
+        "peak_rss_by_role_mb": {k: round(v / 2**20) for k, v in sorted(mem.peak_by_role.items())},
+        "phase_s_median": _phase_medians(raw.get("phases") or [], args.warmup),
         "max_processes": mem.max_procs,
         "ru_maxrss_mb": round(raw["ru_maxrss_mb"]),
         "loadavg_before": load_before,
@@ -434,32 +478,81 @@ def summarise(name: str, raw: dict[str, Any], args: argparse.Namespace, e2e: flo
     }
 
 
+def _phase_medians(phases: list[dict[str, float]], warmup: int) -> dict[str, float]:
+    """Median seconds per phase over the steady steps (rank 0 for hybrid-ray)."""
+    steady = phases[warmup:]
+    names = [p for p in PHASES if any(p in s for s in steady)]
+    return {p: round(statistics.median(s.get(p, 0.0) for s in steady), 4) for p in names}
+
+
 def _median(runs: list[dict[str, Any]], key: str) -> float | None:
     vals = [r[key] for r in runs if r.get(key) is not None]
     return round(statistics.median(vals), 3) if vals else None
 
 
+def verdict(ratios: list[float], bound: float, sense: str) -> str:
+    """"met" / "missed" only when every round agrees; one noisy round never decides."""
+    if not ratios:
+        return "not run"
+    ok = [r <= bound if sense == "max" else r >= bound for r in ratios]
+    if len(ratios) < 3:
+        return "inconclusive (fewer than 3 rounds)"
+    if all(ok):
+        return "met"
+    if not any(ok):
+        return "missed"
+    return "inconclusive (the rounds' spread straddles the target)"
+
+
 def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per-contender medians over rounds, and the like-for-like ratios."""
+    """Per-contender medians and spread over rounds, per-round ratios and the targets' verdicts."""
     by: dict[str, dict[str, Any]] = {}
     for name in CONTENDERS:
         rs = [r for r in runs if r["name"] == name]
-        if rs:
-            by[name] = {k: _median(rs, k) for k in (
-                "samples_per_s", "samples_per_s_median_step", "step_s_median", "end_to_end_s", "time_to_first_step_s",
-                "peak_rss_all_processes_mb", "peak_rss_train_workers_mb", "ru_maxrss_mb")} | {"rounds": len(rs)}
+        if not rs:
+            continue
+        by[name] = {k: _median(rs, k) for k in (
+            "samples_per_s", "samples_per_s_median_step", "step_s_median", "end_to_end_s", "time_to_first_step_s",
+            "peak_rss_all_processes_mb", "peak_rss_train_workers_mb", "ru_maxrss_mb")} | {"rounds": len(rs)}
+        by[name]["samples_per_s_range"] = [min(r["samples_per_s"] for r in rs), max(r["samples_per_s"] for r in rs)]
+        by[name]["step_s_median_range"] = [min(r["step_s_median"] for r in rs), max(r["step_s_median"] for r in rs)]
+        phases = {ph for r in rs for ph in r.get("phase_s_median", {})}
+        by[name]["phase_s_median"] = {ph: round(statistics.median(r["phase_s_median"].get(ph, 0.0) for r in rs), 4)
+                                      for ph in PHASES if ph in phases}
+        roles = {role for r in rs for role in r.get("peak_rss_by_role_mb", {})}
+        by[name]["peak_rss_by_role_mb"] = {role: round(statistics.median(
+            r["peak_rss_by_role_mb"].get(role, 0) for r in rs)) for role in sorted(roles)}
 
     def ratio(a: str, b: str, key: str = "samples_per_s") -> float | None:
         if a in by and b in by and by[a][key] and by[b][key]:
             return round(by[a][key] / by[b][key], 3)
         return None
 
-    out: dict[str, Any] = {"per_contender": by}
+    def per_round(a: str, b: str, key: str) -> list[float]:
+        rounds = sorted({r["round"] for r in runs})
+        out = []
+        for rnd in rounds:
+            ra = next((r for r in runs if r["name"] == a and r["round"] == rnd), None)
+            rb = next((r for r in runs if r["name"] == b and r["round"] == rnd), None)
+            if ra and rb and ra[key] and rb[key]:
+                out.append(round(ra[key] / rb[key], 3))
+        return out
+
+    out: dict[str, Any] = {"per_contender": by, "targets": {}}
+    for label, (a, b, key, bound, sense) in TARGETS.items():
+        rr = per_round(a, b, key)
+        out["targets"][label] = {
+            "contenders": [a, b], "key": key, "bound": bound, "sense": sense, "per_round": rr,
+            "median": round(statistics.median(rr), 3) if rr else None,
+            "range": [min(rr), max(rr)] if rr else None, "verdict": verdict(rr, bound, sense)}
     r = ratio("bare-1t", "hybrid-ray-1w")
     out["hybrid_ray_1w_overhead_vs_bare_1t"] = None if r is None else round(r - 1.0, 3)
-    r_med = ratio("bare-1t", "hybrid-ray-1w", "samples_per_s_median_step")
+    r_med = ratio("hybrid-ray-1w", "bare-1t", "step_s_median")
     out["hybrid_ray_1w_overhead_vs_bare_1t_median_step"] = None if r_med is None else round(r_med - 1.0, 3)
+    r_before = ratio("hybrid-ray-1w-before", "bare-1t", "step_s_median")
+    out["hybrid_ray_1w_before_overhead_median_step"] = None if r_before is None else round(r_before - 1.0, 3)
     out["hybrid_ray_2w_over_bare_2t"] = ratio("hybrid-ray-2w", "bare-2t")
+    out["hybrid_ray_2w_before_over_bare_2t"] = ratio("hybrid-ray-2w-before", "bare-2t")
     out["hybrid_ray_2w_over_1w"] = ratio("hybrid-ray-2w", "hybrid-ray-1w")
     out["bare_2t_over_1t"] = ratio("bare-2t", "bare-1t")
     out["st_1t_over_bare_1t"] = ratio("st-1t", "bare-1t")
@@ -502,21 +595,76 @@ def markdown(res: dict[str, Any]) -> str:
     def times(x: float | None) -> str:
         return "n/a" if x is None else f"{x:.2f}x"
 
+    by = summ["per_contender"]
+    lines += ["", "## Targets (per-round ratios: contenders of one round ran back to back)", "",
+              "| target | bound | per round | median | verdict |", "|---|---:|---|---:|---|"]
+    for label, t in summ["targets"].items():
+        op = "<=" if t["sense"] == "max" else ">="
+        rr = ", ".join(f"{x:.3f}" for x in t["per_round"]) or "-"
+        med = f"{t['median']:.3f}" if t["median"] is not None else "-"
+        lines.append(f"| {label} ({t['contenders'][0]} / {t['contenders'][1]}) | {op} {t['bound']:.2f} | {rr} "
+                     f"| {med} | **{t['verdict']}** |")
     lines += [
         "",
-        "## Comparisons (medians over rounds)",
+        "A verdict is printed only when all rounds (at least 3) agree; otherwise it says inconclusive.",
         "",
-        f"- **Framework overhead, like for like** (1 process, 1 thread, same math): hybrid-ray 1 worker vs bare "
-        f"loop: {pct(summ['hybrid_ray_1w_overhead_vs_bare_1t'])} time per sample from total steady time "
-        f"({pct(summ['hybrid_ray_1w_overhead_vs_bare_1t_median_step'])} from median steps, which shrugs off "
-        "load spikes). Target: under +10%.",
-        f"- **Two cores, used two ways**: hybrid-ray 2 workers (data parallel, gloo) / bare loop with 2 threads: "
-        f"{times(summ['hybrid_ray_2w_over_bare_2t'])}; hybrid-ray 2 workers / 1 worker: "
-        f"{times(summ['hybrid_ray_2w_over_1w'])}; bare 2 threads / 1 thread: {times(summ['bare_2t_over_1t'])}. "
-        "Not an overhead figure: different parallelism on the same cores.",
-        f"- **sentence-transformers** (MNRL, manual loop) / bare loop, 1 thread: {times(summ['st_1t_over_bare_1t'])}. "
+        "## Comparisons (medians over rounds, [min, max] over rounds)",
+        "",
+        "| contender | rounds | samples/s | [min, max] | median step s | [min, max] |",
+        "|---|---:|---:|---|---:|---|",
+    ]
+    for name, c in by.items():
+        lo, hi = c["samples_per_s_range"]
+        slo, shi = c["step_s_median_range"]
+        lines.append(f"| {LABELS[name]} | {c['rounds']} | {c['samples_per_s']:.2f} | [{lo:.2f}, {hi:.2f}] "
+                     f"| {c['step_s_median']:.3f} | [{slo:.3f}, {shi:.3f}] |")
+    lines += [
+        "",
+        f"- Framework overhead, 1 worker vs bare 1 thread (median step): before "
+        f"{pct(summ['hybrid_ray_1w_before_overhead_median_step'])}, now "
+        f"{pct(summ['hybrid_ray_1w_overhead_vs_bare_1t_median_step'])} (from total steady time: "
+        f"{pct(summ['hybrid_ray_1w_overhead_vs_bare_1t'])}).",
+        f"- 2 workers / bare 2 threads (samples/s): before {times(summ['hybrid_ray_2w_before_over_bare_2t'])}, "
+        f"now {times(summ['hybrid_ray_2w_over_bare_2t'])}; 2 workers / 1 worker: "
+        f"{times(summ['hybrid_ray_2w_over_1w'])}; bare 2 threads / 1 thread: {times(summ['bare_2t_over_1t'])}.",
+        f"- sentence-transformers (MNRL, manual loop) / bare loop, 1 thread: {times(summ['st_1t_over_bare_1t'])}. "
         "Same model, texts, loss and optimizer; ST pads positives and negatives separately (DualEncoder pads "
         "all passages of a step together), so token counts differ slightly.",
+        "",
+        "## Where a step's time goes (median seconds per phase, steady steps; rank 0 for hybrid-ray)",
+        "",
+    ]
+    names = [n for n in by if by[n]["phase_s_median"]]
+    if names:
+        lines += ["| phase | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+        for ph in PHASES:
+            if any(ph in by[n]["phase_s_median"] for n in names):
+                lines.append(f"| {ph} | " + " | ".join(
+                    f"{by[n]['phase_s_median'][ph]:.4f}" if ph in by[n]["phase_s_median"] else "-" for n in names)
+                    + " |")
+        lines.append("| median step (wall, from outside) | " + " | ".join(
+            f"{by[n]['step_s_median']:.4f}" for n in names) + " |")
+    lines += [
+        "",
+        "batch = waiting for the next batch (sampler slice + table lookups + tokenisation inline; with "
+        "prefetching only the wait); forward = both encoder passes + loss (incl. the cross-rank gather); "
+        "backward = autograd + DeepSpeed's gradient hooks / all-reduce; step = clipping + optimizer + "
+        "ZeRO's partition copies (bare: clip + AdamW + zero_grad); hooks and report = the benchmark's trace "
+        "hook and ``ray.train.report`` (every log_every steps), timed in the loop. A hybrid-ray step seen "
+        "from outside also holds what the loop does not time (the loss transfer, Python between phases).",
+        "",
+        "## Memory (median over rounds of each role's peak RSS, MiB)",
+        "",
+    ]
+    roles = sorted({role for n in by for role in by[n]["peak_rss_by_role_mb"]})
+    if roles:
+        lines += ["| process | " + " | ".join(by) + " |", "|---|" + "---:|" * len(by)]
+        for role in roles:
+            lines.append(f"| {role} | " + " | ".join(str(by[n]["peak_rss_by_role_mb"].get(role, "-")) for n in by)
+                         + " |")
+        lines.append("| all (peak of the sum) | " + " | ".join(
+            str(by[n]["peak_rss_all_processes_mb"]) for n in by) + " |")
+    lines += [
         "",
         "## How to read this",
         "",
@@ -530,8 +678,9 @@ def markdown(res: dict[str, Any]) -> str:
         "- Peak RSS is sampled every 0.25 s over the contender's process tree (for hybrid-ray: driver, GCS, "
         "raylet, the Train controller and workers, idle pre-started workers). RSS counts shared pages in "
         "each process, so sums are upper bounds.",
-        "- The machine is shared and loaded (see load averages): absolute figures are pessimistic and noisy; "
-        "compare runs with similar load. Regenerate with the command above.",
+        "- Load averages are recorded per run: on a loaded machine absolute figures are pessimistic and "
+        "noisy, which is why targets are judged per round and only when every round agrees. Regenerate with "
+        "the command above (``--rounds 3``).",
         "",
     ]
     return "\n".join(lines)
@@ -548,7 +697,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=float, default=0.5)
     p.add_argument("--warmup", type=int, default=2, help="steps excluded from steady-state figures")
     p.add_argument("--steps", type=int, default=10, help="measured steps per run")
-    p.add_argument("--rounds", type=int, default=1, help="repeat the interleaved sequence of contenders")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="repeat the interleaved sequence of contenders (targets need >= 3 rounds)")
+    p.add_argument("--now", nargs="+", default=None, metavar="KEY=VALUE",
+                   help="config overrides for the 'now' hybrid-ray contenders (try settings against the bare "
+                        "loop, e.g. --now deepspeed.zero_stage=0)")
     p.add_argument("--only", nargs="+", choices=list(CONTENDERS), default=None, help="run only these contenders")
     p.add_argument("--timeout", type=float, default=1200, help="seconds per contender process")
     p.add_argument("--out", type=Path, default=RESULTS)
@@ -593,7 +746,8 @@ def main(argv: list[str] | None = None) -> int:
                      "steps": args.steps, "rounds": args.rounds, "contenders": names,
                      "zero_stage": cfg.deepspeed.zero_stage, "lr": cfg.optim.lr,
                      "temperature": cfg.model.temperature, "num_negatives": cfg.data.num_negatives,
-                     "log_every": cfg.run.log_every, "cpus_per_worker": cfg.scaling.cpus_per_worker},
+                     "log_every": cfg.run.log_every, "cpus_per_worker": cfg.scaling.cpus_per_worker,
+                     "before_overrides": list(BEFORE), "now_overrides": list(args.now or [])},
         "runs": runs,
         "summary": summary(runs),
     }

@@ -36,8 +36,11 @@ class DataConfig:
     split: str | None = None  # None: "train" of a data-set directory, or the single file given
     num_negatives: int = 0  # hard negatives per pair used in the loss (from the 'negatives' column)
     langs: list[str] | None = None  # train on this subset of languages (default: all)
+    prefetch: int = 2  # batches assembled + tokenised ahead on a thread (0 = inline, in the step)
 
     def check(self) -> None:
+        if self.prefetch < 0:
+            raise ConfigError("must be >= 0", key="data.prefetch", value=self.prefetch)
         if self.num_negatives < 0:
             raise ConfigError("must be >= 0", key="data.num_negatives", value=self.num_negatives)
         if not Path(self.path).exists():
@@ -208,6 +211,7 @@ class RunConfigSchema:
     tensorboard: bool = True
     ray_num_cpus: int | None = None  # logical CPUs for a local cluster
     resume_from: str | None = None  # a checkpoint dir (or URI) to start from (CLI: --resume-from)
+    profile_phases: bool = False  # GPU: synchronise at phase boundaries so phase_s/* are true times
 
     @property
     def run_dir(self) -> Path:

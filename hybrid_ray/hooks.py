@@ -29,6 +29,11 @@ class StepHook:
     def before_step(self, global_step: int) -> None:
         """Called before training step ``global_step + 1``."""
 
+    def on_phases(self, global_step: int, phases: dict[str, float]) -> None:
+        """Called just before ``after_step`` with the seconds per phase (``hybrid_ray.step_timer``):
+        this step's batch wait, forward, backward and optimizer step, and the previous step's
+        hooks and report (they run after a step's timings are taken)."""
+
     def after_step(self, global_step: int, batch: GlobalBatch, loss: float) -> None:
         """Called after step ``global_step`` (1-based) trained on ``batch`` with this rank's ``loss``."""
 
@@ -45,18 +50,23 @@ class BatchTrace(StepHook):
     def __init__(self, trace_dir: str | Path) -> None:
         self.trace_dir = str(trace_dir)
         self._file: IO[str] | None = None
+        self._phases: dict[str, float] = {}
 
     def setup(self, cfg: TrainConfig, rank: int, world_size: int) -> None:
         super().setup(cfg, rank, world_size)
         Path(self.trace_dir).mkdir(parents=True, exist_ok=True)
         self._file = open(Path(self.trace_dir) / f"rank{rank}.jsonl", "a", encoding="utf-8")  # noqa: SIM115
 
+    def on_phases(self, global_step: int, phases: dict[str, float]) -> None:
+        self._phases = phases
+
     def after_step(self, global_step: int, batch: GlobalBatch, loss: float) -> None:
         assert self._file is not None
         self._file.write(json.dumps({"global_step": global_step, "epoch": batch.epoch, "step": batch.step,
                                      "kind": batch.kind, "pairs": batch.pair_idx.tolist(),
                                      "q_lang": batch.q_lang.tolist(), "p_lang": batch.p_lang.tolist(),
-                                     "loss": loss}) + "\n")
+                                     "loss": loss,
+                                     "phases": {k: round(v, 6) for k, v in self._phases.items()}}) + "\n")
         self._file.flush()
 
     def close(self) -> None:

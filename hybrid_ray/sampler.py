@@ -452,6 +452,12 @@ class HybridBatchSampler:
     def state_dict(self) -> dict[str, Any]:
         return {"epoch": self._epoch, "step": self._step, "fingerprint": self.fingerprint()}
 
+    def state_after(self, batch: GlobalBatch) -> dict[str, Any]:
+        """The state that resumes right after ``batch`` (what a checkpoint taken after training on
+        it must hold). Unlike ``state_dict`` it does not depend on how far an iterator has run
+        ahead (``hybrid_ray.prefetch``)."""
+        return {"epoch": int(batch.epoch), "step": int(batch.step) + 1, "fingerprint": self.fingerprint()}
+
     def load_state_dict(self, state: Mapping[str, Any], strict: bool = True) -> None:
         fp = state.get("fingerprint")
         if strict and fp is not None and fp != self.fingerprint():

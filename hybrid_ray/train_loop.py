@@ -32,6 +32,8 @@ from hybrid_ray.checkpoint import (
     read_trainer_state,
 )
 from hybrid_ray.deepspeed_config import deepspeed_config
+from hybrid_ray.prefetch import Prefetcher
+from hybrid_ray.step_timer import StepTimer
 
 if TYPE_CHECKING:
     from hybrid_ray.config import DataConfig, ModelConfig, TrainConfig
@@ -202,90 +204,117 @@ def train_loop(config: dict[str, Any]) -> None:
         hook.setup(cfg, rank, world)
     log_every = max(1, cfg.run.log_every)
     ckpt_every = cfg.run.checkpoint_every
-    window_loss, window_n, t_window = 0.0, 0, time.perf_counter()
+    window_loss, window_n, t_window = None, 0, time.perf_counter()
     engine.train()
+    timer = StepTimer(sync=torch.cuda.synchronize if (use_gpu and cfg.run.profile_phases) else None)
 
     def batches():
         sampler.load_state_dict({"epoch": epoch, "step": step}, strict=False)
         yield from sampler.iter_from_state(optim.epochs, rank=rank, world_size=world)
 
+    # Batch assembly + tokenisation run ahead on a thread (data.prefetch batches), in the sampler's
+    # exact order; the sampler's own position then runs ahead too, so checkpoints record the
+    # position after the batch trained on (sampler.state_after), never sampler.state_dict().
+    prepared = iter(Prefetcher(batches(), lambda b: collator(b, pairs), depth=cfg.data.prefetch))
+
     # Progress for a person at a terminal: the rank-0 line carries percent done and an ETA from
     # the rate since this (possibly resumed) run started.
     t_start, start_step = time.perf_counter(), global_step
 
-    for local in batches():
-        if global_step >= n_total:
+    while global_step < n_total:
+        with timer.phase("batch"):
+            got = next(prepared, None)
+        if got is None:
             break
+        local, features = got
         for hook in hooks:
             hook.before_step(global_step)
         # Dropout: a fresh, step-determined stream (resume-exact; ranks draw different masks).
         torch.manual_seed(step_seed(cfg.sampler.seed, global_step, rank))
-        features = collator(local, pairs)
         q_inputs = {k: v.to(device) for k, v in features["query"].items()}
         p_inputs = {k: v.to(device) for k, v in features["passage"].items()}
         if drives_encoder:  # e.g. cached_infonce: chunked forwards + its one engine.backward
-            loss, scale = loss_fn.step(engine, q_inputs, p_inputs)
+            with timer.phase("forward"):
+                loss, scale = loss_fn.step(engine, q_inputs, p_inputs)
         else:
-            q_emb, scale = engine(**q_inputs, return_scale=True)
-            p_emb = engine(**p_inputs)
-            loss = loss_fn(q_emb, p_emb, logit_scale=scale)
-            engine.backward(loss)
-        engine.step()
+            with timer.phase("forward"):
+                q_emb, scale = engine(**q_inputs, return_scale=True)
+                p_emb = engine(**p_inputs)
+                loss = loss_fn(q_emb, p_emb, logit_scale=scale)
+            with timer.phase("backward"):
+                engine.backward(loss)
+        with timer.phase("step"):
+            engine.step()
         global_step += 1
-        step_loss = float(loss.detach())
-        window_loss += step_loss
+        # Keep the loss on the device: a float() per step is a host sync on a GPU. Hooks (tests,
+        # benchmarks) get the per-step value; the log line gets the window mean.
+        step_loss_t = loss.detach()
+        window_loss = step_loss_t if window_loss is None else window_loss + step_loss_t
         window_n += 1
-        for hook in hooks:
-            hook.after_step(global_step, local, step_loss)
+        phases = timer.take()
+        with timer.phase("hooks"):
+            if hooks:
+                step_loss = float(step_loss_t)
+                for hook in hooks:
+                    hook.on_phases(global_step, phases)
+                    hook.after_step(global_step, local, step_loss)
 
         last = global_step >= n_total
         do_ckpt = last or (ckpt_every > 0 and global_step % ckpt_every == 0)
         if global_step % log_every == 0 or do_ckpt:
-            elapsed = time.perf_counter() - t_window
-            metrics = {
-                "step": global_step,
-                "epoch": local.epoch,
-                "loss": window_loss / max(1, window_n),
-                "batch_kind": local.kind,
-                "batch_lang": pairs.langs[int(local.q_lang[0])] if local.kind == "mono" else "mixed",
-                "samples_per_s": window_n * optim.global_batch_size / max(elapsed, 1e-9),
-                "lr": float(scheduler.get_last_lr()[0]) if scheduler is not None else optim.lr,
-                "temperature": 1.0 / float(scale.detach()),
-            }
-            mix = sampler.batch_domain_counts(local)  # this rank's slice; {} without domains
-            if mix:
-                metrics["batch_domains"] = ",".join(f"{d}:{n}" for d, n in sorted(mix.items()))
-            if rank == 0:
-                print(
-                    f"[hybrid-ray] step {global_step}/{n_total} ({100 * global_step // max(1, n_total)}%, "
-                    f"ETA {_eta(global_step - start_step, time.perf_counter() - t_start, n_total - global_step)}) "
-                    f"epoch {local.epoch} "
-                    f"loss {metrics['loss']:.4f} {local.kind}({metrics['batch_lang']}) "
-                    f"{metrics['samples_per_s']:.1f} samples/s lr {metrics['lr']:.2e}"
-                    + (f" domains {metrics['batch_domains']}" if mix else ""),
-                    flush=True,
-                )
-                if writer is not None:
-                    for key in ("loss", "samples_per_s", "lr", "temperature"):
-                        writer.add_scalar(f"train/{key}", metrics[key], global_step)
-                    writer.add_scalar("train/mono_batch", float(local.kind == "mono"), global_step)
-                    for dom, n in mix.items():
-                        writer.add_scalar(f"train/domain_frac/{dom}", n / max(1, len(local)), global_step)
-                    writer.flush()
-            if do_ckpt:
-                _report_with_checkpoint(engine, encoder, sampler, cfg, metrics, global_step, rank)
-            else:
-                ray.train.report(metrics)
-            window_loss, window_n, t_window = 0.0, 0, time.perf_counter()
+            with timer.phase("report"):
+                elapsed = time.perf_counter() - t_window
+                metrics = {
+                    "step": global_step,
+                    "epoch": local.epoch,
+                    "loss": float(window_loss) / max(1, window_n),
+                    "batch_kind": local.kind,
+                    "batch_lang": pairs.langs[int(local.q_lang[0])] if local.kind == "mono" else "mixed",
+                    "samples_per_s": window_n * optim.global_batch_size / max(elapsed, 1e-9),
+                    "lr": float(scheduler.get_last_lr()[0]) if scheduler is not None else optim.lr,
+                    "temperature": 1.0 / float(scale.detach()),
+                }
+                metrics.update({f"phase_s/{k}": round(v, 6) for k, v in timer.window_means().items()})
+                mix = sampler.batch_domain_counts(local)  # this rank's slice; {} without domains
+                if mix:
+                    metrics["batch_domains"] = ",".join(f"{d}:{n}" for d, n in sorted(mix.items()))
+                if rank == 0:
+                    print(
+                        f"[hybrid-ray] step {global_step}/{n_total} ({100 * global_step // max(1, n_total)}%, "
+                        f"ETA {_eta(global_step - start_step, time.perf_counter() - t_start, n_total - global_step)}) "
+                        f"epoch {local.epoch} "
+                        f"loss {metrics['loss']:.4f} {local.kind}({metrics['batch_lang']}) "
+                        f"{metrics['samples_per_s']:.1f} samples/s lr {metrics['lr']:.2e}"
+                        + (f" domains {metrics['batch_domains']}" if mix else ""),
+                        flush=True,
+                    )
+                    if writer is not None:
+                        for key in ("loss", "samples_per_s", "lr", "temperature"):
+                            writer.add_scalar(f"train/{key}", metrics[key], global_step)
+                        for key, val in metrics.items():
+                            if key.startswith("phase_s/"):
+                                writer.add_scalar(f"train/{key}", val, global_step)
+                        writer.add_scalar("train/mono_batch", float(local.kind == "mono"), global_step)
+                        for dom, n in mix.items():
+                            writer.add_scalar(f"train/domain_frac/{dom}", n / max(1, len(local)), global_step)
+                        writer.flush()
+                if do_ckpt:
+                    _report_with_checkpoint(engine, encoder, sampler.state_after(local), cfg, metrics,
+                                            global_step, rank)
+                else:
+                    ray.train.report(metrics)
+                window_loss, window_n, t_window = None, 0, time.perf_counter()
         if last:
             break
+    prepared.close()  # stops the prefetch thread (it may be batches ahead)
     if writer is not None:
         writer.close()
     for hook in hooks:
         hook.close()
 
 
-def _report_with_checkpoint(engine, encoder, sampler, cfg: TrainConfig, metrics, global_step, rank) -> None:
+def _report_with_checkpoint(engine, encoder, sampler_state: dict, cfg: TrainConfig, metrics, global_step,
+                            rank) -> None:
     import json
     import tempfile
 
@@ -297,7 +326,7 @@ def _report_with_checkpoint(engine, encoder, sampler, cfg: TrainConfig, metrics,
         export_encoder(engine, encoder, tmp_path / ENCODER_DIR, cfg.deepspeed.zero_stage, rank,
                        adapter_dir=tmp_path / ADAPTER_DIR, base=cfg.model.name_or_path)
         if rank == 0:
-            state = {"global_step": global_step, "sampler": sampler.state_dict()}
+            state = {"global_step": global_step, "sampler": sampler_state}
             (tmp_path / CHECKPOINT_STATE).write_text(json.dumps(state, indent=2))
             if cfg.eval.enabled:
                 from hybrid_ray.validation import validate

@@ -37,7 +37,7 @@ def _run_train_bench(tmp_path: Path, *only: str) -> dict:
     from bench import train_throughput
 
     code = train_throughput.main(["--model", "tiny", "--warmup", "1", "--steps", "2", "--batch", "8",
-                                  "--only", *only, "--out", str(tmp_path)])
+                                  "--rounds", "1", "--only", *only, "--out", str(tmp_path)])
     assert code == 0
     result = json.loads((tmp_path / "train_throughput.json").read_text())
     assert (tmp_path / "train_throughput.md").read_text().startswith("# Training throughput")
@@ -53,6 +53,34 @@ def test_train_throughput_bare_loop_writes_valid_json(tmp_path: Path) -> None:
     assert result["machine"]["cores"] and result["versions"]["torch"] != "absent"
     assert run["loadavg_before"] is not None
     assert result["summary"]["hybrid_ray_1w_overhead_vs_bare_1t"] is None  # no hybrid-ray run
+    # The per-phase breakdown of the bare loop (the reference the worker's phases are read against).
+    assert {"batch", "forward", "backward", "step"} <= set(run["phase_s_median"])
+    assert run["peak_rss_by_role_mb"]["contender process (driver)"] > 0
+    assert result["summary"]["targets"]["1 worker vs bare 1 thread, median step time"]["verdict"] == "not run"
+
+
+def test_train_throughput_verdict_needs_every_round_to_agree() -> None:
+    """One noisy round never decides: 'met'/'missed' only when >= 3 rounds are all on one side."""
+    from bench.train_throughput import summary, verdict
+
+    assert verdict([1.05, 1.08, 1.02], 1.10, "max") == "met"
+    assert verdict([1.15, 1.30, 1.12], 1.10, "max") == "missed"
+    assert verdict([1.05, 1.15, 1.02], 1.10, "max").startswith("inconclusive")
+    assert verdict([1.05, 1.02], 1.10, "max").startswith("inconclusive")
+    assert verdict([0.95, 0.91, 0.93], 0.90, "min") == "met"
+    assert verdict([], 0.90, "min") == "not run"
+
+    def run(name: str, rnd: int, step: float) -> dict:
+        return {"name": name, "round": rnd, "samples_per_s": 16 / step, "samples_per_s_median_step": 16 / step,
+                "step_s_median": step, "end_to_end_s": 1.0, "time_to_first_step_s": 1.0,
+                "peak_rss_all_processes_mb": 1, "peak_rss_train_workers_mb": None, "ru_maxrss_mb": 1,
+                "phase_s_median": {"forward": step / 2}, "peak_rss_by_role_mb": {"x": 1}}
+
+    runs = [run(n, r, s) for r, (b, h) in enumerate([(2.0, 2.1), (3.0, 3.1), (2.0, 2.5)], 1)
+            for n, s in (("bare-1t", b), ("hybrid-ray-1w", h))]
+    t = summary(runs)["targets"]["1 worker vs bare 1 thread, median step time"]
+    assert t["per_round"] == [1.05, 1.033, 1.25] and t["median"] == 1.05
+    assert t["verdict"].startswith("inconclusive")
 
 
 @pytest.mark.slow

@@ -318,3 +318,28 @@ def test_zero_stage_trains_and_exports(stage: int, ref_run: dict, data_path: Pat
         assert got == pytest.approx(ref, abs=1e-4), (stage, rank)
     _check_checkpoint(Path(result.checkpoint.path), stage=stage, world=2, global_step=4, trace0=trace0)
     _check_exported_encoder(exported)
+
+
+def test_prefetch_keeps_batches_and_losses(ref_run: dict, data_path: Path, tmp_path: Path) -> None:
+    """The reference ran with the default ``data.prefetch=2`` (batches tokenised ahead on a thread);
+    the same run assembled inline (``data.prefetch=0``, the loop before prefetching existed) trains
+    on the same batches with the same losses on both ranks, and its checkpoint holds the sampler
+    position after the last batch trained on, not after the ones prefetched."""
+    from hybrid_ray.train import run_training
+
+    assert ref_run["cfg"].data.prefetch == 2
+    # The reference's 24 steps (the LR schedule depends on the run's length), one final checkpoint.
+    cfg = _cfg(data_path, tmp_path, "inline", "data.prefetch=0", "run.checkpoint_every=0")
+    result, _ = run_training(cfg, step_hooks=[_tracer(cfg)])
+    for rank in (0, 1):
+        got, ref = _trace(cfg, rank), ref_run["trace"][rank]
+        assert [(r["kind"], r["pairs"], r["q_lang"], r["p_lang"]) for r in got] == [
+            (r["kind"], r["pairs"], r["q_lang"], r["p_lang"]) for r in ref]
+        assert [r["loss"] for r in got] == pytest.approx([r["loss"] for r in ref], **LOSS_TOL)
+        # Each trace line carries the step's phase timings (the benchmark's per-phase breakdown).
+        assert {"batch", "forward", "backward", "step"} <= set(got[-1]["phases"])
+        assert all(v >= 0 for v in got[-1]["phases"].values())
+    ref8 = next(Path(r["checkpoint"]) for r in ref_run["reports"] if r["metrics"][0]["step"] == 8)
+    state = json.loads((ref8 / "trainer_state.json").read_text())["sampler"]
+    assert (state["epoch"], state["step"]) == (ref_run["trace"][0][7]["epoch"], ref_run["trace"][0][7]["step"] + 1)
+    assert {"phase_s/forward", "phase_s/backward", "phase_s/step"} <= set(result.metrics)
