@@ -343,3 +343,19 @@ def test_prefetch_keeps_batches_and_losses(ref_run: dict, data_path: Path, tmp_p
     state = json.loads((ref8 / "trainer_state.json").read_text())["sampler"]
     assert (state["epoch"], state["step"]) == (ref_run["trace"][0][7]["epoch"], ref_run["trace"][0][7]["step"] + 1)
     assert {"phase_s/forward", "phase_s/backward", "phase_s/step"} <= set(result.metrics)
+
+
+def test_one_worker_zero0_skips_the_allreduce_and_keeps_the_math(data_path: Path, tmp_path: Path, ray_local) -> None:
+    """At world size 1 with ZeRO-0 the loop turns DeepSpeed's gradient all-reduce off (nothing to
+    average; it only copies). The losses still match a 1-worker ZeRO-2 run step for step."""
+    from hybrid_ray.train import run_training
+
+    losses = {}
+    for stage in (0, 2):
+        cfg = _cfg(data_path, tmp_path, f"w1-zero{stage}", "scaling.num_workers=1", f"deepspeed.zero_stage={stage}",
+                   "optim.max_steps=4", "run.checkpoint_every=0", "run.log_every=2")
+        run_training(cfg, step_hooks=[_tracer(cfg)])
+        losses[stage] = [r["loss"] for r in _trace(cfg, 0)]
+    assert len(losses[0]) == 4
+    assert losses[0] == pytest.approx(losses[2], abs=1e-4)
+    assert losses[0][-1] != losses[0][0]  # it trained

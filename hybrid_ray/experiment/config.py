@@ -24,6 +24,7 @@ every combination is built and validated on the driver before Ray starts.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -236,6 +237,25 @@ def _override(node, item: str):
                           key=getattr(exc, "full_key", None) or key) from exc
 
 
+PATH_KEYS = ("data.path", "eval.pairs_path", "eval.miracl_path", "model.name_or_path")
+
+
+def _absolute_paths(trial: TrialSpec) -> TrialSpec:
+    """A variant's relative paths made absolute here (cwd first, then the repository): trials run in
+    their own Tune directories, where ``runs/...`` would not exist."""
+    out = []
+    for key, value in trial.overrides:
+        if key in PATH_KEYS and isinstance(value, str) and "://" not in value:
+            p = Path(value).expanduser()
+            if not p.is_absolute():
+                for cand in (Path.cwd() / p, REPO_ROOT / p):
+                    if cand.exists():
+                        value = str(cand.resolve())
+                        break
+        out.append((key, value))
+    return dataclasses.replace(trial, overrides=tuple(out))
+
+
 def load_experiment_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentSpec:
     """Schema defaults <- YAML <- ``key=value`` / ``key+=value`` overrides, the grid, and every
     trial's training config built and validated (before Ray starts)."""
@@ -262,7 +282,7 @@ def load_experiment_config(path: str | Path, overrides: list[str] | None = None)
         train_base = load_config(train_path, [str(x) for x in cfg.train_overrides])
     except ConfigError as exc:
         raise ConfigError(f"the training config is invalid: {exc}", key="train_overrides") from exc
-    trials = expand_grid(cfg)
+    trials = [_absolute_paths(t) for t in expand_grid(cfg)]
     exp_dir = Path(cfg.run.storage_path).expanduser().resolve() / cfg.run.name
     for t in trials:
         if t.train:

@@ -83,3 +83,22 @@ def test_progress_counts_trials_finished_before_a_resume(capsys) -> None:
     cb.on_trial_complete(0, trials, trial)
     out = capsys.readouterr().out
     assert "8/13 done: default_a1_s2 letters/mono_map 0.1650 (330 s)" in out
+
+
+def test_a_variants_relative_data_path_is_made_absolute(tmp_path: Path, monkeypatch) -> None:
+    """Trials run in their own Tune directories: ``data.path: runs/other`` in a variant must reach
+    them as an absolute path (resolved from where the experiment was started)."""
+    write_pairs(signature_pairs(40, 0), tmp_path / "pairs" / "train.parquet")
+    write_pairs(signature_pairs(8, 1, id_prefix="t"), tmp_path / "pairs" / "test.parquet")
+    write_pairs(signature_pairs(40, 2), tmp_path / "other" / "train.parquet")
+    monkeypatch.chdir(tmp_path)
+    spec = load_experiment_config("experiments/tiny.yaml", [
+        f"train_overrides+=[data.path={tmp_path / 'pairs'}]",
+        f"eval_sets=[{{name: t, path: {tmp_path / 'pairs'}, split: test}}]", f"run.storage_path={tmp_path}",
+        "variants=[{name: v, alphas: [0.5], overrides: {data.path: other}}]"])
+    v = next(t for t in spec.trials if t.variant == "v")
+    assert dict(v.overrides)["data.path"] == str((tmp_path / "other").resolve())
+    monkeypatch.chdir("/")  # where a trial runs: the path still names the data
+    from hybrid_ray.experiment.config import trial_train_config
+
+    assert trial_train_config(spec.train_base, v, str(tmp_path)).data.path == str((tmp_path / "other").resolve())
