@@ -13,7 +13,11 @@ One run measures, with the same encoder, the same index files and the same Locus
    (HTTP proxy -> Retriever, one actor hop, ``@serve.batch``).
 3. **serve fan-out**: the same app with ``ingress_shard_budget_mb: 0`` (one ShardSearcher deployment
    per shard, a handle call per shard per batch): the path every query took before in-ingress shards.
-4. **direct**: in-process encode + search calls, sequential, no HTTP: the floor.
+4. **serve direct ingress**: the common deployment again, in a fresh Ray cluster started with Ray
+   Serve's throughput-optimised mode (``RAY_SERVE_THROUGHPUT_OPTIMIZED=1``: direct ingress, so the
+   Retriever replica answers HTTP itself and no proxy process sits in front; user code on the
+   replica's event loop; gRPC between deployments). ``hybrid-ray serve --direct-ingress`` deploys this.
+5. **direct**: in-process encode + search calls, sequential, no HTTP: the floor.
 
 Each server gets a one-user Locust run (the per-request path cost without queueing) and a
 ``--clients``-user run for ``--seconds`` after a warm-up. p50/p95/p99 and QPS are computed from
@@ -294,6 +298,57 @@ def run_serve(index_dir: Path, args: argparse.Namespace, queries_file: Path, wor
     return res | {"startup_s": round(startup, 1), "app_args": app_args}
 
 
+#: What ``hybrid-ray serve --direct-ingress`` sets before Ray starts (see hybrid_ray.driver.serve).
+def direct_ingress_env(port: int) -> dict[str, str]:
+    from hybrid_ray.driver.serve import direct_ingress_env as env
+
+    return env(port)
+
+
+def serve_child(index_dir: str, port: int, max_batch_size: int, batch_wait_timeout_s: float) -> None:
+    """A Ray cluster + Serve app in this process (env from the parent), up until stdin closes."""
+    from ray import serve
+
+    from hybrid_ray.local import init_ray
+    from hybrid_ray.serving.app import build_app
+
+    init_ray(num_cpus=4, log_to_driver=False)
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    app_args = {"index_dir": index_dir, "num_cpus_per_shard": 0.5, "retriever_num_cpus": 1, "access_log": False,
+                "max_batch_size": max_batch_size, "batch_wait_timeout_s": batch_wait_timeout_s}
+    serve.run(build_app(app_args), name="bench-direct", route_prefix="/", blocking=False)
+    print("deployed", flush=True)
+    sys.stdin.read()  # the parent closes our stdin when it is done measuring
+    serve.shutdown()
+
+
+def run_serve_child(index_dir: Path, args: argparse.Namespace, queries_file: Path, work: Path) -> dict[str, Any]:
+    """The common deployment under Serve's direct ingress, in its own process and Ray cluster."""
+    import httpx
+
+    port = free_port()
+    env = os.environ | direct_ingress_env(port)
+    cmd = [sys.executable, "-m", "bench.serve_load", "--serve-child", str(index_dir), "--port", str(port),
+           "--max-batch-size", str(args.max_batch_size), "--batch-wait-timeout-s", str(args.batch_wait_timeout_s)]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                            stderr=open(work / "serve-child.log", "w"), text=True)  # noqa: SIM115
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_ready(url)
+        startup = time.perf_counter() - t0
+        res = measure(url, args, queries_file, work)
+        res |= batch_stats(httpx.get(f"{url}/metrics", timeout=10).text)
+    finally:
+        assert proc.stdin is not None
+        proc.stdin.close()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return res | {"startup_s": round(startup, 1), "env": direct_ingress_env(port)}
+
+
 def run_bare(index_dir: Path, args: argparse.Namespace, queries_file: Path, work: Path) -> dict[str, Any]:
     port = free_port()
     env = os.environ | {"OMP_NUM_THREADS": "1"}  # as Ray gives a 1-CPU replica
@@ -314,6 +369,11 @@ def run_bare(index_dir: Path, args: argparse.Namespace, queries_file: Path, work
     return res | {"startup_s": round(startup, 1)}
 
 
+def _met(r: dict[str, float | None]) -> bool:
+    return bool(r["p50"] is not None and r["qps"] is not None and r["p50"] <= TARGET_P50_RATIO
+                and r["qps"] >= TARGET_QPS_RATIO)
+
+
 def _ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 2) if a is not None and b else None
 
@@ -326,6 +386,7 @@ def ratios(run: dict[str, Any], bare: dict[str, Any]) -> dict[str, float | None]
 
 def markdown(r: dict[str, Any]) -> str:
     s, f, b, d, c = r["serve"], r["fanout"], r["bare"], r["direct"], r["config"]
+    di = r["direct_ingress"]
 
     def row(label: str, x: dict[str, Any]) -> str:
         return (f"| {label} | {x['requests']} | {x['errors']} | {x['qps']} | {x['p50_ms']} | {x['p95_ms']} "
@@ -333,8 +394,9 @@ def markdown(r: dict[str, Any]) -> str:
                 f"| {x['loadavg_before'][0]} / "
                 f"{x['loadavg_after'][0]} |")
 
-    rs, rf, t = r["ratio"]["serve"], r["ratio"]["fanout"], r["targets"]
+    rs, rf, rd, t = r["ratio"]["serve"], r["ratio"]["fanout"], r["ratio"]["direct_ingress"], r["targets"]
     verdict = "met" if t["met"] else "MISSED"
+    verdict_di = "met" if t["met_direct_ingress"] else "MISSED"
     return "\n".join([
         "# Serving load test (loopback, Locust headless)",
         "",
@@ -354,12 +416,18 @@ def markdown(r: dict[str, Any]) -> str:
         row("bare uvicorn, 1 process (baseline)", b),
         row("Ray Serve, shards in the ingress replica (common deployment)", s),
         row(f"Ray Serve, fan-out to {c['shards']} shard deployments (before)", f),
+        row("Ray Serve, in-ingress shards, direct ingress (no proxy; `--direct-ingress`)", di),
         f"| direct in-process call (1 thread, no HTTP) | {d['calls']} | 0 | {d['qps_1_thread']} | {d['p50_ms']} "
         f"| | {d['p99_ms']} | | | |",
         "",
         f"**Serve (in-ingress) / bare: p50 {rs['p50']}x, p95 {rs['p95']}x, QPS {rs['qps']}x** "
         f"(targets p50 <= {TARGET_P50_RATIO}x, QPS >= {TARGET_QPS_RATIO}x: {verdict}); one user p50 "
         f"{rs['one_user_p50']}x. Fan-out / bare: p50 {rf['p50']}x, p95 {rf['p95']}x, QPS {rf['qps']}x.",
+        "",
+        f"**Serve with direct ingress / bare: p50 {rd['p50']}x, p95 {rd['p95']}x, QPS {rd['qps']}x** "
+        f"(same targets: {verdict_di}); one user p50 {rd['one_user_p50']}x. Server CPU seconds by process: "
+        f"{di.get('server_cpu_s_by_process')}; inside the replica: request {di['replica_request_ms']} ms, "
+        f"batch {di['mean_batch_size']}, encode+search per batch {di['local_batch_ms']} ms.",
         "",
         f"Inside the Retriever replica under load (means): in-ingress: request {s['replica_request_ms']} ms, "
         f"batch {s['mean_batch_size']} over {s['search_batches']} batches, encode+search per batch "
@@ -399,10 +467,14 @@ def main(argv: list[str] | None = None) -> int:
                    help="extra sys.path for the Locust process (a Locust installed apart from this env)")
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--bare-server", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--serve-child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.bare_server:
         bare_server(args.bare_server, args.port)
+        return 0
+    if args.serve_child:
+        serve_child(args.serve_child, args.port, args.max_batch_size, args.batch_wait_timeout_s)
         return 0
 
     from hybrid_ray.index import build_sharded_index
@@ -446,8 +518,12 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             serve.shutdown()
             ray.shutdown()
+        print("Ray Serve with direct ingress (own cluster)...", flush=True)
+        di_res = run_serve_child(index_dir, args, queries_file, work)
+        print(f"direct ingress: {di_res['qps']} QPS, p50 {di_res['p50_ms']} ms; in-process floor...", flush=True)
         direct = run_direct(index_dir, queries(256))
     rs = ratios(serve_res, bare_res)
+    rd = ratios(di_res, bare_res)
     result = {
         "command": command("bench.serve_load", argv),
         "machine": mach,
@@ -461,16 +537,16 @@ def main(argv: list[str] | None = None) -> int:
         "bare": bare_res,
         "serve": serve_res,
         "fanout": fan_res,
+        "direct_ingress": di_res,
         "direct": direct,
-        "ratio": {"serve": rs, "fanout": ratios(fan_res, bare_res)},
+        "ratio": {"serve": rs, "fanout": ratios(fan_res, bare_res), "direct_ingress": rd},
         "targets": {"p50_ratio_max": TARGET_P50_RATIO, "qps_ratio_min": TARGET_QPS_RATIO,
-                    "met": bool(rs["p50"] is not None and rs["qps"] is not None
-                                and rs["p50"] <= TARGET_P50_RATIO and rs["qps"] >= TARGET_QPS_RATIO)},
+                    "met": _met(rs), "met_direct_ingress": _met(rd)},
         "total_s": round(time.perf_counter() - t_all, 1),
     }
     write_results(args.out, "serve_load", result, markdown(result))
     print(markdown(result))
-    errors = serve_res["errors"] + bare_res["errors"] + fan_res["errors"]
+    errors = serve_res["errors"] + bare_res["errors"] + fan_res["errors"] + di_res["errors"]
     if errors:
         print(f"FAILED: {errors} errors", file=sys.stderr)
     return 1 if errors else 0

@@ -8,6 +8,12 @@ Same application as ``serve run serve/config.yaml`` and the KubeRay RayService
 (``RAY_ADDRESS`` set) the app keeps running after the driver exits; on a local Ray it is a
 deploy-and-check smoke test (the local cluster goes away with the process).
 
+``--direct-ingress`` starts the local Ray with Ray Serve's throughput-optimised mode
+(:func:`direct_ingress_env`): the Retriever replica itself answers HTTP on ``--port`` and no proxy
+process relays each request (bench/results/serve_load.md measures both). It is Ray's own,
+experimental, feature; with more than one Retriever replica each gets the next port of the range.
+On a cluster the same variables go in the Ray containers' environment (k8s/rayservice-retrieval.yaml).
+
 On a local Ray every shard file is checked against the manifest (size + sha256) before Ray starts,
 so a missing or corrupt shard is one clean error line naming the file (exit 2) rather than a
 deployment that keeps retrying; on a cluster the shard replicas do that check themselves and a
@@ -30,6 +36,18 @@ from hybrid_ray.console import add_verbose_flag, configure_console, serve_start_
 from hybrid_ray.errors import ConfigError, HybridRayError
 
 APP_NAME = "hybrid-ray"
+
+
+def direct_ingress_env(port: int, replicas: int = 1) -> dict[str, str]:
+    """Environment for Ray Serve's direct ingress on ``port`` (set before Ray starts).
+
+    ``RAY_SERVE_THROUGHPUT_OPTIMIZED=1`` turns on direct ingress (no HTTP proxy actor), runs user code
+    on the replica's event loop and uses gRPC between deployments. Ingress replicas take HTTP ports
+    from the ``RAY_SERVE_DIRECT_INGRESS_*_HTTP_PORT`` range in order, so the first one gets ``port``.
+    """
+    return {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
+            "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(port),
+            "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(port + max(1, replicas) + 8)}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -63,6 +81,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--num-cpus", type=int, default=None, help="logical CPUs of the local Ray")
     p.add_argument("--no-verify", dest="verify", action="store_false", help="skip shard sha256 checks")
     p.add_argument("--ready-timeout-s", type=float, default=300.0)
+    p.add_argument("--direct-ingress", action="store_true",
+                   help="local Ray only: the Retriever replica answers HTTP on --port itself, no Serve proxy "
+                   "in front (Ray Serve's throughput-optimised mode; lower latency, see bench/results/serve_load.md)")
     add_verbose_flag(p)
     return p.parse_args(argv)
 
@@ -177,6 +198,13 @@ def main(argv: list[str] | None = None) -> int:
     args = app_args(ns)
     local = not on_cluster()
     app_cpus = preflight(args, local=local)  # before starting anything
+    if ns.direct_ingress:
+        if not local:
+            raise ConfigError("set the direct-ingress variables in the cluster's Ray containers instead "
+                              "(see k8s/rayservice-retrieval.yaml)", key="--direct-ingress", value=True)
+        import os
+
+        os.environ.update(direct_ingress_env(ns.port, ns.retriever_replicas))  # read when Ray starts
     init_ray(num_cpus=local_num_cpus(ns.num_cpus, app_cpus) if local else None)
     try:
         app = build_app(args)  # resolves GPU 'auto' from the cluster's resources

@@ -143,3 +143,19 @@ def test_driver_args_examples_and_clean_error(tmp_path, capsys):
     # not an index: one clean line, exit 2, before any Ray start
     assert cli_main(["serve", "--index", str(tmp_path), "--no-blocking"]) == 2
     assert "no manifest.json" in capsys.readouterr().err
+
+
+def test_direct_ingress_env_gives_the_first_replica_the_requested_port(monkeypatch, tmp_path, capsys):
+    from hybrid_ray.cli import main as cli_main
+    from hybrid_ray.driver.serve import direct_ingress_env, parse_args
+
+    env = direct_ingress_env(8123, replicas=2)
+    assert env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1" and env["RAY_SERVE_ENABLE_DIRECT_INGRESS"] == "1"
+    assert int(env["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"]) == 8123
+    assert int(env["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"]) >= 8125  # room for both replicas
+    assert parse_args(["--index", str(tmp_path), "--direct-ingress"]).direct_ingress is True
+    # On a cluster the flag cannot change how Ray was started: a clear error, not a silent no-op.
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")
+    monkeypatch.setattr("hybrid_ray.driver.serve.preflight", lambda args, local: 1.0)
+    assert cli_main(["serve", "--index", str(tmp_path), "--no-blocking", "--direct-ingress"]) == 2
+    assert "--direct-ingress" in capsys.readouterr().err
