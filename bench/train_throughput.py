@@ -83,6 +83,7 @@ CONTENDERS: dict[str, tuple[str, int, int, tuple[str, ...]]] = {
     "hybrid-ray-1w-before": ("ray", 1, 1, BEFORE),
     "hybrid-ray-1w": ("ray", 1, 1, AFTER),
     "bare-2t": ("bare", 2, 0, ()),
+    "deepspeed-2p": ("dp", 1, 2, ()),
     "hybrid-ray-2w-before": ("ray", 1, 2, BEFORE),
     "hybrid-ray-2w": ("ray", 1, 2, AFTER),
 }
@@ -92,6 +93,7 @@ LABELS = {
     "hybrid-ray-1w-before": "hybrid-ray before: 1 Ray Train worker, ZeRO-2, batches inline",
     "hybrid-ray-1w": "hybrid-ray now: 1 Ray Train worker, defaults",
     "bare-2t": "bare PyTorch loop, 1 process, 2 threads",
+    "deepspeed-2p": "2 processes (gloo), DeepSpeed ZeRO-0, no Ray, 1 thread each",
     "hybrid-ray-2w-before": "hybrid-ray before: 2 Ray Train workers (gloo), ZeRO-2, batches inline",
     "hybrid-ray-2w": "hybrid-ray now: 2 Ray Train workers (gloo), defaults",
 }
@@ -265,6 +267,71 @@ def _st(cfg: TrainConfig, n_steps: int) -> dict[str, Any]:
     return {"t_ready": t_ready, "step_ends": step_ends, "losses": losses}
 
 
+def _dp_rank(rank: int, cfg_dict: dict[str, Any], n_steps: int, port: int, out: str) -> None:
+    """One rank of the data-parallel run without Ray: what two workers cost before Ray adds anything."""
+    import torch
+    import torch.distributed as dist
+
+    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
+                       "LOCAL_RANK": str(rank), "WORLD_SIZE": "2"})
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    import deepspeed
+
+    from hybrid_ray.collator import HybridCollator
+    from hybrid_ray.deepspeed_config import deepspeed_config
+    from hybrid_ray.losses import build_loss
+    from hybrid_ray.sampler import rank_slice
+    from hybrid_ray.train_loop import _lr_lambda, build_encoder
+
+    cfg = apply_overrides(config_from_dict(cfg_dict), ["deepspeed.zero_stage=0"])
+    pairs, sampler = _pairs_and_sampler(cfg)
+    torch.manual_seed(cfg.sampler.seed)
+    encoder = build_encoder(cfg.model)
+    opt_cfg = cfg.optim
+    params = [p for p in encoder.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=opt_cfg.lr, weight_decay=opt_cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(opt_cfg.warmup_steps, n_steps))
+    engine, _, _, _ = deepspeed.initialize(model=encoder, optimizer=optimizer, lr_scheduler=scheduler,
+                                           config=deepspeed_config(cfg, opt_cfg.global_batch_size // 2, 2, False))
+    engine.train()
+    collator = HybridCollator(encoder, num_negatives=cfg.data.num_negatives)
+    loss_fn = build_loss(cfg.loss.name, cfg.model.temperature, dict(cfg.loss.kwargs))
+    timer = StepTimer()
+    dist.barrier()
+    t_ready = time.perf_counter()
+    step_ends, losses, phases = [], [], []
+    for step in range(n_steps):
+        with timer.phase("batch"):
+            features = collator(rank_slice(sampler.batch(0, step), rank, 2), pairs)
+        with timer.phase("forward"):
+            q_emb, scale = engine(**features["query"], return_scale=True)
+            p_emb = engine(**features["passage"])
+            loss = loss_fn(q_emb, p_emb, logit_scale=scale)
+        with timer.phase("backward"):
+            engine.backward(loss)
+        with timer.phase("step"):
+            engine.step()
+        losses.append(float(loss.detach()))
+        step_ends.append(time.perf_counter())
+        phases.append(timer.take())
+    if rank == 0:
+        Path(out).write_text(json.dumps({"t_ready": t_ready, "step_ends": step_ends, "losses": losses,
+                                         "phases": phases}))
+    dist.destroy_process_group()
+
+
+def _dp(cfg: TrainConfig, n_steps: int, workdir: Path) -> dict[str, Any]:
+    import torch.multiprocessing as mp
+
+    from bench.serve_load import free_port
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    out = workdir / "dp-rank0.json"
+    mp.spawn(_dp_rank, args=(to_dict(cfg), n_steps, free_port(), str(out)), nprocs=2)
+    return json.loads(out.read_text())
+
+
 class _TracePoller(threading.Thread):
     """Timestamps each line the rank-0 trace gains (one per finished training step)."""
 
@@ -330,16 +397,20 @@ def run_contender(spec: dict[str, Any]) -> dict[str, Any]:
         if extra:
             cfg = apply_overrides(cfg, extra)
         raw = _ray(cfg, n_steps, Path(spec["workdir"]) / spec["name"])
+    elif kind == "dp":
+        raw = _dp(cfg, n_steps, Path(spec["workdir"]) / spec["name"])
     else:
         import torch
 
         torch.set_num_threads(threads)
         torch.manual_seed(cfg.sampler.seed)
         raw = _bare(cfg, n_steps) if kind == "bare" else _st(cfg, n_steps)
-    if kind != "ray":
+    if kind in ("bare", "st"):
         import torch
 
         raw["threads"] = torch.get_num_threads()  # what the steps actually ran with
+    elif kind == "dp":
+        raw["threads"] = threads  # each rank calls torch.set_num_threads(1)
     raw["ru_maxrss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     raw["t0"] = t0
     raw["t_end"] = time.perf_counter()
@@ -407,10 +478,10 @@ def _role(proc, root) -> str:
     for needle, role in (("TrainWorker", "train workers"), ("TrainController", "Train controller"),
                          ("gcs_server", "GCS"), ("raylet", "raylet"), ("dashboard", "dashboard + agents"),
                          ("DashboardAgent", "dashboard + agents"), ("log_monitor", "log monitor"),
-                         ("ray::IDLE", "idle Ray workers")):
+                         ("ray::IDLE", "idle Ray workers"), ("multiprocessing", "data-parallel ranks (no Ray)")):
         if needle in cmd:
             return role
-    return "other Ray processes"
+    return "other processes (Ray actors)"
 
 
 def launch(name: str, cfg: TrainConfig, args: argparse.Namespace, workdir: Path, rnd: int) -> dict[str, Any]:
@@ -587,6 +658,8 @@ def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
     out["hybrid_ray_2w_over_bare_2t"] = ratio("hybrid-ray-2w", "bare-2t")
     out["hybrid_ray_2w_before_over_bare_2t"] = ratio("hybrid-ray-2w-before", "bare-2t")
     out["hybrid_ray_2w_over_1w"] = ratio("hybrid-ray-2w", "hybrid-ray-1w")
+    out["deepspeed_2p_over_bare_2t"] = ratio("deepspeed-2p", "bare-2t")
+    out["hybrid_ray_2w_over_deepspeed_2p"] = ratio("hybrid-ray-2w", "deepspeed-2p")
     out["bare_2t_over_1t"] = ratio("bare-2t", "bare-1t")
     out["st_1t_over_bare_1t"] = ratio("st-1t", "bare-1t")
     return out
@@ -660,6 +733,9 @@ def markdown(res: dict[str, Any]) -> str:
         f"- 2 workers / bare 2 threads (samples/s): before {times(summ['hybrid_ray_2w_before_over_bare_2t'])}, "
         f"now {times(summ['hybrid_ray_2w_over_bare_2t'])}; 2 workers / 1 worker: "
         f"{times(summ['hybrid_ray_2w_over_1w'])}; bare 2 threads / 1 thread: {times(summ['bare_2t_over_1t'])}.",
+        f"- What data parallelism costs before Ray adds anything: 2 processes with DeepSpeed ZeRO-0 and no Ray / "
+        f"bare 2 threads: {times(summ['deepspeed_2p_over_bare_2t'])}; what Ray Train adds on top: hybrid-ray 2 "
+        f"workers / those 2 processes: {times(summ['hybrid_ray_2w_over_deepspeed_2p'])}.",
         f"- sentence-transformers (MNRL, manual loop) / bare loop, 1 thread: {times(summ['st_1t_over_bare_1t'])}. "
         "Same model, texts, loss and optimizer; ST pads positives and negatives separately (DualEncoder pads "
         "all passages of a step together), so token counts differ slightly.",

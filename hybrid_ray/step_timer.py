@@ -5,7 +5,9 @@ PyTorch loop and of the Ray Train worker (batch wait, forward, backward, optimiz
 hooks) run after run, and a user can read them from TensorBoard (``train/phase_s/<name>``) on a
 real cluster. ``perf_counter`` pairs cost well under a microsecond. On a GPU, kernels are
 asynchronous: phases then measure launch time unless ``sync`` is set (``run.profile_phases``),
-which synchronises the device at each boundary (honest numbers, slower steps).
+which synchronises the device at each boundary (honest numbers, slower steps). Losses that drive
+the encoder themselves (``cached_infonce``: chunked forwards and its own backward) are timed as one
+"forward" phase.
 """
 
 from __future__ import annotations
