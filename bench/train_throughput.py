@@ -392,7 +392,9 @@ def run_contender(spec: dict[str, Any]) -> dict[str, Any]:
     kind, threads, workers, overrides = CONTENDERS[spec["name"]]
     cfg, n_steps = config_from_dict(spec["cfg"]), spec["warmup"] + spec["steps"]
     if kind == "ray":
-        cfg = apply_overrides(cfg, {"scaling.num_workers": workers, "run.name": spec["name"]})
+        # A run dir per round: Ray Train would otherwise resume round 1's finished run (and train 0 steps).
+        cfg = apply_overrides(cfg, {"scaling.num_workers": workers, "run.name": spec["name"],
+                                    "run.storage_path": str(Path(spec["workdir"]) / "runs")})
         extra = list(overrides) + (list(spec.get("now_overrides") or []) if overrides == AFTER else [])
         if extra:
             cfg = apply_overrides(cfg, extra)
@@ -701,6 +703,9 @@ def markdown(res: dict[str, Any]) -> str:
     def times(x: float | None) -> str:
         return "n/a" if x is None else f"{x:.2f}x"
 
+    for f in res.get("failures") or []:
+        lines.append(f"| {LABELS[f['name']]} | {f['round']} | FAILED: {f['error'].splitlines()[-1][:120]} "
+                     "| | | | | | |")
     by = summ["per_contender"]
     lines += ["", "## Targets (per-round ratios: contenders of one round ran back to back)", "",
               "| target | bound | per round | median | verdict |", "|---|---:|---|---:|---|"]
@@ -840,6 +845,7 @@ def main(argv: list[str] | None = None) -> int:
     names = [n for n in CONTENDERS if args.only is None or n in args.only]
     start_machine = machine()
     runs: list[dict[str, Any]] = []
+    failures: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         workdir = Path(tmp)
         model_dir, data, desc = prepare_inputs(args, workdir)
@@ -847,7 +853,12 @@ def main(argv: list[str] | None = None) -> int:
         for rnd in range(1, args.rounds + 1):
             for name in names:
                 print(f"[bench] round {rnd}: {name} ...", flush=True)
-                r = launch(name, cfg, args, workdir, rnd)
+                try:
+                    r = launch(name, cfg, args, workdir, rnd)
+                except RuntimeError as exc:  # keep the other runs; the report lists the failure
+                    print(f"[bench] {name} FAILED in round {rnd}: {exc}", flush=True)
+                    failures.append({"name": name, "round": rnd, "error": str(exc)[-2000:]})
+                    continue
                 runs.append(r)
                 print(f"[bench] {name}: {r['samples_per_s']:.2f} samples/s steady, median step "
                       f"{r['step_s_median']:.2f} s, end-to-end {r['end_to_end_s']:.1f} s, peak RSS "
@@ -866,12 +877,13 @@ def main(argv: list[str] | None = None) -> int:
                      "log_every": cfg.run.log_every, "cpus_per_worker": cfg.scaling.cpus_per_worker,
                      "before_overrides": list(BEFORE), "now_overrides": list(args.now or [])},
         "runs": runs,
+        "failures": failures,
         "summary": summary(runs),
     }
     md = markdown(res)
     write_results(args.out, "train_throughput", res, md)
     print(md)
-    return 0
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":

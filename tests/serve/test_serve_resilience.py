@@ -109,7 +109,11 @@ def _read_response(sock: socket.socket, buf: bytearray) -> tuple[int, dict] | No
 
 @pytest.mark.slow
 def test_stalled_clients_get_408_and_never_lock_out_probes(cluster):
-    index, url = cluster
+    check_stalled_clients(*cluster)
+
+
+def check_stalled_clients(index: Path, url: str) -> None:
+    """Deploy, stall N_STALLED uploads, probe, collect the 408s (shared with the direct-ingress test)."""
     from ray import serve
 
     _deploy("stalled", index, url, body_timeout_s=BODY_TIMEOUT_S)

@@ -1,0 +1,79 @@
+"""The app under Ray Serve's direct ingress (``hybrid-ray serve --direct-ingress``): no proxy in front.
+
+Direct ingress moves HTTP into the Retriever replica, so everything the proxy used to do for us
+must still hold there: the stalled-upload guard (408 after ``body_timeout_s``, /health answered
+within 1 s with 200 stalled connections), the one error contract, and correct answers. The
+cluster is started with :func:`hybrid_ray.driver.serve.direct_ingress_env` set, as the CLI does, so
+the replica binds the requested port itself.
+"""
+
+from __future__ import annotations
+
+import os
+
+import httpx
+import pytest
+
+from tests.serve.test_serve_resilience import _corpus, _deploy, _free_port, check_stalled_clients
+
+
+@pytest.fixture(scope="module")
+def direct_cluster(tiny_model_dir, tmp_path_factory):
+    import ray
+    from ray import serve
+
+    from hybrid_ray.driver.serve import direct_ingress_env
+    from hybrid_ray.index import build_sharded_index
+    from hybrid_ray.local import init_ray
+
+    index = tmp_path_factory.mktemp("direct-ingress") / "index"
+    build_sharded_index(tiny_model_dir, _corpus(), index, shards=2, local=True)
+    port = _free_port()
+    env = direct_ingress_env(port)
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)  # read by the Ray processes init_ray starts
+    try:
+        init_ray(num_cpus=4)
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        yield index, f"http://127.0.0.1:{port}"
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.mark.slow
+def test_direct_ingress_answers_and_keeps_the_error_contract(direct_cluster):
+    from ray import serve
+
+    index, url = direct_cluster
+    _deploy("direct", index, url)
+    try:
+        with httpx.Client(base_url=url, timeout=10) as http:
+            r = http.post("/search", json={"query": "god light", "k": 3})
+            assert r.status_code == 200 and len(r.json()["hits"]) == 3, r.text
+            assert http.get("/ready").status_code == 200
+            for resp, status in ((http.get("/no-such-route"), 404),
+                                 (http.post("/search", json={"query": "\ud800"}), 422),
+                                 (http.post("/search", content=b'{"query": "x"}',
+                                            headers={"content-type": "text/plain"}), 415)):
+                assert resp.status_code == status, (status, resp.text)
+                assert set(resp.json()) == {"error", "detail"}, resp.text
+        # no proxy actor: the replica itself answered
+        import ray
+        from ray.util.state import list_actors
+
+        names = {a.class_name for a in list_actors(address=ray.get_runtime_context().gcs_address,
+                                                   filters=[("state", "=", "ALIVE")], limit=1000)}
+        assert not any("ProxyActor" in n for n in names), names
+    finally:
+        serve.delete("direct")
+
+
+@pytest.mark.slow
+def test_direct_ingress_stalled_clients_get_408_and_never_lock_out_probes(direct_cluster):
+    check_stalled_clients(*direct_cluster)
