@@ -313,7 +313,8 @@ def serve_child(index_dir: str, port: int, max_batch_size: int, batch_wait_timeo
     from hybrid_ray.serving.app import build_app
 
     init_ray(num_cpus=4, log_to_driver=False)
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    # The replica binds `port` (direct_ingress_env); Serve's proxy still starts, on another port, idle.
+    serve.start(http_options={"host": "127.0.0.1", "port": free_port()})
     app_args = {"index_dir": index_dir, "num_cpus_per_shard": 0.5, "retriever_num_cpus": 1, "access_log": False,
                 "max_batch_size": max_batch_size, "batch_wait_timeout_s": batch_wait_timeout_s}
     serve.run(build_app(app_args), name="bench-direct", route_prefix="/", blocking=False)

@@ -38,12 +38,23 @@ from hybrid_ray.errors import ConfigError, HybridRayError
 APP_NAME = "hybrid-ray"
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now (for Serve's idle proxy under direct ingress)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind((host if host not in ("0.0.0.0", "::") else "127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def direct_ingress_env(port: int, replicas: int = 1) -> dict[str, str]:
     """Environment for Ray Serve's direct ingress on ``port`` (set before Ray starts).
 
-    ``RAY_SERVE_THROUGHPUT_OPTIMIZED=1`` turns on direct ingress (no HTTP proxy actor), runs user code
-    on the replica's event loop and uses gRPC between deployments. Ingress replicas take HTTP ports
-    from the ``RAY_SERVE_DIRECT_INGRESS_*_HTTP_PORT`` range in order, so the first one gets ``port``.
+    ``RAY_SERVE_THROUGHPUT_OPTIMIZED=1`` turns on direct ingress (the ingress replica runs its own
+    HTTP server), runs user code on the replica's event loop and uses gRPC between deployments.
+    Ingress replicas take HTTP ports from the ``RAY_SERVE_DIRECT_INGRESS_*_HTTP_PORT`` range in
+    order, so the first one gets ``port``. Serve (2.60) still starts its HTTP proxy: it must listen
+    on another port (``main`` picks a free one), and nothing is sent to it.
     """
     return {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
             "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(port),
@@ -208,7 +219,10 @@ def main(argv: list[str] | None = None) -> int:
     init_ray(num_cpus=local_num_cpus(ns.num_cpus, app_cpus) if local else None)
     try:
         app = build_app(args)  # resolves GPU 'auto' from the cluster's resources
-        serve.start(http_options={"host": ns.host, "port": ns.port}, **serve_start_kwargs())
+        # Direct ingress: the Retriever replica binds --port itself; Serve still starts its proxy, so
+        # give that one another (unused) port or the replica could not bind ours.
+        proxy_port = free_port(ns.host) if ns.direct_ingress else ns.port
+        serve.start(http_options={"host": ns.host, "port": proxy_port}, **serve_start_kwargs())
         try:
             serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
         except RuntimeError as exc:  # deployment failed (e.g. a shard failed its health check)

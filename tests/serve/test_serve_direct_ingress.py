@@ -14,7 +14,7 @@ import os
 import httpx
 import pytest
 
-from tests.serve.test_serve_resilience import _corpus, _deploy, _free_port, check_stalled_clients
+from tests.serve.test_serve_resilience import BODY_TIMEOUT_S, _corpus, _deploy, _free_port, check_stalled_clients
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +34,13 @@ def direct_cluster(tiny_model_dir, tmp_path_factory):
     os.environ.update(env)  # read by the Ray processes init_ray starts
     try:
         init_ray(num_cpus=4)
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        yield index, f"http://127.0.0.1:{port}"
+        proxy_port = _free_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": proxy_port})  # Serve's proxy: not ours
+        url = f"http://127.0.0.1:{port}"
+        # One deployment for both tests: a replaced direct-ingress replica binds the next port of the
+        # range while the old one drains (Ray's 30 s minimum), so a redeploy would move the URL.
+        _deploy("direct", index, url, body_timeout_s=BODY_TIMEOUT_S)
+        yield index, url, proxy_port
     finally:
         serve.shutdown()
         ray.shutdown()
@@ -48,32 +53,24 @@ def direct_cluster(tiny_model_dir, tmp_path_factory):
 
 @pytest.mark.slow
 def test_direct_ingress_answers_and_keeps_the_error_contract(direct_cluster):
-    from ray import serve
-
-    index, url = direct_cluster
-    _deploy("direct", index, url)
-    try:
-        with httpx.Client(base_url=url, timeout=10) as http:
-            r = http.post("/search", json={"query": "god light", "k": 3})
-            assert r.status_code == 200 and len(r.json()["hits"]) == 3, r.text
-            assert http.get("/ready").status_code == 200
-            for resp, status in ((http.get("/no-such-route"), 404),
-                                 (http.post("/search", json={"query": "\ud800"}), 422),
-                                 (http.post("/search", content=b'{"query": "x"}',
-                                            headers={"content-type": "text/plain"}), 415)):
-                assert resp.status_code == status, (status, resp.text)
-                assert set(resp.json()) == {"error", "detail"}, resp.text
-        # no proxy actor: the replica itself answered
-        import ray
-        from ray.util.state import list_actors
-
-        names = {a.class_name for a in list_actors(address=ray.get_runtime_context().gcs_address,
-                                                   filters=[("state", "=", "ALIVE")], limit=1000)}
-        assert not any("ProxyActor" in n for n in names), names
-    finally:
-        serve.delete("direct")
+    _, url, proxy_port = direct_cluster
+    with httpx.Client(base_url=url, timeout=10) as http:
+        r = http.post("/search", json={"query": "god light", "k": 3})
+        assert r.status_code == 200 and len(r.json()["hits"]) == 3, r.text
+        assert http.get("/ready").status_code == 200
+        for resp, status in ((http.get("/no-such-route"), 404),
+                             (http.post("/search", content=b'{"query": "\\ud800"}',
+                                        headers={"content-type": "application/json"}), 422),
+                             (http.post("/search", content=b'{"query": "x"}',
+                                        headers={"content-type": "text/plain"}), 415)):
+            assert resp.status_code == status, (status, resp.text)
+            assert set(resp.json()) == {"error", "detail"}, resp.text
+    # Serve's proxy listens on another port (the fixture's serve.start), so every answer above came
+    # from the Retriever replica's own HTTP server.
+    assert proxy_port != int(url.rsplit(":", 1)[1])
 
 
 @pytest.mark.slow
 def test_direct_ingress_stalled_clients_get_408_and_never_lock_out_probes(direct_cluster):
-    check_stalled_clients(*direct_cluster)
+    index, url, _ = direct_cluster
+    check_stalled_clients(index, url, deploy=False)

@@ -112,11 +112,13 @@ def test_stalled_clients_get_408_and_never_lock_out_probes(cluster):
     check_stalled_clients(*cluster)
 
 
-def check_stalled_clients(index: Path, url: str) -> None:
-    """Deploy, stall N_STALLED uploads, probe, collect the 408s (shared with the direct-ingress test)."""
+def check_stalled_clients(index: Path, url: str, deploy: bool = True) -> None:
+    """Stall N_STALLED uploads, probe, collect the 408s (shared with the direct-ingress test, which
+    deploys its app once with ``body_timeout_s=BODY_TIMEOUT_S`` and passes ``deploy=False``)."""
     from ray import serve
 
-    _deploy("stalled", index, url, body_timeout_s=BODY_TIMEOUT_S)
+    if deploy:
+        _deploy("stalled", index, url, body_timeout_s=BODY_TIMEOUT_S)
     host, port = url.removeprefix("http://").split(":")
     body = b'{"query": "god light", "k": 3}'.ljust(100)
     head = (f"POST /search HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
@@ -160,7 +162,8 @@ def check_stalled_clients(index: Path, url: str) -> None:
     finally:
         for s in socks:
             s.close()
-        serve.delete("stalled")
+        if deploy:
+            serve.delete("stalled")
     assert len(answers) == N_STALLED, f"only {len(answers)} of {N_STALLED} stalled requests were answered"
     statuses = {st for st, _, _ in answers.values()}
     assert statuses == {408}, statuses
