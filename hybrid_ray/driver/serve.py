@@ -11,7 +11,9 @@ deploy-and-check smoke test (the local cluster goes away with the process).
 ``--direct-ingress`` starts the local Ray with Ray Serve's throughput-optimised mode
 (:func:`direct_ingress_env`): the Retriever replica itself answers HTTP on ``--port`` and no proxy
 process relays each request (bench/results/serve_load.md measures both). It is Ray's own,
-experimental, feature; with more than one Retriever replica each gets the next port of the range.
+experimental, feature: with more than one Retriever replica each gets the next port of the range,
+and a replaced replica (a redeploy, a crash) binds the next free port while the old one drains
+(Ray's 30 s minimum), so clients must follow the port; Ray's HAProxy mode is the cluster answer.
 On a cluster the same variables go in the Ray containers' environment (k8s/rayservice-retrieval.yaml).
 
 On a local Ray every shard file is checked against the manifest (size + sha256) before Ray starts,
