@@ -270,12 +270,16 @@ def test_serve_load_ratios_and_targets_in_the_report(serve_p50, serve_qps, met) 
               "config": {"model": "tiny", "dim": 32, "passages": 3000, "shards": 2, "clients": 8, "seconds": 15.0,
                          "seq_seconds": 6.0, "warmup_s": 2.0},
               "bare": bare, "serve": serve, "fanout": _serve_run(100.0, 60.0, 90.0),
+              "direct_ingress": (di := _serve_run(300.0, 20.0, 30.0)),
               "direct": {"calls": 200, "p50_ms": 2.0, "p99_ms": 4.0, "qps_1_thread": 400.0},
-              "ratio": {"serve": rs, "fanout": serve_load.ratios(_serve_run(100.0, 60.0, 90.0), bare)},
-              "targets": {"met": verdict}}
+              "ratio": {"serve": rs, "fanout": serve_load.ratios(_serve_run(100.0, 60.0, 90.0), bare),
+                        "direct_ingress": serve_load.ratios(di, bare)},
+              "targets": {"met": verdict, "met_direct_ingress": serve_load._met(serve_load.ratios(di, bare))}}
+    assert result["targets"]["met_direct_ingress"] is True  # p50 0.8x, QPS 1.2x
     md = serve_load.markdown(result)
     assert f"p50 {rs['p50']}x" in md and ("met)" if met else "MISSED)") in md
-    assert md.count("| Ray Serve") == 2 and "| bare uvicorn" in md
+    assert "Serve with direct ingress / bare: p50 0.8x" in md and "(same targets: met)" in md
+    assert md.count("| Ray Serve") == 3 and "| bare uvicorn" in md
 
 
 def test_locustfile_is_valid_python_with_a_user() -> None:
