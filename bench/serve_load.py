@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -43,6 +42,8 @@ from typing import Any
 import numpy as np
 
 from bench.common import command, loadavg, machine, versions, write_results
+from hybrid_ray.driver.serve import direct_ingress_env  # what `hybrid-ray serve --direct-ingress` sets
+from hybrid_ray.local import free_port
 
 RESULTS = Path(__file__).parent / "results"
 LOCUSTFILE = Path(__file__).with_name("locust_search.py")
@@ -75,12 +76,6 @@ def queries(n: int, seed: int = 1) -> list[dict[str, Any]]:
             body["lang"] = LANGS[i % len(LANGS)]
         out.append(body)
     return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_ready(url: str, timeout_s: float = 240) -> None:
@@ -296,13 +291,6 @@ def run_serve(index_dir: Path, args: argparse.Namespace, queries_file: Path, wor
         serve.delete(name)
     app_args["index_dir"] = "<tmp>/index"
     return res | {"startup_s": round(startup, 1), "app_args": app_args}
-
-
-#: What ``hybrid-ray serve --direct-ingress`` sets before Ray starts (see hybrid_ray.driver.serve).
-def direct_ingress_env(port: int) -> dict[str, str]:
-    from hybrid_ray.driver.serve import direct_ingress_env as env
-
-    return env(port)
 
 
 def serve_child(index_dir: str, port: int, max_batch_size: int, batch_wait_timeout_s: float) -> None:

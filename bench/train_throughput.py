@@ -324,7 +324,7 @@ def _dp_rank(rank: int, cfg_dict: dict[str, Any], n_steps: int, port: int, out: 
 def _dp(cfg: TrainConfig, n_steps: int, workdir: Path) -> dict[str, Any]:
     import torch.multiprocessing as mp
 
-    from bench.serve_load import free_port
+    from hybrid_ray.local import free_port
 
     workdir.mkdir(parents=True, exist_ok=True)
     out = workdir / "dp-rank0.json"

@@ -23,6 +23,15 @@ WORKER_ENV_KEYS = ("GLOO_SOCKET_IFNAME", "DS_ACCELERATOR", "TORCH_EXTENSIONS_DIR
                    "HYBRID_RAY_VERBOSE")
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now (a wildcard host is probed on loopback)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind((host if host not in ("0.0.0.0", "::") else "127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def on_cluster() -> bool:
     """True when we are attached to an existing cluster (job submission or RAY_ADDRESS)."""
     return bool(os.environ.get("RAY_ADDRESS")) or bool(os.environ.get("RAY_JOB_ID"))

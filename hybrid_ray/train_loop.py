@@ -208,7 +208,7 @@ def train_loop(config: dict[str, Any]) -> None:
         hook.setup(cfg, rank, world)
     log_every = max(1, cfg.run.log_every)
     ckpt_every = cfg.run.checkpoint_every
-    window_loss, window_n, t_window = None, 0, time.perf_counter()
+    window_loss, window_n, t_window = 0.0, 0, time.perf_counter()
     engine.train()
     timer = StepTimer(sync=torch.cuda.synchronize if (use_gpu and cfg.run.profile_phases) else None)
 
@@ -253,7 +253,7 @@ def train_loop(config: dict[str, Any]) -> None:
         # Keep the loss on the device: a float() per step is a host sync on a GPU. Hooks (tests,
         # benchmarks) get the per-step value; the log line gets the window mean.
         step_loss_t = loss.detach()
-        window_loss = step_loss_t if window_loss is None else window_loss + step_loss_t
+        window_loss = window_loss + step_loss_t  # a device tensor from the first step on
         window_n += 1
         phases = timer.take()
         with timer.phase("hooks"):
@@ -307,7 +307,7 @@ def train_loop(config: dict[str, Any]) -> None:
                                             global_step, rank)
                 else:
                     ray.train.report(metrics)
-                window_loss, window_n, t_window = None, 0, time.perf_counter()
+                window_loss, window_n, t_window = 0.0, 0, time.perf_counter()
         if last:
             break
     prepared.close()  # stops the prefetch thread (it may be batches ahead)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -65,12 +64,6 @@ def data_summary(stats: dict[str, Any]) -> str:
         lines.append(f"  {name:<5} {s['rows']:>9,} rows {s['pairs']:>7,} pairs  {len(langs):>2} languages "
                      f"({','.join(langs)})")
     return "\n".join(lines)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -247,9 +240,10 @@ def _serve_and_query(index_dir: Path) -> str:
     import httpx
     from ray import serve
 
+    from hybrid_ray.local import free_port
     from hybrid_ray.serving.app import build_app
 
-    port = _free_port()
+    port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port}, **serve_start_kwargs())
     try:
         # 2 shards + the ingress on a 2-CPU cluster: fractional CPUs so everything fits.

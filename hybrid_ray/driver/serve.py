@@ -40,15 +40,6 @@ from hybrid_ray.errors import ConfigError, HybridRayError
 APP_NAME = "hybrid-ray"
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nobody listens on right now (for Serve's idle proxy under direct ingress)."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind((host if host not in ("0.0.0.0", "::") else "127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def direct_ingress_env(port: int, replicas: int = 1) -> dict[str, str]:
     """Environment for Ray Serve's direct ingress on ``port`` (set before Ray starts).
 
@@ -205,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     import ray
     from ray import serve
 
-    from hybrid_ray.local import init_ray, on_cluster
+    from hybrid_ray.local import free_port, init_ray, on_cluster
     from hybrid_ray.serving.app import build_app
 
     args = app_args(ns)

@@ -240,19 +240,20 @@ def _override(node, item: str):
 PATH_KEYS = ("data.path", "eval.pairs_path", "eval.miracl_path", "model.name_or_path")
 
 
+def _existing_path(value: str) -> str:
+    """``value`` as an absolute path when it names something: as given (relative to the cwd), else
+    relative to the repository; unchanged when neither exists (a hub name, a typo the checks name)."""
+    p = Path(value).expanduser()
+    if not p.is_absolute() and not p.exists() and (REPO_ROOT / p).exists():
+        p = REPO_ROOT / p
+    return str(p.resolve()) if p.exists() else value
+
+
 def _absolute_paths(trial: TrialSpec) -> TrialSpec:
-    """A variant's relative paths made absolute here (cwd first, then the repository): trials run in
-    their own Tune directories, where ``runs/...`` would not exist."""
-    out = []
-    for key, value in trial.overrides:
-        if key in PATH_KEYS and isinstance(value, str) and "://" not in value:
-            p = Path(value).expanduser()
-            if not p.is_absolute():
-                for cand in (Path.cwd() / p, REPO_ROOT / p):
-                    if cand.exists():
-                        value = str(cand.resolve())
-                        break
-        out.append((key, value))
+    """A variant's relative paths made absolute here: trials run in their own Tune directories,
+    where ``runs/...`` would not exist."""
+    out = [(key, _existing_path(value) if key in PATH_KEYS and isinstance(value, str) and "://" not in value
+            and not Path(value).expanduser().is_absolute() else value) for key, value in trial.overrides]
     return dataclasses.replace(trial, overrides=tuple(out))
 
 
@@ -272,10 +273,7 @@ def load_experiment_config(path: str | Path, overrides: list[str] | None = None)
         raise ConfigError(f"{str(exc).splitlines()[0]} (in {src})", key=getattr(exc, "full_key", None)) from exc
     assert isinstance(cfg, ExperimentSchema)
     for e in cfg.eval_sets:  # relative test-set paths: as given, else relative to the repository
-        p = Path(e.path).expanduser()
-        if not p.is_absolute() and not p.exists() and (REPO_ROOT / p).exists():
-            p = REPO_ROOT / p
-        e.path = str(p.resolve()) if p.exists() else e.path
+        e.path = _existing_path(e.path)
     _check(cfg)
     train_path = _find_config(cfg.train_config, REPO_ROOT / "hybrid_ray" / "configs", "train_config", src.parent)
     try:

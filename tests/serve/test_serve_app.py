@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 
 import httpx
 import numpy as np
 import pyarrow as pa
 import pytest
+
+from hybrid_ray.local import free_port
 
 WORDS = ["god", "light", "day", "night", "water", "earth", "heaven", "man", "cat", "dog", "house", "red",
          "blue", "green", "one", "two", "three", "world", "hello"]
@@ -27,12 +28,6 @@ def _corpus() -> pa.Table:
         words = [WORDS[(i * 5 + j * 7 + LANGS.index(lang)) % len(WORDS)] for j in range(2 + i % 6)]
         rows.append({"docid": f"doc{i}/{lang}", "lang": lang, "text": " ".join(words) + f" {i}"})
     return pa.Table.from_pylist(rows)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +55,7 @@ def live(index_dir):
 
     from hybrid_ray.serving.app import build_app
 
-    port = _free_port()
+    port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     args = {"index_dir": str(index_dir), "k_limit": 20, "max_query_chars": 200, "max_embed_texts": 8,
             "num_cpus_per_shard": 0.5, "retriever_num_cpus": 1, "max_batch_size": 16,

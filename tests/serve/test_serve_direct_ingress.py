@@ -9,12 +9,11 @@ the replica binds the requested port itself.
 
 from __future__ import annotations
 
-import os
-
 import httpx
 import pytest
 
-from tests.serve.test_serve_resilience import BODY_TIMEOUT_S, _corpus, _deploy, _free_port, check_stalled_clients
+from hybrid_ray.local import free_port
+from tests.serve.test_serve_resilience import BODY_TIMEOUT_S, _corpus, _deploy, check_stalled_clients
 
 
 @pytest.fixture(scope="module")
@@ -28,27 +27,22 @@ def direct_cluster(tiny_model_dir, tmp_path_factory):
 
     index = tmp_path_factory.mktemp("direct-ingress") / "index"
     build_sharded_index(tiny_model_dir, _corpus(), index, shards=2, local=True)
-    port = _free_port()
-    env = direct_ingress_env(port)
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)  # read by the Ray processes init_ray starts
-    try:
+    port = free_port()
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in direct_ingress_env(port).items():
+            mp.setenv(key, value)  # read by the Ray processes init_ray starts
         init_ray(num_cpus=4)
-        proxy_port = _free_port()
-        serve.start(http_options={"host": "127.0.0.1", "port": proxy_port})  # Serve's proxy: not ours
-        url = f"http://127.0.0.1:{port}"
-        # One deployment for both tests: a replaced direct-ingress replica binds the next port of the
-        # range while the old one drains (Ray's 30 s minimum), so a redeploy would move the URL.
-        _deploy("direct", index, url, body_timeout_s=BODY_TIMEOUT_S)
-        yield index, url, proxy_port
-    finally:
-        serve.shutdown()
-        ray.shutdown()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        try:
+            proxy_port = free_port()
+            serve.start(http_options={"host": "127.0.0.1", "port": proxy_port})  # Serve's proxy: not ours
+            url = f"http://127.0.0.1:{port}"
+            # One deployment for both tests: a replaced direct-ingress replica binds the next port of the
+            # range while the old one drains (Ray's 30 s minimum), so a redeploy would move the URL.
+            _deploy("direct", index, url, body_timeout_s=BODY_TIMEOUT_S)
+            yield index, url, proxy_port
+        finally:
+            serve.shutdown()
+            ray.shutdown()
 
 
 @pytest.mark.slow

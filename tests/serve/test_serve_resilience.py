@@ -31,6 +31,8 @@ import httpx
 import pyarrow as pa
 import pytest
 
+from hybrid_ray.local import free_port
+
 WORDS = ["god", "light", "day", "night", "water", "earth", "heaven", "man", "cat", "dog", "house", "red"]
 LANGS = ("en", "de", "fr")
 RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results"
@@ -47,12 +49,6 @@ def _corpus(n: int = 60) -> pa.Table:
     return pa.Table.from_pylist(rows)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def cluster(tiny_model_dir, tmp_path_factory):
     """A 2-shard index and a loopback Ray cluster (dashboard on: the state API) with Serve on a free port."""
@@ -65,7 +61,7 @@ def cluster(tiny_model_dir, tmp_path_factory):
     index = tmp_path_factory.mktemp("resilience") / "index"
     build_sharded_index(tiny_model_dir, _corpus(), index, shards=2, local=True)
     init_ray(num_cpus=4, include_dashboard=True)
-    port = _free_port()
+    port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
         yield index, f"http://127.0.0.1:{port}"
