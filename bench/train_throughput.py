@@ -18,10 +18,17 @@ negative per pair), with the same sequence length, temperature (0.05 = MNRL scal
   current (6.x) API that runs offline and lets us time individual steps (SentenceTransformerTrainer
   would add a datasets pipeline and its own timing).
 * ``hybrid-ray-1w`` / ``hybrid-ray-2w`` ("now"): ``hybrid_ray.train.run_training`` with 1 or 2 Ray Train
-  workers (gloo, 0.9 CPU each, so Ray gives each worker ``OMP_NUM_THREADS=1``) on the shipped
-  defaults (demo.yaml: ZeRO-0, batches prefetched on a thread), plus ``--now KEY=VALUE`` overrides.
+  workers (gloo process group, 0.9 CPU each, so Ray gives each worker ``OMP_NUM_THREADS=1``) on the
+  shipped defaults (demo.yaml: ZeRO-0, fused AdamW, gradients averaged through shared memory at 2
+  workers, batches prefetched when a core is free), plus ``--now KEY=VALUE`` overrides.
+  ``hybrid-ray-2w-nodash``: the same 2 workers with ``HYBRID_RAY_DASHBOARD=0`` (no Ray dashboard).
+* ``deepspeed-2p``: 2 processes (``torch.multiprocessing``), the same DeepSpeed ZeRO-0 engine and
+  gradient averaging as the train loop, no Ray: what data parallelism costs before Ray adds anything.
 * ``hybrid-ray-1w-before`` / ``hybrid-ray-2w-before``: the same with the settings every run used
-  before issue 21 (``BEFORE``: ZeRO-2, batches assembled inside the step).
+  before issue 21 (``BEFORE``: ZeRO-2, batches assembled inside the step, for-loop AdamW).
+
+Every contender builds its optimizer with ``hybrid_ray.train_loop.build_optimizer`` (fused AdamW unless
+``optim.fused=false``), so the bare loops step exactly like hybrid-ray.
 
 What is compared with what (the machine has 2 cores): ``hybrid-ray-1w`` vs ``bare-1t`` is like for
 like (one process, one thread, same math) and is the framework overhead. ``hybrid-ray-2w`` (two
@@ -73,7 +80,7 @@ from hybrid_ray.errors import DataError
 from hybrid_ray.step_timer import PHASES, StepTimer
 
 # The settings before issue 21 (what every run used until then) and the ones the defaults now pick.
-BEFORE = ("data.prefetch=0", "deepspeed.zero_stage=2")
+BEFORE = ("data.prefetch=0", "deepspeed.zero_stage=2", "optim.fused=false")
 AFTER: tuple[str, ...] = ()  # the shipped defaults (demo.yaml + TrainConfig)
 
 # name -> (kind, torch threads per process, Ray Train workers, config overrides)
@@ -86,16 +93,20 @@ CONTENDERS: dict[str, tuple[str, int, int, tuple[str, ...]]] = {
     "deepspeed-2p": ("dp", 1, 2, ()),
     "hybrid-ray-2w-before": ("ray", 1, 2, BEFORE),
     "hybrid-ray-2w": ("ray", 1, 2, AFTER),
+    "hybrid-ray-2w-nodash": ("ray", 1, 2, AFTER),
 }
+# Environment a contender's process gets on top of the orchestrator's.
+CONTENDER_ENV: dict[str, dict[str, str]] = {"hybrid-ray-2w-nodash": {"HYBRID_RAY_DASHBOARD": "0"}}
 LABELS = {
     "bare-1t": "bare PyTorch loop, 1 process, 1 thread",
     "st-1t": "sentence-transformers MNRL (manual loop), 1 process, 1 thread",
-    "hybrid-ray-1w-before": "hybrid-ray before: 1 Ray Train worker, ZeRO-2, batches inline",
+    "hybrid-ray-1w-before": "hybrid-ray before: 1 Ray Train worker, ZeRO-2, batches inline, for-loop AdamW",
     "hybrid-ray-1w": "hybrid-ray now: 1 Ray Train worker, defaults",
     "bare-2t": "bare PyTorch loop, 1 process, 2 threads",
-    "deepspeed-2p": "2 processes (gloo), DeepSpeed ZeRO-0, no Ray, 1 thread each",
-    "hybrid-ray-2w-before": "hybrid-ray before: 2 Ray Train workers (gloo), ZeRO-2, batches inline",
-    "hybrid-ray-2w": "hybrid-ray now: 2 Ray Train workers (gloo), defaults",
+    "deepspeed-2p": "2 processes, DeepSpeed ZeRO-0 + shared-memory all-reduce, no Ray, 1 thread each",
+    "hybrid-ray-2w-before": "hybrid-ray before: 2 Ray Train workers (gloo), ZeRO-2, batches inline, for-loop AdamW",
+    "hybrid-ray-2w": "hybrid-ray now: 2 Ray Train workers, defaults (shared-memory all-reduce)",
+    "hybrid-ray-2w-nodash": "hybrid-ray now, 2 workers, without the Ray dashboard (HYBRID_RAY_DASHBOARD=0)",
 }
 TARGETS = {  # (numerator, denominator, key, bound, "max" | "min"): the issue's acceptance targets
     "1 worker vs bare 1 thread, median step time": ("hybrid-ray-1w", "bare-1t", "step_s_median", 1.10, "max"),
@@ -191,14 +202,14 @@ def _bare(cfg: TrainConfig, n_steps: int) -> dict[str, Any]:
 
     from hybrid_ray.collator import HybridCollator
     from hybrid_ray.losses import build_loss
-    from hybrid_ray.train_loop import _lr_lambda, build_encoder
+    from hybrid_ray.train_loop import _lr_lambda, build_encoder, build_optimizer
 
     pairs, sampler = _pairs_and_sampler(cfg)
     encoder = build_encoder(cfg.model)
     encoder.train()
     opt_cfg = cfg.optim
     params = [p for p in encoder.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=opt_cfg.lr, weight_decay=opt_cfg.weight_decay)
+    optimizer = build_optimizer(opt_cfg, params)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(opt_cfg.warmup_steps, n_steps))
     collator = HybridCollator(encoder, num_negatives=cfg.data.num_negatives)
     loss_fn = build_loss(cfg.loss.name, cfg.model.temperature, dict(cfg.loss.kwargs))
@@ -233,6 +244,7 @@ def _st(cfg: TrainConfig, n_steps: int) -> dict[str, Any]:
     from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
 
     from hybrid_ray.collator import HybridCollator
+    from hybrid_ray.train_loop import build_optimizer
 
     mc, opt_cfg = cfg.model, cfg.optim
     pairs, sampler = _pairs_and_sampler(cfg)
@@ -246,7 +258,7 @@ def _st(cfg: TrainConfig, n_steps: int) -> dict[str, Any]:
     model.train()
     loss_fn = MultipleNegativesRankingLoss(model, scale=1.0 / mc.temperature)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=opt_cfg.lr, weight_decay=opt_cfg.weight_decay)
+    optimizer = build_optimizer(opt_cfg, params)
     n_neg = cfg.data.num_negatives
     collator = HybridCollator(lambda texts, kind: {}, num_negatives=n_neg)  # texts only; ST tokenises
     t_ready = time.perf_counter()
@@ -278,11 +290,12 @@ def _dp_rank(rank: int, cfg_dict: dict[str, Any], n_steps: int, port: int, out: 
     dist.init_process_group("gloo", rank=rank, world_size=2)
     import deepspeed
 
+    from hybrid_ray import grad_sync
     from hybrid_ray.collator import HybridCollator
     from hybrid_ray.deepspeed_config import deepspeed_config
     from hybrid_ray.losses import build_loss
     from hybrid_ray.sampler import rank_slice
-    from hybrid_ray.train_loop import _lr_lambda, build_encoder
+    from hybrid_ray.train_loop import _lr_lambda, build_encoder, build_optimizer
 
     cfg = apply_overrides(config_from_dict(cfg_dict), ["deepspeed.zero_stage=0"])
     pairs, sampler = _pairs_and_sampler(cfg)
@@ -290,10 +303,17 @@ def _dp_rank(rank: int, cfg_dict: dict[str, Any], n_steps: int, port: int, out: 
     encoder = build_encoder(cfg.model)
     opt_cfg = cfg.optim
     params = [p for p in encoder.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=opt_cfg.lr, weight_decay=opt_cfg.weight_decay)
+    optimizer = build_optimizer(opt_cfg, params)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(opt_cfg.warmup_steps, n_steps))
+    mode = cfg.deepspeed.cpu_allreduce  # as in the train loop: shared memory unless the config says gloo
+    use_shm = grad_sync.wanted(mode, use_gpu=False, zero_stage=0, bf16=False, world=2, local_world=2)
+    if use_shm:
+        grad_sync.prepare(2)
     engine, _, _, _ = deepspeed.initialize(model=encoder, optimizer=optimizer, lr_scheduler=scheduler,
                                            config=deepspeed_config(cfg, opt_cfg.global_batch_size // 2, 2, False))
+    sync = grad_sync.ShmGradSync.start(params, 2, rank, mode) if use_shm else None
+    if sync is not None:
+        engine.enable_backward_allreduce = False
     engine.train()
     collator = HybridCollator(encoder, num_negatives=cfg.data.num_negatives)
     loss_fn = build_loss(cfg.loss.name, cfg.model.temperature, dict(cfg.loss.kwargs))
@@ -310,6 +330,8 @@ def _dp_rank(rank: int, cfg_dict: dict[str, Any], n_steps: int, port: int, out: 
             loss = loss_fn(q_emb, p_emb, logit_scale=scale)
         with timer.phase("backward"):
             engine.backward(loss)
+            if sync is not None:
+                sync()
         with timer.phase("step"):
             engine.step()
         losses.append(float(loss.detach()))
@@ -498,6 +520,7 @@ def launch(name: str, cfg: TrainConfig, args: argparse.Namespace, workdir: Path,
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     env.setdefault("HF_HUB_OFFLINE", "1")
     env.pop("OMP_NUM_THREADS", None)  # threads are set per contender (torch.set_num_threads / Ray)
+    env.update(CONTENDER_ENV.get(name, {}))
     load_before = loadavg()
     t = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "bench.train_throughput", "--_child", str(spec_path),
@@ -662,6 +685,8 @@ def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
     out["hybrid_ray_2w_over_1w"] = ratio("hybrid-ray-2w", "hybrid-ray-1w")
     out["deepspeed_2p_over_bare_2t"] = ratio("deepspeed-2p", "bare-2t")
     out["hybrid_ray_2w_over_deepspeed_2p"] = ratio("hybrid-ray-2w", "deepspeed-2p")
+    out["hybrid_ray_2w_nodash_over_bare_2t"] = ratio("hybrid-ray-2w-nodash", "bare-2t")
+    out["hybrid_ray_2w_over_nodash"] = ratio("hybrid-ray-2w", "hybrid-ray-2w-nodash")
     out["bare_2t_over_1t"] = ratio("bare-2t", "bare-1t")
     out["st_1t_over_bare_1t"] = ratio("st-1t", "bare-1t")
     return out
@@ -741,6 +766,9 @@ def markdown(res: dict[str, Any]) -> str:
         f"- What data parallelism costs before Ray adds anything: 2 processes with DeepSpeed ZeRO-0 and no Ray / "
         f"bare 2 threads: {times(summ['deepspeed_2p_over_bare_2t'])}; what Ray Train adds on top: hybrid-ray 2 "
         f"workers / those 2 processes: {times(summ['hybrid_ray_2w_over_deepspeed_2p'])}.",
+        f"- The Ray dashboard's share: 2 workers without it / bare 2 threads: "
+        f"{times(summ['hybrid_ray_2w_nodash_over_bare_2t'])}; with it / without it: "
+        f"{times(summ['hybrid_ray_2w_over_nodash'])}.",
         f"- sentence-transformers (MNRL, manual loop) / bare loop, 1 thread: {times(summ['st_1t_over_bare_1t'])}. "
         "Same model, texts, loss and optimizer; ST pads positives and negatives separately (DualEncoder pads "
         "all passages of a step together), so token counts differ slightly.",

@@ -36,10 +36,12 @@ class DataConfig:
     split: str | None = None  # None: "train" of a data-set directory, or the single file given
     num_negatives: int = 0  # hard negatives per pair used in the loss (from the 'negatives' column)
     langs: list[str] | None = None  # train on this subset of languages (default: all)
-    prefetch: int = 2  # batches assembled + tokenised ahead on a thread (0 = inline, in the step)
+    # batches assembled + tokenised ahead on a thread; 0 = inline, in the step; unset = auto: on when
+    # the machine has a core the ranks' compute threads leave free, or on GPU (hybrid_ray.prefetch)
+    prefetch: int | None = None
 
     def check(self) -> None:
-        if self.prefetch < 0:
+        if self.prefetch is not None and self.prefetch < 0:
             raise ConfigError("must be >= 0", key="data.prefetch", value=self.prefetch)
         if self.num_negatives < 0:
             raise ConfigError("must be >= 0", key="data.num_negatives", value=self.num_negatives)
@@ -165,6 +167,9 @@ class OptimConfig:
     weight_decay: float = 0.01
     warmup_steps: int = 0
     grad_clip: float = 1.0
+    # torch's fused AdamW kernel (CPU and CUDA): the same update as the for-loop AdamW to float
+    # rounding, ~3x faster on CPU (72 -> 25 ms for e5-small's 21M weights, one thread).
+    fused: bool = True
 
     def check(self) -> None:
         if not self.lr > 0:
@@ -190,6 +195,9 @@ class DeepSpeedConfig:
     zero_stage: int = 2
     bf16: str = "auto"  # auto (on GPU only) | true | false
     offload_optimizer: bool = False
+    # ZeRO-0 on CPU, all ranks on one machine: average gradients through DeepSpeed's shared-memory
+    # all-reduce instead of gloo over loopback (hybrid_ray.grad_sync). auto | shm | gloo
+    cpu_allreduce: str = "auto"
     extra: dict[str, Any] = field(default_factory=dict)  # merged into the DeepSpeed JSON config
 
     def check(self) -> None:
@@ -197,6 +205,11 @@ class DeepSpeedConfig:
             raise ConfigError("ZeRO stage must be 0, 1, 2 or 3", key="deepspeed.zero_stage", value=self.zero_stage)
         if str(self.bf16).lower() not in ("auto", "true", "false"):
             raise ConfigError("must be auto, true or false", key="deepspeed.bf16", value=self.bf16)
+        if self.cpu_allreduce not in ("auto", "shm", "gloo"):
+            raise ConfigError("must be auto, shm or gloo", key="deepspeed.cpu_allreduce", value=self.cpu_allreduce)
+        if self.cpu_allreduce == "shm" and self.zero_stage != 0:
+            raise ConfigError(f"needs deepspeed.zero_stage=0 (ZeRO-{self.zero_stage} reduces gradients in "
+                              "DeepSpeed's own hooks)", key="deepspeed.cpu_allreduce", value=self.cpu_allreduce)
 
 
 @dataclass

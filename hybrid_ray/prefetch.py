@@ -11,10 +11,18 @@ per-step dropout seeds are unaffected). The source runs *ahead* of training by u
 items, so anything that reads the sampler's own position must use the batch actually trained on
 (``HybridBatchSampler.state_after``), not the sampler's current state. An exception in the
 producer is re-raised in the consumer at the item where it happened.
+
+When it pays (``data.prefetch`` unset = :func:`auto_depth`): the thread needs a core the step's
+compute does not use. On a GPU the host idles while kernels run; on CPU, one 1-thread worker on a
+2-core machine leaves a core free (the inline batch was 13 ms of a 2 s step). Two 1-thread workers
+on 2 cores leave none: the thread then takes its 7 ms from one rank at a random moment and the
+other rank waits for it at the next collective, so 2 workers ran 4-5% slower prefetching than inline
+(``bench/results/train_throughput.md``; docs/training-throughput.md).
 """
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -24,6 +32,21 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 _DONE = object()
+
+
+AUTO_DEPTH = 2  # the depth auto_depth picks when prefetching pays
+
+
+def auto_depth(setting: int | None, *, use_gpu: bool, local_ranks: int, threads_per_rank: int,
+               cores: int | None = None) -> int:
+    """The prefetch depth of a run: ``setting`` when given, else (auto) :data:`AUTO_DEPTH` on GPUs
+    or when this machine's ``cores`` exceed the compute threads of its ``local_ranks`` ranks, else 0."""
+    if setting is not None:
+        return int(setting)
+    if use_gpu:
+        return AUTO_DEPTH
+    cores = len(os.sched_getaffinity(0)) if cores is None else cores
+    return AUTO_DEPTH if local_ranks * max(1, threads_per_rank) < cores else 0
 
 
 class _Failure:

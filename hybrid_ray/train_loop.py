@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from hybrid_ray import grad_sync
 from hybrid_ray.checkpoint import (
     ADAPTER_DIR,
     CHECKPOINT_STATE,
@@ -31,16 +32,16 @@ from hybrid_ray.checkpoint import (
     load_deepspeed_state,
     read_trainer_state,
 )
-from hybrid_ray.deepspeed_config import deepspeed_config
-from hybrid_ray.prefetch import Prefetcher
+from hybrid_ray.deepspeed_config import bf16_enabled, deepspeed_config
+from hybrid_ray.prefetch import Prefetcher, auto_depth
 from hybrid_ray.step_timer import StepTimer
 
 if TYPE_CHECKING:
-    from hybrid_ray.config import DataConfig, ModelConfig, TrainConfig
+    from hybrid_ray.config import DataConfig, ModelConfig, OptimConfig, TrainConfig
     from hybrid_ray.hooks import StepHook
 
-__all__ = ["CHECKPOINT_STATE", "DS_DIR", "DS_TAG", "ENCODER_DIR", "build_encoder", "build_sampler",
-           "deepspeed_config", "load_training_pairs", "step_seed", "total_steps", "train_loop"]
+__all__ = ["CHECKPOINT_STATE", "DS_DIR", "DS_TAG", "ENCODER_DIR", "build_encoder", "build_optimizer",
+           "build_sampler", "deepspeed_config", "load_training_pairs", "step_seed", "total_steps", "train_loop"]
 
 
 def _eta(done: int, elapsed_s: float, remaining: int) -> str:
@@ -121,6 +122,14 @@ def build_sampler(cfg: TrainConfig, pairs):
     )
 
 
+def build_optimizer(optim: OptimConfig, params) -> torch.optim.Optimizer:
+    """The run's AdamW (the paper's optimizer): torch's fused kernel unless ``optim.fused`` is off.
+
+    The benchmarks' bare loops build theirs here too, so every contender steps the same way.
+    """
+    return torch.optim.AdamW(params, lr=optim.lr, weight_decay=optim.weight_decay, fused=bool(optim.fused))
+
+
 def total_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
     total = cfg.optim.epochs * steps_per_epoch
     if cfg.optim.max_steps > 0:
@@ -160,6 +169,10 @@ def train_loop(config: dict[str, Any]) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
     use_gpu = device.type == "cuda"
+    use_shm = grad_sync.wanted(cfg.deepspeed.cpu_allreduce, use_gpu=use_gpu, zero_stage=cfg.deepspeed.zero_stage,
+                               bf16=bf16_enabled(cfg, use_gpu), world=world, local_world=ctx.get_local_world_size())
+    if use_shm:
+        grad_sync.prepare(world)
     deepspeed.init_distributed(dist_backend="nccl" if use_gpu else "gloo")
     torch.manual_seed(cfg.sampler.seed)
 
@@ -172,7 +185,7 @@ def train_loop(config: dict[str, Any]) -> None:
 
     encoder = build_encoder(cfg.model)
     params = [p for p in encoder.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=optim.lr, weight_decay=optim.weight_decay)
+    optimizer = build_optimizer(optim, params)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(optim.warmup_steps, n_total))
     ds_conf = deepspeed_config(cfg, per_rank, world, use_gpu)
     engine, optimizer, _, scheduler = deepspeed.initialize(
@@ -182,6 +195,11 @@ def train_loop(config: dict[str, Any]) -> None:
         # Nothing to average over: DeepSpeed would still flatten, all-reduce (a copy) and unflatten
         # every gradient (~7% of a CPU step on e5-small). ZeRO-1+ reduce inside their own hooks.
         engine.enable_backward_allreduce = False
+    sync = grad_sync.ShmGradSync.start(params, world, rank, cfg.deepspeed.cpu_allreduce) if use_shm else None
+    if sync is not None:  # ZeRO-0 on one CPU machine: shared memory averages instead of gloo
+        engine.enable_backward_allreduce = False
+    if rank == 0 and world > 1 and not use_gpu and cfg.deepspeed.zero_stage == 0:
+        print(f"[hybrid-ray] gradient all-reduce: {'shared memory' if sync else 'gloo'}", flush=True)
     collator = HybridCollator(encoder, num_negatives=cfg.data.num_negatives)
     loss_fn = build_loss(cfg.loss.name, cfg.model.temperature, dict(cfg.loss.kwargs))
     drives_encoder = needs_encoder(loss_fn)
@@ -216,10 +234,13 @@ def train_loop(config: dict[str, Any]) -> None:
         sampler.load_state_dict({"epoch": epoch, "step": step}, strict=False)
         yield from sampler.iter_from_state(optim.epochs, rank=rank, world_size=world)
 
-    # Batch assembly + tokenisation run ahead on a thread (data.prefetch batches), in the sampler's
-    # exact order; the sampler's own position then runs ahead too, so checkpoints record the
-    # position after the batch trained on (sampler.state_after), never sampler.state_dict().
-    prepared = iter(Prefetcher(batches(), lambda b: collator(b, pairs), depth=cfg.data.prefetch))
+    # Batch assembly + tokenisation run ahead on a thread (data.prefetch batches; unset: when a core
+    # is free for it, see hybrid_ray.prefetch.auto_depth), in the sampler's exact order; the
+    # sampler's own position then runs ahead too, so checkpoints record the position after the
+    # batch trained on (sampler.state_after), never sampler.state_dict().
+    depth = auto_depth(cfg.data.prefetch, use_gpu=use_gpu, local_ranks=ctx.get_local_world_size(),
+                       threads_per_rank=torch.get_num_threads())
+    prepared = iter(Prefetcher(batches(), lambda b: collator(b, pairs), depth=depth))
 
     # Progress for a person at a terminal: the rank-0 line carries percent done and an ETA from
     # the rate since this (possibly resumed) run started.
@@ -247,6 +268,9 @@ def train_loop(config: dict[str, Any]) -> None:
                 loss = loss_fn(q_emb, p_emb, logit_scale=scale)
             with timer.phase("backward"):
                 engine.backward(loss)
+        if sync is not None:
+            with timer.phase("backward"):  # the average DeepSpeed's backward would have done
+                sync()
         with timer.phase("step"):
             engine.step()
         global_step += 1
