@@ -1,6 +1,6 @@
 """Training throughput: hybrid-ray (Ray Train + DeepSpeed) vs sentence-transformers vs bare PyTorch.
 
-    python -m bench.train_throughput                 # e5-small on the demo data, 3 rounds: ~25 min on 2 idle cores
+    python -m bench.train_throughput                 # e5-small, demo data, 3 rounds x 20 steps: ~27 min, 2 idle cores
     python -m bench.train_throughput --model tiny --steps 3 --warmup 1     # seconds-long smoke run
     hybrid-ray bench train [same options]
 
@@ -460,6 +460,7 @@ class _MemSampler(threading.Thread):
             root = psutil.Process(self.pid)
         except psutil.NoSuchProcess:
             return
+        roles_of: dict[int, str] = {}
         while not self._halt.is_set():
             total = single = workers = 0
             roles: dict[str, int] = {}
@@ -471,7 +472,9 @@ class _MemSampler(threading.Thread):
             for proc in procs:
                 try:
                     rss = proc.memory_info().rss
-                    role = _role(proc, root)
+                    role = roles_of.get(proc.pid) or _role(proc, root)
+                    if role not in _PROVISIONAL_ROLES:  # final: read this process's cmdline only once
+                        roles_of[proc.pid] = role
                     times = proc.cpu_times()
                 except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                     continue
@@ -494,11 +497,18 @@ class _MemSampler(threading.Thread):
         self.join()
 
 
+# A Ray worker starts as `python default_worker.py` or ray::IDLE and renames itself once it
+# becomes an actor, so these roles are read again on the next poll; every other role is final.
+_PROVISIONAL_ROLES = frozenset({"idle Ray workers", "other processes (Ray actors)"})
+
+
 def _role(proc, root) -> str:
     """Which part of the contender a process is (the memory breakdown's rows)."""
     if proc.pid == root.pid:
         return "contender process (driver)"
     cmd = " ".join(proc.cmdline())
+    if "default_worker.py" in cmd:  # a Ray worker before it renames itself (its argv names the raylet)
+        return "idle Ray workers"
     for needle, role in (("TrainWorker", "train workers"), ("TrainController", "Train controller"),
                          ("gcs_server", "GCS"), ("raylet", "raylet"), ("dashboard", "dashboard + agents"),
                          ("DashboardAgent", "dashboard + agents"), ("log_monitor", "log monitor"),
@@ -569,6 +579,7 @@ def summarise(name: str, raw: dict[str, Any], args: argparse.Namespace, e2e: flo
         "step_s_median": round(statistics.median(steady), 3),
         "step_s_max": round(max(steady), 3),
         "warmup_steps_s": [round(d, 3) for d in durations[: args.warmup]],
+        "steady_steps_s": [round(d, 3) for d in steady],
         "measured_steps": len(steady),
         "steady_s": round(steady_s, 2),
         "end_to_end_s": round(e2e, 2),
@@ -846,7 +857,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-length", type=int, default=32)
     p.add_argument("--alpha", type=float, default=0.5)
     p.add_argument("--warmup", type=int, default=2, help="steps excluded from steady-state figures")
-    p.add_argument("--steps", type=int, default=10, help="measured steps per run")
+    p.add_argument("--steps", type=int, default=20, help="measured steps per run")
     p.add_argument("--rounds", type=int, default=3,
                    help="repeat the interleaved sequence of contenders (targets need >= 3 rounds)")
     p.add_argument("--now", nargs="+", default=None, metavar="KEY=VALUE",

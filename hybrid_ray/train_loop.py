@@ -198,6 +198,9 @@ def train_loop(config: dict[str, Any]) -> None:
     sync = grad_sync.ShmGradSync.start(params, world, rank, cfg.deepspeed.cpu_allreduce) if use_shm else None
     if sync is not None:  # ZeRO-0 on one CPU machine: shared memory averages instead of gloo
         engine.enable_backward_allreduce = False
+    # How gradients are averaged (reported with every metrics line): "shm" (hybrid_ray.grad_sync),
+    # "deepspeed" (its ZeRO-0 all-reduce or the ZeRO-1+ hooks), "none" (one rank, ZeRO-0).
+    allreduce = "shm" if sync else ("none" if world == 1 and cfg.deepspeed.zero_stage == 0 else "deepspeed")
     if rank == 0 and world > 1 and not use_gpu and cfg.deepspeed.zero_stage == 0:
         print(f"[hybrid-ray] gradient all-reduce: {'shared memory' if sync else 'gloo'}", flush=True)
     collator = HybridCollator(encoder, num_negatives=cfg.data.num_negatives)
@@ -301,6 +304,8 @@ def train_loop(config: dict[str, Any]) -> None:
                     "samples_per_s": window_n * optim.global_batch_size / max(elapsed, 1e-9),
                     "lr": float(scheduler.get_last_lr()[0]) if scheduler is not None else optim.lr,
                     "temperature": 1.0 / float(scale.detach()),
+                    "grad_allreduce": allreduce,
+                    "prefetch": depth,
                 }
                 metrics.update({f"phase_s/{k}": round(v, 6) for k, v in timer.window_means().items()})
                 mix = sampler.batch_domain_counts(local)  # this rank's slice; {} without domains

@@ -69,3 +69,16 @@ def test_close_stops_the_producer_of_an_endless_source() -> None:
 def test_negative_depth_is_refused() -> None:
     with pytest.raises(ValueError, match="depth"):
         Prefetcher([], lambda x: x, depth=-1)
+
+
+def test_auto_depth_prefetches_only_where_a_core_is_free() -> None:
+    """Unset ``data.prefetch``: on GPUs, or when the ranks' compute threads leave a core free."""
+    from hybrid_ray.prefetch import AUTO_DEPTH, auto_depth
+
+    assert auto_depth(None, use_gpu=True, local_ranks=8, threads_per_rank=4, cores=8) == AUTO_DEPTH
+    assert auto_depth(None, use_gpu=False, local_ranks=1, threads_per_rank=1, cores=2) == AUTO_DEPTH
+    assert auto_depth(None, use_gpu=False, local_ranks=2, threads_per_rank=1, cores=2) == 0
+    assert auto_depth(None, use_gpu=False, local_ranks=1, threads_per_rank=2, cores=2) == 0
+    # What the user sets wins, both ways.
+    assert auto_depth(3, use_gpu=False, local_ranks=2, threads_per_rank=1, cores=2) == 3
+    assert auto_depth(0, use_gpu=True, local_ranks=1, threads_per_rank=1, cores=64) == 0

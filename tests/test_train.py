@@ -310,6 +310,8 @@ def test_zero_stage_trains_and_exports(stage: int, ref_run: dict, data_path: Pat
     cfg = _cfg(data_path, tmp_path, f"zero{stage}", f"deepspeed.zero_stage={stage}", "optim.max_steps=4",
                "run.checkpoint_every=0", "run.log_every=2")
     result, exported = run_training(cfg, step_hooks=[_tracer(cfg)])
+    # ZeRO-0 on CPU ranks of one machine averages through shared memory; ZeRO-1+ in DeepSpeed's hooks.
+    assert result.metrics["grad_allreduce"] == ("shm" if stage == 0 else "deepspeed")
     trace0 = _trace(cfg, 0)
     assert [r["global_step"] for r in trace0] == [1, 2, 3, 4]
     for rank in (0, 1):
@@ -321,16 +323,20 @@ def test_zero_stage_trains_and_exports(stage: int, ref_run: dict, data_path: Pat
 
 
 def test_prefetch_keeps_batches_and_losses(ref_run: dict, data_path: Path, tmp_path: Path) -> None:
-    """The reference ran with the default ``data.prefetch=2`` (batches tokenised ahead on a thread);
-    the same run assembled inline (``data.prefetch=0``, the loop before prefetching existed) trains
-    on the same batches with the same losses on both ranks, and its checkpoint holds the sampler
-    position after the last batch trained on, not after the ones prefetched."""
+    """The reference ran with ``data.prefetch`` unset (auto: inline for 2 CPU workers on 2 cores,
+    prefetching where a core is free); the same run with the other setting (2 batches tokenised
+    ahead on a thread, or inline) trains on the same batches with the same losses on both ranks,
+    and the prefetching run's checkpoint holds the sampler position after the last batch trained
+    on, not after the ones prefetched."""
     from hybrid_ray.train import run_training
 
-    assert ref_run["cfg"].data.prefetch == 2
-    # The reference's 24 steps (the LR schedule depends on the run's length), one final checkpoint.
-    cfg = _cfg(data_path, tmp_path, "inline", "data.prefetch=0", "run.checkpoint_every=0")
+    assert ref_run["cfg"].data.prefetch is None
+    ref_depth = ref_run["result"].metrics["prefetch"]
+    other = 0 if ref_depth else 2
+    # The reference's 24 steps (the LR schedule depends on the run's length) and checkpoints.
+    cfg = _cfg(data_path, tmp_path, "other-prefetch", f"data.prefetch={other}", "run.num_to_keep=3")
     result, _ = run_training(cfg, step_hooks=[_tracer(cfg)])
+    assert result.metrics["prefetch"] == other
     for rank in (0, 1):
         got, ref = _trace(cfg, rank), ref_run["trace"][rank]
         assert [(r["kind"], r["pairs"], r["q_lang"], r["p_lang"]) for r in got] == [
@@ -339,10 +345,30 @@ def test_prefetch_keeps_batches_and_losses(ref_run: dict, data_path: Path, tmp_p
         # Each trace line carries the step's phase timings (the benchmark's per-phase breakdown).
         assert {"batch", "forward", "backward", "step"} <= set(got[-1]["phases"])
         assert all(v >= 0 for v in got[-1]["phases"].values())
-    ref8 = next(Path(r["checkpoint"]) for r in ref_run["reports"] if r["metrics"][0]["step"] == 8)
-    state = json.loads((ref8 / "trainer_state.json").read_text())["sampler"]
+    prefetching = _reports(cfg) if other else ref_run["reports"]
+    ckpt8 = next(Path(r["checkpoint"]) for r in prefetching if r["checkpoint"] and r["metrics"][0]["step"] == 8)
+    state = json.loads((ckpt8 / "trainer_state.json").read_text())["sampler"]
     assert (state["epoch"], state["step"]) == (ref_run["trace"][0][7]["epoch"], ref_run["trace"][0][7]["step"] + 1)
     assert {"phase_s/forward", "phase_s/backward", "phase_s/step"} <= set(result.metrics)
+
+
+def test_shared_memory_allreduce_trains_exactly_like_gloo(data_path: Path, tmp_path: Path, ray_local) -> None:
+    """ZeRO-0 on 2 CPU workers averages gradients through DeepSpeed's shared-memory all-reduce
+    (``deepspeed.cpu_allreduce=auto``); forcing DeepSpeed's own gloo all-reduce gives the same
+    losses on both ranks bit for bit (with 2 ranks both sum a + b, then scale by 1/2)."""
+    from hybrid_ray.train import run_training
+
+    losses, kinds = {}, {}
+    for mode in ("auto", "gloo"):
+        cfg = _cfg(data_path, tmp_path, f"allreduce-{mode}", "deepspeed.zero_stage=0",
+                   f"deepspeed.cpu_allreduce={mode}", "optim.max_steps=4", "run.checkpoint_every=0",
+                   "run.log_every=2")
+        result, _ = run_training(cfg, step_hooks=[_tracer(cfg)])
+        kinds[mode] = result.metrics["grad_allreduce"]
+        losses[mode] = [[r["loss"] for r in _trace(cfg, rank)] for rank in (0, 1)]
+    assert kinds == {"auto": "shm", "gloo": "deepspeed"}
+    assert losses["auto"] == losses["gloo"]
+    assert len(losses["auto"][0]) == 4 and losses["auto"][0][-1] != losses["auto"][0][0]
 
 
 def test_one_worker_zero0_skips_the_allreduce_and_keeps_the_math(data_path: Path, tmp_path: Path, ray_local) -> None:
