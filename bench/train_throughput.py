@@ -507,6 +507,10 @@ def _role(proc, root) -> str:
     if proc.pid == root.pid:
         return "contender process (driver)"
     cmd = " ".join(proc.cmdline())
+    if "multiprocessing.resource_tracker" in cmd:  # started by whoever uses multiprocessing first
+        parent = proc.parent()
+        if parent is not None and "dashboard" in " ".join(parent.cmdline()):
+            return "dashboard + agents"  # Ray's dashboard forks its modules through multiprocessing
     if "default_worker.py" in cmd:  # a Ray worker before it renames itself (its argv names the raylet)
         return "idle Ray workers"
     for needle, role in (("TrainWorker", "train workers"), ("TrainController", "Train controller"),

@@ -83,6 +83,33 @@ def test_train_throughput_verdict_needs_every_round_to_agree() -> None:
     assert t["verdict"].startswith("inconclusive")
 
 
+def test_train_throughput_process_roles() -> None:
+    """The memory rows: the dashboard's multiprocessing resource tracker is the dashboard's, not a rank's."""
+    from bench.train_throughput import _role
+
+    class Proc:
+        def __init__(self, pid: int, cmd: str, parent: Proc | None = None) -> None:
+            self.pid, self._cmd, self._parent = pid, cmd.split(), parent
+
+        def cmdline(self) -> list[str]:
+            return self._cmd
+
+        def parent(self) -> Proc | None:
+            return self._parent
+
+    root = Proc(1, "python -m bench.train_throughput --_child spec out")
+    dash = Proc(2, "python -m ray/dashboard/dashboard.py --host 127.0.0.1", root)
+    tracker = "python -B -c from multiprocessing.resource_tracker import main;main(25)"
+    assert _role(root, root) == "contender process (driver)"
+    assert _role(Proc(3, tracker, dash), root) == "dashboard + agents"
+    rank_tracker = Proc(4, tracker, root)  # the no-Ray DeepSpeed contender's own tracker stays with its ranks
+    assert _role(rank_tracker, root) == "data-parallel ranks (no Ray)"
+    assert _role(Proc(5, "python -c from multiprocessing.spawn import spawn_main", root), root) == \
+        "data-parallel ranks (no Ray)"
+    assert _role(Proc(6, "ray::TrainWorker.run", root), root) == "train workers"
+    assert _role(Proc(7, "ray::SomeActor", root), root) == "other processes (Ray actors)"
+
+
 @pytest.mark.slow
 def test_train_throughput_sentence_transformers_path(tmp_path: Path) -> None:
     """A second child process (torch + sentence-transformers imports): ~30-60 s on a loaded box."""
@@ -92,12 +119,16 @@ def test_train_throughput_sentence_transformers_path(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_train_throughput_hybrid_ray_path(tmp_path: Path) -> None:
-    """Ray + DeepSpeed start-up makes this ~1 minute on 2 cores."""
+def test_train_throughput_hybrid_ray_path(tmp_path: Path, monkeypatch) -> None:
+    """Ray + DeepSpeed start-up makes this ~1 minute on 2 cores. With the dashboard, as users run it."""
+    monkeypatch.setenv("HYBRID_RAY_DASHBOARD", "1")
     result = _run_train_bench(tmp_path, "bare-1t", "hybrid-ray-1w")
     run = next(r for r in result["runs"] if r["name"] == "hybrid-ray-1w")
     assert run["measured_steps"] == 2 and run["peak_rss_train_workers_mb"] > 0
     assert result["summary"]["hybrid_ray_1w_overhead_vs_bare_1t"] is not None
+    roles = run["peak_rss_by_role_mb"]  # no process of a Ray run is filed as a no-Ray rank
+    assert roles["train workers"] > 0 and roles["dashboard + agents"] > 0
+    assert "data-parallel ranks (no Ray)" not in roles, roles
 
 
 # --------------------------------------------------------------------------- sampler, search, encode
