@@ -38,10 +38,10 @@ threads) uses the same 2 cores in two different ways: it is a scaling comparison
 Measurement: "steady" = steps ``warmup+1 .. warmup+steps`` (the first steps pay lazy allocations and
 DeepSpeed's first-step setup). Single-process contenders time each step with ``perf_counter``
 (batch assembly + tokenisation + forward + backward + optimizer step). hybrid-ray steps are timed
-from outside the workers: the driver polls the per-rank trace (a ``hybrid_ray.hooks.BatchTrace``
-step hook, one flushed JSON line per finished step) every 20 ms and timestamps each new line, so the
-figure includes Ray Train's per-step work (metric reports every ``run.log_every`` steps) as a user
-would see it. End-to-end wall
+from step end to step end on rank 0 (a ``hybrid_ray.hooks.BatchTrace`` step hook writes one flushed
+JSON line per finished step, stamped with the wall clock, which the driver maps onto its own
+``perf_counter``), so the figure includes all of the loop's per-step work, Ray Train's metric
+reports every ``run.log_every`` steps too, as a user would see it. End-to-end wall
 time covers the whole process: imports, Ray start, worker start, DeepSpeed init, model load,
 training and the final checkpoint + export. Peak memory: the orchestrator samples, every 0.25 s,
 the RSS of the contender's process and all its descendants (Ray's GCS, raylet, workers) with
@@ -63,6 +63,7 @@ Writes bench/results/train_throughput.json and .md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -82,6 +83,10 @@ from hybrid_ray.step_timer import PHASES, StepTimer
 # The settings before issue 21 (what every run used until then) and the ones the defaults now pick.
 BEFORE = ("data.prefetch=0", "deepspeed.zero_stage=2", "optim.fused=false")
 AFTER: tuple[str, ...] = ()  # the shipped defaults (demo.yaml + TrainConfig)
+# One GPU (``--gpu``): NCCL process group, fp32 like for like with the bare loop, and bf16 (DeepSpeed's
+# bf16 weights + fp32 master copy vs the bare loop under torch.autocast: a reference, not the same math).
+GPU_FP32 = ("scaling.use_gpu=true", "deepspeed.bf16=false")
+GPU_BF16 = ("scaling.use_gpu=true", "deepspeed.bf16=true")
 
 # name -> (kind, torch threads per process, Ray Train workers, config overrides)
 CONTENDERS: dict[str, tuple[str, int, int, tuple[str, ...]]] = {
@@ -94,7 +99,12 @@ CONTENDERS: dict[str, tuple[str, int, int, tuple[str, ...]]] = {
     "hybrid-ray-2w-before": ("ray", 1, 2, BEFORE),
     "hybrid-ray-2w": ("ray", 1, 2, AFTER),
     "hybrid-ray-2w-nodash": ("ray", 1, 2, AFTER),
+    "bare-gpu": ("bare", 1, 0, GPU_FP32),
+    "hybrid-ray-1w-gpu": ("ray", 1, 1, GPU_FP32),
+    "bare-gpu-bf16": ("bare", 1, 0, GPU_BF16),
+    "hybrid-ray-1w-gpu-bf16": ("ray", 1, 1, GPU_BF16),
 }
+GPU_CONTENDERS = ("bare-gpu", "hybrid-ray-1w-gpu", "bare-gpu-bf16", "hybrid-ray-1w-gpu-bf16")
 # Environment a contender's process gets on top of the orchestrator's.
 CONTENDER_ENV: dict[str, dict[str, str]] = {"hybrid-ray-2w-nodash": {"HYBRID_RAY_DASHBOARD": "0"}}
 LABELS = {
@@ -107,13 +117,18 @@ LABELS = {
     "hybrid-ray-2w-before": "hybrid-ray before: 2 Ray Train workers (gloo), ZeRO-2, batches inline, for-loop AdamW",
     "hybrid-ray-2w": "hybrid-ray now: 2 Ray Train workers, defaults (shared-memory all-reduce)",
     "hybrid-ray-2w-nodash": "hybrid-ray now, 2 workers, without the Ray dashboard (HYBRID_RAY_DASHBOARD=0)",
+    "bare-gpu": "bare PyTorch loop, 1 GPU, fp32",
+    "hybrid-ray-1w-gpu": "hybrid-ray now: 1 Ray Train worker, 1 GPU (NCCL), fp32",
+    "bare-gpu-bf16": "bare PyTorch loop, 1 GPU, torch.autocast bf16 (fp32 weights)",
+    "hybrid-ray-1w-gpu-bf16": "hybrid-ray now: 1 Ray Train worker, 1 GPU (NCCL), DeepSpeed bf16",
 }
 TARGETS = {  # (numerator, denominator, key, bound, "max" | "min"): the issue's acceptance targets
     "1 worker vs bare 1 thread, median step time": ("hybrid-ray-1w", "bare-1t", "step_s_median", 1.10, "max"),
     "2 workers vs bare 2 threads, samples/s": ("hybrid-ray-2w", "bare-2t", "samples_per_s", 0.90, "min"),
+    "1 GPU worker vs bare GPU loop (fp32), median step time": ("hybrid-ray-1w-gpu", "bare-gpu", "step_s_median",
+                                                              1.10, "max"),
 }
 PACKAGES = ("torch", "ray", "deepspeed", "transformers", "sentence-transformers", "tokenizers", "numpy", "psutil")
-POLL_S = 0.02
 MEM_POLL_S = 0.25
 
 
@@ -201,11 +216,16 @@ def _bare(cfg: TrainConfig, n_steps: int) -> dict[str, Any]:
     import torch
 
     from hybrid_ray.collator import HybridCollator
+    from hybrid_ray.deepspeed_config import bf16_enabled
     from hybrid_ray.losses import build_loss
     from hybrid_ray.train_loop import _lr_lambda, build_encoder, build_optimizer
 
     pairs, sampler = _pairs_and_sampler(cfg)
-    encoder = build_encoder(cfg.model)
+    device = torch.device("cuda" if cfg.scaling.use_gpu else "cpu")
+    # bf16 on the GPU: autocast over fp32 weights (the usual bare-PyTorch way; DeepSpeed's bf16 differs).
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and bf16_enabled(cfg, True)
+                else contextlib.nullcontext())
+    encoder = build_encoder(cfg.model).to(device)
     encoder.train()
     opt_cfg = cfg.optim
     params = [p for p in encoder.parameters() if p.requires_grad]
@@ -218,10 +238,12 @@ def _bare(cfg: TrainConfig, n_steps: int) -> dict[str, Any]:
     step_ends, losses, phases = [], [], []
     for step in range(n_steps):
         with timer.phase("batch"):
-            features = collator(sampler.batch(0, step), pairs)
-        with timer.phase("forward"):
-            q_emb, scale = encoder(**features["query"], return_scale=True)
-            p_emb = encoder(**features["passage"])
+            features = collator(sampler.batch(*divmod(step, sampler.steps_per_epoch)), pairs)
+            q_in = {k: v.to(device) for k, v in features["query"].items()}
+            p_in = {k: v.to(device) for k, v in features["passage"].items()}
+        with timer.phase("forward"), autocast:
+            q_emb, scale = encoder(**q_in, return_scale=True)
+            p_emb = encoder(**p_in)
             loss = loss_fn(q_emb, p_emb, logit_scale=scale)
         with timer.phase("backward"):
             loss.backward()
@@ -230,10 +252,13 @@ def _bare(cfg: TrainConfig, n_steps: int) -> dict[str, Any]:
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-        losses.append(float(loss.detach()))
+        losses.append(float(loss.detach()))  # a host sync on a GPU, as the trace hook's in hybrid-ray
         step_ends.append(time.perf_counter())
         phases.append(timer.take())
-    return {"t_ready": t_ready, "step_ends": step_ends, "losses": losses, "phases": phases}
+    out = {"t_ready": t_ready, "step_ends": step_ends, "losses": losses, "phases": phases}
+    if device.type == "cuda":
+        out["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
 
 
 def _st(cfg: TrainConfig, n_steps: int) -> dict[str, Any]:
@@ -264,7 +289,7 @@ def _st(cfg: TrainConfig, n_steps: int) -> dict[str, Any]:
     t_ready = time.perf_counter()
     step_ends, losses = [], []
     for step in range(n_steps):
-        queries, passages = collator.texts(sampler.batch(0, step), pairs)
+        queries, passages = collator.texts(sampler.batch(*divmod(step, sampler.steps_per_epoch)), pairs)
         b = len(queries)
         columns = [[mc.query_prefix + t for t in queries], [mc.passage_prefix + t for t in passages[:b]]]
         for j in range(n_neg):  # collator layout: query-major (query 0's n negatives, then query 1's, ...)
@@ -323,7 +348,7 @@ def _dp_rank(rank: int, cfg_dict: dict[str, Any], n_steps: int, port: int, out: 
     step_ends, losses, phases = [], [], []
     for step in range(n_steps):
         with timer.phase("batch"):
-            features = collator(rank_slice(sampler.batch(0, step), rank, 2), pairs)
+            features = collator(rank_slice(sampler.batch(*divmod(step, sampler.steps_per_epoch)), rank, 2), pairs)
         with timer.phase("forward"):
             q_emb, scale = engine(**features["query"], return_scale=True)
             p_emb = engine(**features["passage"])
@@ -354,31 +379,6 @@ def _dp(cfg: TrainConfig, n_steps: int, workdir: Path) -> dict[str, Any]:
     return json.loads(out.read_text())
 
 
-class _TracePoller(threading.Thread):
-    """Timestamps each line the rank-0 trace gains (one per finished training step)."""
-
-    def __init__(self, path: Path) -> None:
-        super().__init__(daemon=True)
-        self.path, self.stamps, self._halt = path, [], threading.Event()
-
-    def run(self) -> None:
-        seen = 0
-        while not self._halt.is_set():
-            try:
-                n = self.path.read_bytes().count(b"\n")
-            except OSError:
-                n = 0
-            now = time.perf_counter()
-            self.stamps.extend([now] * (n - seen))
-            seen = max(seen, n)
-            self._halt.wait(POLL_S)
-
-    def stop(self) -> list[float]:
-        self._halt.set()
-        self.join()
-        return self.stamps
-
-
 def _ray(cfg: TrainConfig, n_steps: int, workdir: Path) -> dict[str, Any]:
     """hybrid-ray end to end: ``init_ray`` + ``run_training`` (which exports the encoder at the end)."""
     import ray
@@ -391,16 +391,16 @@ def _ray(cfg: TrainConfig, n_steps: int, workdir: Path) -> dict[str, Any]:
     t = time.perf_counter()
     init_ray(num_cpus=cfg.run.ray_num_cpus, log_to_driver=False)
     ray_init_s = time.perf_counter() - t
-    poller = _TracePoller(trace / "rank0.jsonl")
-    poller.start()
     t_fit = time.perf_counter()
-    try:
-        result, _ = run_training(cfg, step_hooks=[BatchTrace(trace)])
-    finally:
-        stamps = poller.stop()
+    # The worker stamps each finished step with the wall clock (BatchTrace's "time"); this maps those
+    # stamps onto this process's perf_counter (same machine, same clock; read once, a minute's drift
+    # is negligible). Polling the trace from here instead rounded steps to the poll interval.
+    perf_minus_wall = time.perf_counter() - time.time()
+    result, _ = run_training(cfg, step_hooks=[BatchTrace(trace)])
     fit_s = time.perf_counter() - t_fit
     ray.shutdown()
     lines = [json.loads(line) for line in (trace / "rank0.jsonl").read_text().splitlines()]
+    stamps = [r["time"] + perf_minus_wall for r in lines]
     return {"t_ready": t_fit, "step_ends": stamps[:n_steps], "losses": [r["loss"] for r in lines],
             "phases": [r.get("phases", {}) for r in lines], "ray_init_s": ray_init_s,
             "fit_s": fit_s, "reported_samples_per_s_last_window": (result.metrics or {}).get("samples_per_s")}
@@ -426,6 +426,8 @@ def run_contender(spec: dict[str, Any]) -> dict[str, Any]:
     else:
         import torch
 
+        if overrides:
+            cfg = apply_overrides(cfg, list(overrides))
         torch.set_num_threads(threads)
         torch.manual_seed(cfg.sampler.seed)
         raw = _bare(cfg, n_steps) if kind == "bare" else _st(cfg, n_steps)
@@ -579,11 +581,11 @@ def summarise(name: str, raw: dict[str, Any], args: argparse.Namespace, e2e: flo
         "ray_workers": workers or None,
         "samples_per_s": round(args.batch * len(steady) / steady_s, 3),
         "samples_per_s_median_step": round(args.batch / statistics.median(steady), 3),
-        "step_s_mean": round(steady_s / len(steady), 3),
-        "step_s_median": round(statistics.median(steady), 3),
-        "step_s_max": round(max(steady), 3),
+        "step_s_mean": round(steady_s / len(steady), 4),
+        "step_s_median": round(statistics.median(steady), 4),
+        "step_s_max": round(max(steady), 4),
         "warmup_steps_s": [round(d, 3) for d in durations[: args.warmup]],
-        "steady_steps_s": [round(d, 3) for d in steady],
+        "steady_steps_s": [round(d, 4) for d in steady],
         "measured_steps": len(steady),
         "steady_s": round(steady_s, 2),
         "end_to_end_s": round(e2e, 2),
@@ -601,6 +603,7 @@ def summarise(name: str, raw: dict[str, Any], args: argparse.Namespace, e2e: flo
         "cores_by_role_steady": _cores_by_role(mem.cpu_snapshots, ends[args.warmup - 1], ends[-1]),
         "max_processes": mem.max_procs,
         "ru_maxrss_mb": round(raw["ru_maxrss_mb"]),
+        "cuda_max_allocated_mb": round(raw["cuda_max_allocated_mb"]) if "cuda_max_allocated_mb" in raw else None,
         "loadavg_before": load_before,
         "loadavg_after": load_after,
     }
@@ -628,7 +631,7 @@ def _phase_medians(phases: list[dict[str, float]], warmup: int) -> dict[str, flo
 
 def _median(runs: list[dict[str, Any]], key: str) -> float | None:
     vals = [r[key] for r in runs if r.get(key) is not None]
-    return round(statistics.median(vals), 3) if vals else None
+    return round(statistics.median(vals), 4) if vals else None
 
 
 def verdict(ratios: list[float], bound: float, sense: str) -> str:
@@ -654,7 +657,8 @@ def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
             continue
         by[name] = {k: _median(rs, k) for k in (
             "samples_per_s", "samples_per_s_median_step", "step_s_median", "end_to_end_s", "time_to_first_step_s",
-            "peak_rss_all_processes_mb", "peak_rss_train_workers_mb", "ru_maxrss_mb")} | {"rounds": len(rs)}
+            "peak_rss_all_processes_mb", "peak_rss_train_workers_mb", "ru_maxrss_mb", "cuda_max_allocated_mb")} | {
+            "rounds": len(rs)}
         by[name]["samples_per_s_range"] = [min(r["samples_per_s"] for r in rs), max(r["samples_per_s"] for r in rs)]
         by[name]["step_s_median_range"] = [min(r["step_s_median"] for r in rs), max(r["step_s_median"] for r in rs)]
         phases = {ph for r in rs for ph in r.get("phase_s_median", {})}
@@ -684,6 +688,8 @@ def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
     out: dict[str, Any] = {"per_contender": by, "targets": {}}
     for label, (a, b, key, bound, sense) in TARGETS.items():
+        if a not in by and b not in by:  # e.g. the GPU target in a CPU run: not part of this report
+            continue
         rr = per_round(a, b, key)
         out["targets"][label] = {
             "contenders": [a, b], "key": key, "bound": bound, "sense": sense, "per_round": rr,
@@ -704,6 +710,12 @@ def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
     out["hybrid_ray_2w_over_nodash"] = ratio("hybrid-ray-2w", "hybrid-ray-2w-nodash")
     out["bare_2t_over_1t"] = ratio("bare-2t", "bare-1t")
     out["st_1t_over_bare_1t"] = ratio("st-1t", "bare-1t")
+    r_gpu = ratio("hybrid-ray-1w-gpu", "bare-gpu", "step_s_median")
+    out["hybrid_ray_1w_gpu_overhead_median_step"] = None if r_gpu is None else round(r_gpu - 1.0, 3)
+    r_gpu_bf16 = ratio("hybrid-ray-1w-gpu-bf16", "bare-gpu-bf16", "step_s_median")
+    out["hybrid_ray_1w_gpu_bf16_over_bare_autocast_median_step"] = r_gpu_bf16
+    out["hybrid_ray_gpu_bf16_over_fp32"] = ratio("hybrid-ray-1w-gpu-bf16", "hybrid-ray-1w-gpu")
+    out["bare_gpu_bf16_over_fp32"] = ratio("bare-gpu-bf16", "bare-gpu")
     return out
 
 
@@ -717,7 +729,8 @@ def markdown(res: dict[str, Any]) -> str:
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['ram_gib']} GiB RAM, {m['platform']}, Python {m['python']}; "
         f"shared with other jobs: load average (1/5/15 min) {m['loadavg']} at start, "
         f"{res['loadavg_end']} at the end.  ",
-        "Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()),
+        "Versions: " + ", ".join(f"{k} {val}" for k, val in v.items())
+        + (f"  \nGPU: {m['gpu']}" if m.get("gpu") else ""),
         "",
         f"Model: {s['model_desc']}, word embeddings frozen; data: {s['data']}; global batch {s['batch']} "
         f"(query, positive, 1 hard negative), max_length {s['max_length']}, hybrid sampler alpha {s['alpha']}; "
@@ -732,7 +745,7 @@ def markdown(res: dict[str, Any]) -> str:
     for r in res["runs"]:
         lb, la = r["loadavg_before"] or ["?"], r["loadavg_after"] or ["?"]
         lines.append(
-            f"| {r['label']} | {r['round']} | {r['samples_per_s']:.2f} | {r['step_s_median']:.2f} | "
+            f"| {r['label']} | {r['round']} | {r['samples_per_s']:.2f} | {r['step_s_median']:.4g} | "
             f"{r['end_to_end_s']:.1f} | {r['time_to_first_step_s']:.1f} | {r['peak_rss_all_processes_mb']} | "
             f"{r['peak_rss_train_workers_mb'] if r['peak_rss_train_workers_mb'] is not None else '-'} | "
             f"{lb[0]} → {la[0]} |")
@@ -768,8 +781,21 @@ def markdown(res: dict[str, Any]) -> str:
         lo, hi = c["samples_per_s_range"]
         slo, shi = c["step_s_median_range"]
         lines.append(f"| {LABELS[name]} | {c['rounds']} | {c['samples_per_s']:.2f} | [{lo:.2f}, {hi:.2f}] "
-                     f"| {c['step_s_median']:.3f} | [{slo:.3f}, {shi:.3f}] |")
-    lines += [
+                     f"| {c['step_s_median']:.4g} | [{slo:.4g}, {shi:.4g}] |")
+    gpu = [n for n in by if n in GPU_CONTENDERS]
+    if gpu:
+        lines += [
+            "",
+            f"- GPU ({m.get('gpu', 'GPU')}): framework overhead, 1 worker vs bare loop, fp32 (median step): "
+            f"{pct(summ['hybrid_ray_1w_gpu_overhead_median_step'])}; bf16: hybrid-ray (DeepSpeed bf16) / bare "
+            f"loop under autocast: {times(summ['hybrid_ray_1w_gpu_bf16_over_bare_autocast_median_step'])} (not "
+            "the same math: DeepSpeed keeps bf16 weights and an fp32 master copy, autocast fp32 weights). "
+            f"bf16 / fp32 samples/s: hybrid-ray {times(summ['hybrid_ray_gpu_bf16_over_fp32'])}, bare "
+            f"{times(summ['bare_gpu_bf16_over_fp32'])}. Peak CUDA memory allocated by the bare loop, MiB: "
+            + ", ".join(f"{n} {by[n]['cuda_max_allocated_mb']}" for n in gpu
+                        if by[n].get('cuda_max_allocated_mb') is not None) + ".",
+        ]
+    cpu_lines = [
         "",
         f"- Framework overhead, 1 worker vs bare 1 thread (median step): before "
         f"{pct(summ['hybrid_ray_1w_before_overhead_median_step'])}, now "
@@ -787,10 +813,10 @@ def markdown(res: dict[str, Any]) -> str:
         f"- sentence-transformers (MNRL, manual loop) / bare loop, 1 thread: {times(summ['st_1t_over_bare_1t'])}. "
         "Same model, texts, loss and optimizer; ST pads positives and negatives separately (DualEncoder pads "
         "all passages of a step together), so token counts differ slightly.",
-        "",
-        "## Where a step's time goes (median seconds per phase, steady steps; rank 0 for hybrid-ray)",
-        "",
     ]
+    if len(gpu) < len(by):  # a GPU-only run would print n/a for every CPU comparison
+        lines += cpu_lines
+    lines += ["", "## Where a step's time goes (median seconds per phase, steady steps; rank 0 for hybrid-ray)", ""]
     names = [n for n in by if by[n]["phase_s_median"]]
     if names:
         lines += ["| phase | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
@@ -801,6 +827,10 @@ def markdown(res: dict[str, Any]) -> str:
                     + " |")
         lines.append("| median step (wall, from outside) | " + " | ".join(
             f"{by[n]['step_s_median']:.4f}" for n in names) + " |")
+    if gpu:
+        lines += ["", "On the GPU these are host-side times (no synchronisation at phase boundaries: "
+                  "``run.profile_phases=true`` would add it), so the GPU's work lands where the loss is first read: "
+                  "in hybrid-ray's hooks phase (the trace hook), after the bare loop's step (untimed)."]
     lines += [
         "",
         "batch = waiting for the next batch (sampler slice + table lookups + tokenisation inline; with "
@@ -834,8 +864,8 @@ def markdown(res: dict[str, Any]) -> str:
         "## How to read this",
         "",
         "- samples/s = global batch x measured steps / their wall time (steps after the warm-up). Single "
-        "processes time each step inside the loop; hybrid-ray steps are timestamped by the driver as the "
-        "rank-0 trace gains a line (20 ms polling), so they include Ray Train's periodic metric reports.",
+        "processes time each step inside the loop; hybrid-ray steps run from one rank-0 trace line's time stamp "
+        "(written as the step finishes) to the next, so they include Ray Train's periodic metric reports.",
         "- end-to-end = the whole contender process, including imports, Ray and worker start-up, DeepSpeed "
         "init, model load, and for hybrid-ray the final checkpoint (DeepSpeed state + HF export) and Ray "
         "shutdown. first step done = process start until the first training step finished (imports, model "
@@ -849,6 +879,15 @@ def markdown(res: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _gpu_name() -> str:
+    """The CUDA device the GPU contenders run on (a clear error where there is none)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise SystemExit("--gpu: no CUDA device is visible (torch.cuda.is_available() is False)")
+    return f"{torch.cuda.get_device_name(0)}, CUDA {torch.version.cuda}, {torch.cuda.device_count()} visible"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -868,6 +907,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="config overrides for the 'now' hybrid-ray contenders (try settings against the bare "
                         "loop, e.g. --now deepspeed.zero_stage=0)")
     p.add_argument("--only", nargs="+", choices=list(CONTENDERS), default=None, help="run only these contenders")
+    p.add_argument("--gpu", action="store_true",
+                   help=f"run the 1-GPU contenders ({', '.join(GPU_CONTENDERS)}) instead of the CPU ones; "
+                        "writes train_throughput_gpu.{json,md}")
     p.add_argument("--timeout", type=float, default=1200, help="seconds per contender process")
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--_child", nargs=2, help=argparse.SUPPRESS)
@@ -885,8 +927,9 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("--warmup and --steps must be >= 1 (hybrid-ray steps are timed from the warm-up's end)")
     if args.batch % 2:
         raise SystemExit("--batch must be even (the 2-worker run splits it)")
-    names = [n for n in CONTENDERS if args.only is None or n in args.only]
-    start_machine = machine()
+    default = GPU_CONTENDERS if args.gpu else [n for n in CONTENDERS if n not in GPU_CONTENDERS]
+    names = [n for n in CONTENDERS if (n in args.only if args.only else n in default)]
+    start_machine = machine(**({"gpu": _gpu_name()} if args.gpu else {}))
     runs: list[dict[str, Any]] = []
     failures: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
@@ -904,7 +947,7 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 runs.append(r)
                 print(f"[bench] {name}: {r['samples_per_s']:.2f} samples/s steady, median step "
-                      f"{r['step_s_median']:.2f} s, end-to-end {r['end_to_end_s']:.1f} s, peak RSS "
+                      f"{r['step_s_median']:.4g} s, end-to-end {r['end_to_end_s']:.1f} s, peak RSS "
                       f"{r['peak_rss_all_processes_mb']} MiB, load {r['loadavg_before']} -> {r['loadavg_after']}",
                       flush=True)
     res = {
@@ -924,7 +967,7 @@ def main(argv: list[str] | None = None) -> int:
         "summary": summary(runs),
     }
     md = markdown(res)
-    write_results(args.out, "train_throughput", res, md)
+    write_results(args.out, "train_throughput_gpu" if args.gpu else "train_throughput", res, md)
     print(md)
     return 1 if failures else 0
 

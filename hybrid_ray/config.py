@@ -218,6 +218,11 @@ class RunConfigSchema:
     storage_path: str = "runs"
     export_dir: str | None = None  # final HF encoder (default: <storage>/<name>/encoder)
     log_every: int = 5
+    # Seconds between metrics-only ray.train.report calls (the console and TensorBoard still log
+    # every log_every steps; checkpoint reports always go). None = auto: 1.25x Ray Train's controller
+    # poll interval, since a report made before the controller has taken the previous one blocks
+    # the step until its next poll (2 s by default). 0 = report every log_every steps.
+    report_every_s: float | None = None
     checkpoint_every: int = 50  # steps; 0 = only at the end
     num_to_keep: int = 2
     max_failures: int = 0
@@ -232,6 +237,9 @@ class RunConfigSchema:
         return Path(self.storage_path).expanduser() / self.name
 
     def check(self) -> None:
+        if self.report_every_s is not None and not self.report_every_s >= 0:
+            raise ConfigError("must be >= 0 seconds (0: every log_every steps; unset: auto)",
+                              key="run.report_every_s", value=self.report_every_s)
         resume = self.resume_from
         if resume and "://" not in resume:
             if not Path(resume).is_dir():

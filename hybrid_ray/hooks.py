@@ -12,6 +12,7 @@ touch the production import path.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -65,7 +66,7 @@ class BatchTrace(StepHook):
         self._file.write(json.dumps({"global_step": global_step, "epoch": batch.epoch, "step": batch.step,
                                      "kind": batch.kind, "pairs": batch.pair_idx.tolist(),
                                      "q_lang": batch.q_lang.tolist(), "p_lang": batch.p_lang.tolist(),
-                                     "loss": loss,
+                                     "loss": loss, "time": time.time(),  # when it finished (the bench's clock)
                                      "phases": {k: round(v, 6) for k, v in self._phases.items()}}) + "\n")
         self._file.flush()
 

@@ -20,7 +20,7 @@ LOOPBACK_ENV = {
 }
 # Variables that Ray workers must inherit (passed through runtime_env).
 WORKER_ENV_KEYS = ("GLOO_SOCKET_IFNAME", "DS_ACCELERATOR", "TORCH_EXTENSIONS_DIR", "TOKENIZERS_PARALLELISM",
-                   "HYBRID_RAY_VERBOSE")
+                   "HYBRID_RAY_VERBOSE", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S")
 
 
 def free_port(host: str = "127.0.0.1") -> int:

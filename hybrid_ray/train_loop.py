@@ -15,6 +15,7 @@ resumed run repeats the uninterrupted run's steps exactly, not just its batches.
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -151,6 +152,34 @@ def step_seed(seed: int, global_step: int, rank: int) -> int:
     return (int(seed) * 1_000_003 + int(global_step) * 1_009 + int(rank)) % (2**63 - 1)
 
 
+# Ray Train V2's controller takes each worker's latest report once per poll (this env var, default
+# 2 s) from a queue of size 1: a report made before the previous one was taken blocks until then.
+CONTROLLER_POLL_ENV, CONTROLLER_POLL_DEFAULT_S = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", 2.0
+
+
+def report_interval_s(setting: float | None) -> float:
+    """Seconds between metrics-only reports: ``run.report_every_s``, or (unset) 1.25x the poll."""
+    if setting is not None:
+        return float(setting)
+    try:
+        poll = float(os.environ.get(CONTROLLER_POLL_ENV, CONTROLLER_POLL_DEFAULT_S))
+    except ValueError:
+        poll = CONTROLLER_POLL_DEFAULT_S
+    return 1.25 * poll
+
+
+def _all_agree(flag: bool, world: int, device: torch.device) -> bool:
+    """Rank 0's ``flag`` on every rank: ``ray.train.report`` is a barrier, so all ranks must call it
+    together. One 1-element broadcast per log window (none at world size 1)."""
+    if world == 1:
+        return flag
+    import torch.distributed as dist
+
+    t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
+    dist.broadcast(t, src=0)
+    return bool(t.item())
+
+
 LOOP_CONFIG_KEY = "cfg"  # train_loop_config = {"cfg": TrainConfig, "step_hooks": [StepHook, ...]}
 
 
@@ -228,6 +257,8 @@ def train_loop(config: dict[str, Any]) -> None:
     for hook in hooks:
         hook.setup(cfg, rank, world)
     log_every = max(1, cfg.run.log_every)
+    report_every_s = report_interval_s(cfg.run.report_every_s)
+    last_report = -float("inf")  # perf_counter of the last ray.train.report (the first always goes)
     ckpt_every = cfg.run.checkpoint_every
     window_loss, window_n, t_window = 0.0, 0, time.perf_counter()
     engine.train()
@@ -334,8 +365,10 @@ def train_loop(config: dict[str, Any]) -> None:
                 if do_ckpt:
                     _report_with_checkpoint(engine, encoder, sampler.state_after(local), cfg, metrics,
                                             global_step, rank)
-                else:
+                    last_report = time.perf_counter()
+                elif _all_agree(time.perf_counter() - last_report >= report_every_s, world, device):
                     ray.train.report(metrics)
+                    last_report = time.perf_counter()
                 window_loss, window_n, t_window = 0.0, 0, time.perf_counter()
         if last:
             break

@@ -81,6 +81,21 @@ def test_train_throughput_verdict_needs_every_round_to_agree() -> None:
     t = summary(runs)["targets"]["1 worker vs bare 1 thread, median step time"]
     assert t["per_round"] == [1.05, 1.033, 1.25] and t["median"] == 1.05
     assert t["verdict"].startswith("inconclusive")
+    assert not any("GPU" in label for label in summary(runs)["targets"])  # no GPU contender ran: no GPU row
+
+
+def test_train_throughput_gpu_needs_a_cuda_device(tmp_path: Path) -> None:
+    """``--gpu`` on a machine without CUDA: one clear line, before any contender starts."""
+    import torch
+
+    from bench.train_throughput import CONTENDERS, GPU_CONTENDERS, main
+
+    if torch.cuda.is_available():
+        pytest.skip("this check is for machines without CUDA; the GPU run itself is bench/results/"
+                    "train_throughput_gpu.md")
+    with pytest.raises(SystemExit, match="no CUDA device"):
+        main(["--gpu", "--model", "tiny", "--out", str(tmp_path)])
+    assert set(GPU_CONTENDERS) <= set(CONTENDERS)
 
 
 def test_train_throughput_process_roles() -> None:

@@ -190,11 +190,12 @@ def test_resume_from_reaches_the_workers_without_deprecated_api(data_path: Path,
 # --------------------------------------------------------------------------- Ray Train runs
 @pytest.fixture(scope="module")
 def ref_run(data_path: Path, tmp_path_factory, ray_local) -> dict:
-    """The uninterrupted reference: ZeRO-2, 24 steps, checkpoints at 8/16/24 (all kept)."""
+    """The uninterrupted reference: ZeRO-2, 24 steps, checkpoints at 8/16/24 (all kept), a metrics
+    report every log_every=4 steps (``run.report_every_s=0``; the default spaces them by time)."""
     from hybrid_ray.train import run_training
 
     tmp = tmp_path_factory.mktemp("ref")
-    cfg = _cfg(data_path, tmp, "ref", "run.num_to_keep=3")
+    cfg = _cfg(data_path, tmp, "ref", "run.num_to_keep=3", "run.report_every_s=0")
     result, exported = run_training(cfg, step_hooks=[_tracer(cfg)])
     return {"cfg": cfg, "result": result, "exported": exported,
             "trace": [_trace(cfg, 0), _trace(cfg, 1)], "reports": _reports(cfg)}
@@ -345,6 +346,13 @@ def test_prefetch_keeps_batches_and_losses(ref_run: dict, data_path: Path, tmp_p
         # Each trace line carries the step's phase timings (the benchmark's per-phase breakdown).
         assert {"batch", "forward", "backward", "step"} <= set(got[-1]["phases"])
         assert all(v >= 0 for v in got[-1]["phases"].values())
+    # This run reports on the default schedule (run.report_every_s unset: >= 2.5 s between
+    # metrics-only reports, decided on rank 0 and broadcast): every checkpoint report goes, the first
+    # metrics report goes, and a metrics report 4 tiny steps after a checkpoint's does not (it would
+    # block until Ray Train's controller polls, 2 s).
+    steps = [r["metrics"][0]["step"] for r in _reports(cfg)]
+    assert {4, 8, 16, 24} <= set(steps) <= {4, 8, 12, 16, 20, 24} and len(steps) < 6, steps
+    assert all(len(r["metrics"]) == 2 for r in _reports(cfg))  # both ranks reported every time
     prefetching = _reports(cfg) if other else ref_run["reports"]
     ckpt8 = next(Path(r["checkpoint"]) for r in prefetching if r["checkpoint"] and r["metrics"][0]["step"] == 8)
     state = json.loads((ckpt8 / "trainer_state.json").read_text())["sampler"]

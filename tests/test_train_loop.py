@@ -29,6 +29,25 @@ def test_eta_from_the_rate_since_start() -> None:
     assert _eta(done=5, elapsed_s=1.0, remaining=0) == "0:00:00"
 
 
+def test_report_interval_follows_the_controller_poll(monkeypatch, tmp_path: Path) -> None:
+    """Unset: 1.25x Ray Train's controller poll (env, default 2 s), so a report never waits for a
+    poll; a set value wins; 0 keeps a report every log_every steps; negative is refused by name."""
+    from hybrid_ray.config import load_config
+    from hybrid_ray.errors import ConfigError
+    from hybrid_ray.train_loop import CONTROLLER_POLL_ENV, report_interval_s
+
+    monkeypatch.delenv(CONTROLLER_POLL_ENV, raising=False)
+    assert report_interval_s(None) == 2.5
+    monkeypatch.setenv(CONTROLLER_POLL_ENV, "0.2")
+    assert report_interval_s(None) == pytest.approx(0.25)
+    monkeypatch.setenv(CONTROLLER_POLL_ENV, "soon")  # Ray would fail on it itself; we keep the default
+    assert report_interval_s(None) == 2.5
+    assert report_interval_s(0) == 0.0 and report_interval_s(7.5) == 7.5
+    assert load_config("tiny.yaml", [f"data.path={tmp_path}", "run.report_every_s=0"]).run.report_every_s == 0
+    with pytest.raises(ConfigError, match="run.report_every_s"):
+        load_config("tiny.yaml", [f"data.path={tmp_path}", "run.report_every_s=-1"])
+
+
 def test_step_seed_depends_on_seed_step_and_rank() -> None:
     seeds = {step_seed(s, g, r) for s in (7, 8) for g in range(50) for r in range(4)}
     assert len(seeds) == 2 * 50 * 4
