@@ -211,6 +211,11 @@ def _pairs_and_sampler(cfg: TrainConfig):
     return pairs, build_sampler(cfg, pairs)
 
 
+def _nth_batch(sampler, step: int):
+    """The run's ``step``-th global batch (0-based), across epochs in the train loop's order."""
+    return sampler.batch(*divmod(step, sampler.steps_per_epoch))
+
+
 def _bare(cfg: TrainConfig, n_steps: int) -> dict[str, Any]:
     """The hybrid-ray math without Ray or DeepSpeed: what the framework overhead is measured against."""
     import torch
@@ -238,7 +243,7 @@ def _bare(cfg: TrainConfig, n_steps: int) -> dict[str, Any]:
     step_ends, losses, phases = [], [], []
     for step in range(n_steps):
         with timer.phase("batch"):
-            features = collator(sampler.batch(*divmod(step, sampler.steps_per_epoch)), pairs)
+            features = collator(_nth_batch(sampler, step), pairs)
             q_in = {k: v.to(device) for k, v in features["query"].items()}
             p_in = {k: v.to(device) for k, v in features["passage"].items()}
         with timer.phase("forward"), autocast:
@@ -289,7 +294,7 @@ def _st(cfg: TrainConfig, n_steps: int) -> dict[str, Any]:
     t_ready = time.perf_counter()
     step_ends, losses = [], []
     for step in range(n_steps):
-        queries, passages = collator.texts(sampler.batch(*divmod(step, sampler.steps_per_epoch)), pairs)
+        queries, passages = collator.texts(_nth_batch(sampler, step), pairs)
         b = len(queries)
         columns = [[mc.query_prefix + t for t in queries], [mc.passage_prefix + t for t in passages[:b]]]
         for j in range(n_neg):  # collator layout: query-major (query 0's n negatives, then query 1's, ...)
@@ -348,7 +353,7 @@ def _dp_rank(rank: int, cfg_dict: dict[str, Any], n_steps: int, port: int, out: 
     step_ends, losses, phases = [], [], []
     for step in range(n_steps):
         with timer.phase("batch"):
-            features = collator(rank_slice(sampler.batch(*divmod(step, sampler.steps_per_epoch)), rank, 2), pairs)
+            features = collator(rank_slice(_nth_batch(sampler, step), rank, 2), pairs)
         with timer.phase("forward"):
             q_emb, scale = engine(**features["query"], return_scale=True)
             p_emb = engine(**features["passage"])
@@ -413,21 +418,21 @@ def run_contender(spec: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
     kind, threads, workers, overrides = CONTENDERS[spec["name"]]
     cfg, n_steps = config_from_dict(spec["cfg"]), spec["warmup"] + spec["steps"]
+    if overrides:  # the contender's own settings (BEFORE, GPU_*), whatever its kind
+        cfg = apply_overrides(cfg, list(overrides))
     if kind == "ray":
         # A run dir per round: Ray Train would otherwise resume round 1's finished run (and train 0 steps).
         cfg = apply_overrides(cfg, {"scaling.num_workers": workers, "run.name": spec["name"],
                                     "run.storage_path": str(Path(spec["workdir"]) / "runs")})
-        extra = list(overrides) + (list(spec.get("now_overrides") or []) if overrides == AFTER else [])
-        if extra:
-            cfg = apply_overrides(cfg, extra)
+        now = list(spec.get("now_overrides") or []) if overrides == AFTER else []
+        if now:
+            cfg = apply_overrides(cfg, now)
         raw = _ray(cfg, n_steps, Path(spec["workdir"]) / spec["name"])
     elif kind == "dp":
         raw = _dp(cfg, n_steps, Path(spec["workdir"]) / spec["name"])
     else:
         import torch
 
-        if overrides:
-            cfg = apply_overrides(cfg, list(overrides))
         torch.set_num_threads(threads)
         torch.manual_seed(cfg.sampler.seed)
         raw = _bare(cfg, n_steps) if kind == "bare" else _st(cfg, n_steps)
