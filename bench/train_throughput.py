@@ -891,7 +891,8 @@ def _gpu_name() -> str:
     import torch
 
     if not torch.cuda.is_available():
-        raise SystemExit("--gpu: no CUDA device is visible (torch.cuda.is_available() is False)")
+        raise SystemExit("--gpu (or a GPU contender in --only): no CUDA device is visible "
+                         "(torch.cuda.is_available() is False)")
     return f"{torch.cuda.get_device_name(0)}, CUDA {torch.version.cuda}, {torch.cuda.device_count()} visible"
 
 
@@ -934,7 +935,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("--batch must be even (the 2-worker run splits it)")
     default = GPU_CONTENDERS if args.gpu else [n for n in CONTENDERS if n not in GPU_CONTENDERS]
     names = [n for n in CONTENDERS if (n in args.only if args.only else n in default)]
-    start_machine = machine(**({"gpu": _gpu_name()} if args.gpu else {}))
+    # Any GPU contender (--gpu, or named in --only) needs CUDA: say so before anything starts.
+    start_machine = machine(**({"gpu": _gpu_name()} if set(names) & set(GPU_CONTENDERS) else {}))
     runs: list[dict[str, Any]] = []
     failures: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:

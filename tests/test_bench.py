@@ -95,6 +95,8 @@ def test_train_throughput_gpu_needs_a_cuda_device(tmp_path: Path) -> None:
                     "train_throughput_gpu.md")
     with pytest.raises(SystemExit, match="no CUDA device"):
         main(["--gpu", "--model", "tiny", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="no CUDA device"):
+        main(["--only", "bare-1t", "bare-gpu", "--model", "tiny", "--out", str(tmp_path)])
     assert set(GPU_CONTENDERS) <= set(CONTENDERS)
 
 
